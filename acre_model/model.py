@@ -1,0 +1,242 @@
+"""A Llama-family decoder in pure torch over an explicit, entry-addressable KV cache.
+
+RMSNorm, RoPE, grouped-query attention through `scaled_dot_product_attention`, SwiGLU. Batch size 1:
+ACRE serves one question at a time over one document's cache. Weights use the Hugging Face parameter
+names so a `model.safetensors` loads without renaming.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .rope import Rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 statistics whatever the activation dtype (as transformers' LlamaRMSNorm).
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+@dataclass
+class AttnProbe:
+    """Ask a forward pass for attention details at chosen layers.
+
+    layers: which layers to record; rows: which of the new tokens' query rows (None = all).
+    After the forward: probs[layer] = [n_heads, n_rows, n_keys] attention probabilities over the whole
+    cache including the new tokens (fp32; only when `want_probs`), queries[layer] = [n_heads, n_rows,
+    head_dim] the rotated queries (only when `want_queries`).
+    """
+
+    layers: Sequence[int]
+    rows: slice | torch.Tensor | None = None
+    want_probs: bool = True
+    want_queries: bool = False
+    probs: dict[int, torch.Tensor] = field(default_factory=dict)
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.n_rep = cfg.n_rep
+        b = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.hd, bias=b)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=b)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=b)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.hidden_size, bias=False)
+        self._fused: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def fuse(self) -> None:
+        """Concatenate q/k/v into one matmul (one kernel launch instead of three per layer)."""
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).detach()
+        b = None
+        if self.q_proj.bias is not None:
+            b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]).detach()
+        self._fused = (w, b)
+
+    def forward(self, x: torch.Tensor, layer: int, cache: KVCache, positions: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor, probe: AttnProbe | None) -> torch.Tensor:
+        # x: [T, hidden]; positions/cos/sin: [T] / [T, hd]
+        t = x.shape[0]
+        if self._fused is not None:
+            qkv = F.linear(x, *self._fused)
+            q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(t, self.n_heads, self.hd).transpose(0, 1)  # [Hq, T, D]
+        k_raw = k.view(t, self.n_kv, self.hd).transpose(0, 1)  # [Hkv, T, D]
+        v = v.view(t, self.n_kv, self.hd).transpose(0, 1)
+        q = Rope.apply(q, cos, sin)
+        k_rot = Rope.apply(k_raw, cos, sin)
+        n_past = cache.length(layer)
+        keys, values = cache.append(layer, k_rot, v, positions, k_raw if cache.keep_raw else None)
+        n = keys.shape[1]
+        # GQA without copying K/V: the n_rep query heads of a KV head become n_rep*T query rows of it.
+        qg = q.reshape(self.n_kv, self.n_rep * t, self.hd)
+        mask = None
+        if t > 1:
+            mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n_past)
+            mask = mask.repeat(self.n_rep, 1)  # [n_rep*T, n]
+        out = F.scaled_dot_product_attention(qg.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
+                                             attn_mask=mask)
+        out = out.view(self.n_heads, t, self.hd).transpose(0, 1).reshape(t, self.n_heads * self.hd)
+        if probe is not None and layer in probe.layers:
+            self._record(probe, layer, q, keys, n_past)
+        return self.o_proj(out)
+
+    def _record(self, probe: AttnProbe, layer: int, q: torch.Tensor, keys: torch.Tensor,
+                n_past: int) -> None:
+        t = q.shape[1]
+        rows = torch.arange(t, device=q.device)
+        if probe.rows is not None:
+            rows = rows[probe.rows]
+        qr = q[:, rows].float()  # [Hq, R, D]
+        if probe.want_queries:
+            probe.queries[layer] = qr
+        if probe.want_probs:
+            kf = keys.float().repeat_interleave(self.n_rep, dim=0)  # [Hq, n, D]
+            scores = qr @ kf.transpose(1, 2) / self.hd ** 0.5  # [Hq, R, n]
+            n = keys.shape[1]
+            allowed = torch.arange(n, device=q.device)[None, :] <= (n_past + rows)[:, None]
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            probe.probs[layer] = scores.softmax(-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self._fused: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        self._fused = torch.cat([self.gate_proj.weight, self.up_proj.weight]).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None:
+            g, u = F.linear(x, self._fused).chunk(2, dim=-1)
+        else:
+            g, u = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(g) * u)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class _Body(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+# Called after each layer with (layer index, cache) so a caller can, e.g., wait for the next layer's
+# refilled chunks before that layer runs.
+LayerHook = Callable[[int, KVCache], None]
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = _Body(cfg)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size,
+                                                                      bias=False)
+        self.rope: Rope | None = None  # built by finalize(), once the device is known
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def finalize(self) -> "LlamaModel":
+        """Call after weights are loaded and the model is moved: fuses projections, builds RoPE."""
+        self.eval().requires_grad_(False)
+        for lay in self.model.layers:
+            lay.self_attn.fuse()
+            lay.mlp.fuse()
+        self.rope = Rope(self.cfg, self.device)
+        return self
+
+    def new_cache(self, capacity: int = 256, keep_raw: bool = False) -> KVCache:
+        return KVCache.for_model(self.cfg, capacity=capacity, dtype=self.dtype, device=self.device,
+                                 keep_raw=keep_raw)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, w).float()
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
+                *, probe: AttnProbe | None = None, all_logits: bool = False,
+                before_layer: LayerHook | None = None) -> torch.Tensor:
+        """Run new tokens input_ids [T] over `cache` (appended to it).
+
+        positions [T] default to continuing after the cache's largest position. Returns logits
+        [vocab] of the last token, or [T, vocab] with all_logits. `before_layer(i, cache)` runs before
+        layer i (the refill pipeline uses it to install layer i's chunks just in time).
+        """
+        ids = input_ids.to(self.device).view(-1)
+        t = ids.shape[0]
+        if t == 0:
+            raise ValueError("forward needs at least one token")
+        if positions is None:
+            n = len(cache)
+            start = int(cache.layers[0].pos[n - 1]) + 1 if n else 0
+            positions = torch.arange(start, start + t, device=self.device)
+        positions = positions.to(self.device)
+        cos, sin = self.rope.cos_sin(positions, self.dtype)
+        h = self.model.embed_tokens(ids)
+        for i, lay in enumerate(self.model.layers):
+            if before_layer is not None:
+                before_layer(i, cache)
+            h = h + lay.self_attn(lay.input_layernorm(h), i, cache, positions, cos, sin, probe)
+            h = h + lay.mlp(lay.post_attention_layernorm(h))
+        if not all_logits:
+            h = h[-1:]
+        out = self.logits(self.model.norm(h))
+        return out if all_logits else out[0]
+
+    def prefill(self, input_ids: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
+                *, chunk_size: int = 512, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Chunked prefill: memory stays bounded by `chunk_size` x cache length. Returns last logits."""
+        ids = input_ids.view(-1)
+        n = ids.shape[0]
+        if positions is None:
+            start = int(cache.layers[0].pos[len(cache) - 1]) + 1 if len(cache) else 0
+            positions = torch.arange(start, start + n)
+        cache.reserve(n)
+        logits = None
+        for s in range(0, n, chunk_size):
+            e = min(n, s + chunk_size)
+            logits = self.forward(ids[s:e], cache, positions[s:e])
+            if progress is not None:
+                progress(e - s)
+        assert logits is not None
+        return logits

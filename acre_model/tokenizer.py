@@ -1,0 +1,102 @@
+"""Tokenizer of an HF-style folder (`tokenizer.json`) plus its chat template (`tokenizer_config.json`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as _HFTokenizer
+
+from .errors import ModelLoadError
+
+
+@dataclass
+class ChatTurnIds:
+    """Token ids of a chat prompt split where a cached document ends and a question begins."""
+
+    prefix: list[int]  # template up to and including the document text
+    suffix: list[int]  # question + end of user turn + assistant header (+ answer prefix)
+
+
+class Tokenizer:
+    def __init__(self, tk: _HFTokenizer, chat_template: str | None, bos_token: str | None,
+                 eos_token: str | None, stop_tokens: list[str]):
+        self.tk = tk
+        self.chat_template = chat_template
+        self.bos_token, self.eos_token = bos_token, eos_token
+        ids = [tk.token_to_id(t) for t in stop_tokens]
+        self.stop_ids = sorted({i for i in ids if i is not None})
+        self._template = None
+        if chat_template:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            try:
+                self._template = env.from_string(chat_template)
+            except jinja2.TemplateError as e:
+                raise ModelLoadError(f"chat template does not parse: {e}") from None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Tokenizer":
+        folder = Path(folder)
+        tj = folder / "tokenizer.json"
+        if not tj.is_file():
+            raise ModelLoadError(f"{folder}: tokenizer.json not found")
+        try:
+            tk = _HFTokenizer.from_file(str(tj))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            raise ModelLoadError(f"{tj}: unreadable tokenizer ({e})") from None
+        cfg = {}
+        tc = folder / "tokenizer_config.json"
+        if tc.is_file():
+            try:
+                cfg = json.loads(tc.read_text())
+            except json.JSONDecodeError as e:
+                raise ModelLoadError(f"{tc}: unreadable ({e})") from None
+
+        def tok(name):
+            v = cfg.get(name)
+            return v.get("content") if isinstance(v, dict) else v
+
+        stops = [t for t in (tok("eos_token"), "<|im_end|>", "<|endoftext|>", "<|eot_id|>",
+                             "<|end_of_text|>", "</s>") if t]
+        return cls(tk, cfg.get("chat_template"), tok("bos_token"), tok("eos_token"), stops)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tk.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Plain text to ids: no BOS/EOS added; special-token strings in `text` are recognised."""
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self.tk.decode(ids, skip_special_tokens=skip_special)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if self._template is None:
+            # No template: plain concatenation, so base models still work.
+            return "\n".join(m["content"] for m in messages) + ("\n" if add_generation_prompt else "")
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+
+    def chat_ids(self, prompt: str) -> list[int]:
+        return self.encode(self.apply_chat_template([{"role": "user", "content": prompt}]))
+
+    def split_chat(self, document: str, question: str, answer_prefix: str = "") -> ChatTurnIds:
+        """Ids of the chat prompt `document + question`, split at the document's end.
+
+        The user turn is `document` followed by `question`; the two are tokenized separately so that no
+        BPE merge straddles the boundary and every question on a document starts from the same cached
+        state. The template is rendered with a unique marker where the question goes.
+        """
+        marker = "\x00ACRE_Q\x00"
+        full = self.apply_chat_template([{"role": "user", "content": document + marker}])
+        head, tail = full.split(marker, 1)
+        return ChatTurnIds(self.encode(head), self.encode(question + tail + answer_prefix))
+
+    def document_ids(self, document: str) -> list[int]:
+        return self.split_chat(document, "").prefix
+
+    def question_ids(self, question: str, answer_prefix: str = "") -> list[int]:
+        return self.split_chat("", question, answer_prefix).suffix
