@@ -77,6 +77,13 @@ class ModelConfig:
             raise ModelLoadError(
                 f"unsupported architecture {archs[0]!r} (model_type {mt!r}); supported: "
                 + ", ".join(sorted(SUPPORTED_ARCHITECTURES.values())))
+        # transformers >= 5 writes `rope_parameters` (theta + scaling together) instead of
+        # `rope_theta` + `rope_scaling`; read both spellings.
+        rp = d.get("rope_parameters") or {}
+        theta = d.get("rope_theta", rp.get("rope_theta", 10000.0))
+        scaling = d.get("rope_scaling")
+        if scaling is None and rp.get("rope_type", "default") != "default":
+            scaling = {k: v for k, v in rp.items() if k != "rope_theta"}
         try:
             return cls(
                 vocab_size=d["vocab_size"],
@@ -87,8 +94,8 @@ class ModelConfig:
                 num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
                 head_dim=d.get("head_dim") or 0,
                 rms_norm_eps=d.get("rms_norm_eps", 1e-5),
-                rope_theta=d.get("rope_theta", (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
-                rope_scaling=d.get("rope_scaling"),
+                rope_theta=theta,
+                rope_scaling=scaling,
                 max_position_embeddings=d.get("max_position_embeddings", 2048),
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
                 attention_bias=d.get("attention_bias", mt == "qwen2"),

@@ -158,6 +158,24 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def english_words() -> list[str]:
+    """The base English words of this file's lists (nouns, verbs, adjectives, key words), sorted."""
+    return sorted(set(_NOUNS) | set(_MASS) | set(_VERBS) | set(_ADJECTIVES) | set(KEY_ADJECTIVES)
+                  | set(KEY_NOUNS) | set(PASSWORD_WORDS) | set(FRUITS))
+
+
+_ONSETS = ("b", "br", "d", "dr", "f", "g", "gl", "k", "l", "m", "n", "p", "pr", "r", "s", "st", "t",
+           "tr", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+_CODAS = ("", "", "n", "l", "r", "s", "m", "k")
+
+
+def pseudo_word(rng: random.Random) -> str:
+    """A pronounceable made-up word of 2-3 syllables ("bralimor")."""
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+                   for _ in range(rng.randint(2, 3)))
+
+
 def prose_vocabulary() -> set[str]:
     """Every word the prose grammar can emit (lower case), for tests of key/haystack disjointness."""
     words: set[str] = set()
@@ -419,6 +437,31 @@ def plant_sentences(tokenize: Tokenize, n_tokens: int, plants: Sequence[tuple[fl
         if abs(n - n_tokens) <= tolerance * n_tokens:
             break
         target += n_tokens - n
+    return best
+
+
+def fit_length(build: Callable[[int], str], tokenize: Tokenize, n_tokens: int, units_guess: int,
+               tolerance: float = 0.01, max_iter: int = 8) -> tuple[str, int, int]:
+    """For documents made of countable units (list entries, words) where `build(units)` is deterministic:
+    find `units` so that `len(tokenize(build(units)))` is within `tolerance` of `n_tokens`, rescaling by
+    the measured tokens per unit. Returns `(text, units, n_tokens_measured)`, the closest one tried."""
+    units = max(1, units_guess)
+    best: tuple[str, int, int] | None = None
+    tried: set[int] = set()
+    for _ in range(max_iter):
+        tried.add(units)
+        text = build(units)
+        n = len(tokenize(text))
+        if best is None or abs(n - n_tokens) < abs(best[2] - n_tokens):
+            best = (text, units, n)
+        if abs(n - n_tokens) <= tolerance * n_tokens:
+            break
+        nxt = max(1, round(units * n_tokens / max(n, 1)))
+        if nxt in tried:
+            nxt = max(1, units + (1 if n < n_tokens else -1))
+            if nxt in tried:
+                break
+        units = nxt
     return best
 
 

@@ -1,0 +1,178 @@
+"""`acre`: the command line. Parses, sets up logging, then imports the heavy modules it needs.
+
+Every command takes --help; --json prints one JSON object. User errors print one line on stderr and
+exit 1 (never a traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+EXIT_USER_ERROR = 1
+
+
+def _print(args, obj: dict[str, Any], human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj))
+    else:
+        print(human)
+
+
+def _engine(args):
+    from .engine import Engine
+
+    return Engine.from_pretrained(args.model, device=args.device)
+
+
+def cmd_model_prepare(args) -> int:
+    from .convert import prepare
+
+    path = prepare(args.name, force=args.force)
+    _print(args, {"path": str(path)}, str(path))
+    return 0
+
+
+def cmd_model_calibrate(args) -> int:
+    from .calibrate import calibrate_cli
+
+    return calibrate_cli(args)
+
+
+def cmd_generate(args) -> int:
+    eng = _engine(args)
+    g = eng.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     top_p=args.top_p, seed=args.seed)
+    _print(args, {"text": g.text, "n_prompt_tokens": g.n_prompt_tokens, "n_new_tokens": len(g.tokens),
+                  "ttft_s": g.ttft_s, "total_s": g.total_s, "ms_per_token": g.ms_per_token}, g.text)
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from .cli_acre import ingest
+
+    return ingest(args)
+
+
+def cmd_ask(args) -> int:
+    from .cli_acre import ask
+
+    return ask(args)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model name or HF-style folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="acre", description="Ask many questions of long documents: "
+                                 "bi-layer KV cache with query-guided activation refilling.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    pm = sub.add_parser("model", help="prepare or calibrate a model")
+    msub = pm.add_subparsers(dest="model_command", required=True)
+    pp = msub.add_parser("prepare", help="convert the bundled default model into the model cache")
+    pp.add_argument("name", nargs="?", default=None)
+    pp.add_argument("--force", action="store_true", help="convert again even if already prepared")
+    pp.add_argument("--json", action="store_true")
+    pp.set_defaults(func=cmd_model_prepare)
+    pc = msub.add_parser("calibrate", help="find the model's retrieval heads with synthetic probes")
+    pc.add_argument("name", nargs="?", default=None)
+    pc.add_argument("--device", default=None)
+    pc.add_argument("--n-probes", type=int, default=12)
+    pc.add_argument("--lengths", default="1024,2048", help="probe lengths in tokens")
+    pc.add_argument("--n-heads", type=int, default=4, help="retrieval heads to keep")
+    pc.add_argument("--out", default=None, help="where to write the result (default: beside the model)")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(func=cmd_model_calibrate, model=None)
+
+    pg = sub.add_parser("generate", help="plain chat completion with the full model")
+    pg.add_argument("prompt")
+    pg.add_argument("--max-new-tokens", type=int, default=128)
+    pg.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    pg.add_argument("--top-p", type=float, default=1.0)
+    pg.add_argument("--seed", type=int, default=None)
+    _add_model_args(pg)
+    pg.set_defaults(func=cmd_generate)
+
+    pi = sub.add_parser("ingest", help="prefill a document once and store its L1 + L2 KV")
+    pi.add_argument("file", help="a text file, or - for standard input")
+    pi.add_argument("--store", default=None, help="daemon address (default: embedded store in $ACRE_HOME)")
+    pi.add_argument("--name", default="", help="human-readable name")
+    pi.add_argument("--no-progress", action="store_true")
+    _add_model_args(pi)
+    pi.set_defaults(func=cmd_ingest)
+
+    pa = sub.add_parser("ask", help="answer a question on an ingested document")
+    pa.add_argument("doc", help="document id (or a unique prefix of it)")
+    pa.add_argument("question")
+    pa.add_argument("--store", default=None)
+    pa.add_argument("--policy", default="acre", help="acre, acre-l1, full, streaming, h2o, snapkv, "
+                    "l1-only, random, fixed-k")
+    pa.add_argument("--answer-prefix", default="")
+    pa.add_argument("--max-new-tokens", type=int, default=64)
+    pa.add_argument("--mode", choices=["exact", "focus"], default=None, help="position mode")
+    pa.add_argument("--k-min", type=int, default=None)
+    pa.add_argument("--k-max", type=int, default=None)
+    pa.add_argument("--neighbors", type=int, default=None)
+    _add_model_args(pa)
+    pa.set_defaults(func=cmd_ask)
+
+    pd = sub.add_parser("demo", help="the main job: ingest a long document once, ask several questions")
+    pd.add_argument("--tokens", type=int, default=3000, help="document length in tokens")
+    pd.add_argument("--store", default=None)
+    _add_model_args(pd)
+    pd.set_defaults(func=cmd_demo)
+
+    try:
+        from acre_store.cli import add_store_parser
+    except ImportError:  # the store package is optional for model-only use
+        pass
+    else:
+        add_store_parser(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .errors import AcreError
+
+    user_errors: tuple[type[BaseException], ...] = (AcreError,)
+    try:
+        from acre_store.errors import StoreError
+
+        user_errors += (StoreError,)
+    except ImportError:
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except user_errors as e:
+        print(f"acre: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("acre: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as e:
+        # Bad files, bad numbers: still the user's input, still one line.
+        if os.environ.get("ACRE_DEBUG"):
+            raise
+        print(f"acre: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
