@@ -1,0 +1,25 @@
+"""acre_store: the tiered KV store of ACRE documents (RAM over Zarr v3 or LMDB), embedded or as a gRPC daemon.
+
+    from acre_store import EmbeddedStore, connect
+    with EmbeddedStore(path) as store:             # in-process, no socket
+        ...
+    with connect("unix:///tmp/acre.sock") as store:  # a daemon shared by many workers
+        ...
+
+Both have the same interface: put, info, get_l1, fetch, fetch_async, prefetch, list, delete, pin, stats.
+"""
+from .embedded import EmbeddedStore, default_store_path
+from .errors import (DataLoss, DocumentNotFound, InvalidArgument, LayoutMismatch, ResourceExhausted, StoreError,
+                     StoreUnavailable)
+from .types import DocLayout, DocMeta
+
+
+def connect(addr: str, timeout: float = 30.0, **kw):
+    """A gRPC client of the daemon at `addr` (`unix:///path` or `host:port`)."""
+    from .client import StoreClient
+    return StoreClient(addr, timeout=timeout, **kw)
+
+
+__all__ = ["EmbeddedStore", "connect", "default_store_path", "DocLayout", "DocMeta", "StoreError",
+           "DocumentNotFound", "InvalidArgument", "LayoutMismatch", "ResourceExhausted", "DataLoss",
+           "StoreUnavailable"]

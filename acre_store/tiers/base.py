@@ -1,0 +1,72 @@
+"""The small interface every disk tier implements (Zarr v3, LMDB).
+
+A document is written through a `Staging` handle and becomes visible only at `Staging.commit`, which
+is atomic: after a crash the document is either absent (staged data is discarded by `recover`) or
+present and complete. Tiers store and return raw bytes; checksums are verified by the `Store` above
+them, so a tier never needs to know about integrity beyond durably keeping what it was given.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..record import DocRecord, TensorSpec
+from ..types import DocLayout
+
+
+class Staging(ABC):
+    """Write handle of one document being put; nothing is visible until `commit`."""
+
+    @abstractmethod
+    def write_l1(self, spec: TensorSpec, arr: np.ndarray) -> None:
+        """Store one L1 part (contiguous, dtype and shape as in `spec`)."""
+
+    @abstractmethod
+    def write_chunk(self, c: int, chunk: np.ndarray) -> None:
+        """Store chunk c: [n_layers, 2, n_kv_heads, len_c, head_dim], contiguous, layout dtype."""
+
+    @abstractmethod
+    def commit(self, record: DocRecord) -> None:
+        """Atomically publish the document with this record; durable when it returns."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard everything staged (idempotent; also safe after a failed commit)."""
+
+
+class DiskTier(ABC):
+    """Durable home of every committed document."""
+
+    name: str
+
+    @abstractmethod
+    def recover(self) -> int:
+        """Discard staged-but-uncommitted data left by a crash; returns how many puts were discarded."""
+
+    @abstractmethod
+    def records(self) -> list[DocRecord]:
+        """Every committed document."""
+
+    @abstractmethod
+    def stage(self, doc_id: str, layout: DocLayout, l1: list[TensorSpec]) -> Staging:
+        """Start writing a document."""
+
+    @abstractmethod
+    def read_chunk(self, record: DocRecord, c: int) -> np.ndarray:
+        """Chunk c as stored (unverified): [n_layers, 2, n_kv_heads, len_c, head_dim]."""
+
+    @abstractmethod
+    def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:
+        """One L1 part as stored (unverified)."""
+
+    @abstractmethod
+    def update_record(self, record: DocRecord) -> None:
+        """Atomically replace a committed document's record (e.g. after pin)."""
+
+    @abstractmethod
+    def delete(self, record: DocRecord) -> None:
+        """Remove a committed document; atomic (a crash leaves it present or absent)."""
+
+    def close(self) -> None:
+        """Release files and handles."""

@@ -1,0 +1,120 @@
+"""RAM tier: an LRU of verified chunks, capped in bytes, with hit/miss/eviction counters.
+
+Values are read-only numpy arrays that have already passed their checksum; callers copy out of them.
+An entry can be leased (same-host fast path: a client is reading its shared-memory file); a leased
+entry is never evicted, and an insert that cannot make room without evicting one is skipped instead.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+import numpy as np
+
+
+@dataclass
+class RamStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    inserts: int = 0
+    skipped: int = 0  # inserts refused: larger than the cap, or no room without evicting a leased entry
+
+
+class RamTier:
+    def __init__(self, capacity_bytes: int, on_evict: Callable[[Hashable, np.ndarray], None] | None = None):
+        self.capacity = int(capacity_bytes)
+        self.used = 0
+        self.stats = RamStats()
+        self._lru: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._leases: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+        self._on_evict = on_evict  # called outside the lock (e.g. to unlink a shared-memory file)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def get(self, key: Hashable, lease: bool = False) -> np.ndarray | None:
+        """The cached array (most recently used now), or None; counts a hit or a miss."""
+        with self._lock:
+            arr = self._lru.get(key)
+            if arr is None:
+                self.stats.misses += 1
+                return None
+            self._lru.move_to_end(key)
+            self.stats.hits += 1
+            if lease:
+                self._leases[key] = self._leases.get(key, 0) + 1
+            return arr
+
+    def contains(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._lru
+
+    def put(self, key: Hashable, arr: np.ndarray, lease: bool = False) -> bool:
+        """Insert (evicting least recently used unleased entries); False if it does not fit."""
+        evicted = []
+        n = arr.nbytes
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                if lease:
+                    self._leases[key] = self._leases.get(key, 0) + 1
+                return True
+            if n > self.capacity:
+                self.stats.skipped += 1
+                return False
+            victims, room = [], self.capacity - self.used
+            for k, v in self._lru.items():  # oldest first
+                if room >= n:
+                    break
+                if self._leases.get(k):
+                    continue
+                victims.append(k)
+                room += v.nbytes
+            if room < n:
+                self.stats.skipped += 1
+                return False
+            for k in victims:
+                v = self._lru.pop(k)
+                self.used -= v.nbytes
+                self.stats.evictions += 1
+                evicted.append((k, v))
+            arr.flags.writeable = False
+            self._lru[key] = arr
+            self.used += n
+            self.stats.inserts += 1
+            if lease:
+                self._leases[key] = self._leases.get(key, 0) + 1
+        self._notify(evicted)
+        return True
+
+    def release(self, key: Hashable) -> None:
+        """End one lease on `key`."""
+        with self._lock:
+            left = self._leases.get(key, 0) - 1
+            if left > 0:
+                self._leases[key] = left
+            else:
+                self._leases.pop(key, None)
+
+    def drop(self, match: Callable[[Hashable], bool]) -> int:
+        """Remove every entry whose key matches (leased or not: used when a document is deleted)."""
+        with self._lock:
+            keys = [k for k in self._lru if match(k)]
+            dropped = [(k, self._lru.pop(k)) for k in keys]
+            for k, v in dropped:
+                self.used -= v.nbytes
+                self._leases.pop(k, None)
+        self._notify(dropped)
+        return len(dropped)
+
+    def clear(self) -> None:
+        self.drop(lambda k: True)
+
+    def _notify(self, entries) -> None:
+        if self._on_evict:
+            for k, v in entries:
+                self._on_evict(k, v)
