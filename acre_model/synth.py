@@ -255,7 +255,7 @@ class ProseGenerator:
             return self._a(f"{self._adj()} {self._noun()}")
         if k == 3:
             return self.r.choice(_MASS)
-        return f"their own {plural(self._noun())}"
+        return f"our own {plural(self._noun())}"
 
     def _verb(self, plural_subject: bool) -> str:
         v = self.r.choice(_VERBS)
