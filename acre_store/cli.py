@@ -1,0 +1,203 @@
+"""`acre store serve|ls|stats|rm`: the cache daemon and its inspection commands.
+
+`add_store_parser(subparsers)` registers the `store` command on the main `acre` parser;
+`python -m acre_store.cli store ...` runs the same thing on its own. Errors print one line to stderr
+and exit non-zero, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+_SIZE = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$")
+
+
+def parse_bytes(text: str) -> int:
+    """'1073741824', '512M', '2GiB', '1.5G' -> bytes (K/M/G/T are powers of 1024)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (examples: 512M, 2G, 1073741824)")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    return int(value * 1024 ** " kmgt".index(unit or " "))
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def add_store_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `store serve|ls|stats|rm` under an argparse subparsers object; handler in `func`."""
+    p = subparsers.add_parser("store", help="the KV cache daemon and its documents",
+                              description="Run the KV cache daemon, or inspect and manage its documents.")
+    sub = p.add_subparsers(dest="store_cmd", metavar="{serve,ls,stats,rm}")
+    sub.required = True
+
+    s = sub.add_parser("serve", help="run the cache daemon until SIGTERM/SIGINT",
+                       description="Run the cache daemon on a data directory until SIGTERM or SIGINT.")
+    s.add_argument("--data", required=True, help="data directory (created if missing)")
+    s.add_argument("--listen", default=None, help="unix:///path.sock or HOST:PORT (default unix:///tmp/acre-store.sock)")
+    s.add_argument("--backend", choices=["zarr", "lmdb"], default=None,
+                   help="disk tier of a new data directory (default lmdb; an existing one keeps its own)")
+    s.add_argument("--ram-bytes", type=parse_bytes, default=None, help="RAM tier cap, e.g. 4G (default 1G)")
+    s.add_argument("--disk-bytes", type=parse_bytes, default=0,
+                   help="disk tier cap; least recently used unpinned documents are evicted (default 0: no cap)")
+    s.add_argument("--workers", type=int, default=16, help="gRPC handler threads (default 16)")
+    s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls may run on at shutdown")
+    s.add_argument("--no-shared", action="store_true", help="disable the same-host shared-memory fast path")
+    s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    s.set_defaults(func=_guard(_serve))
+
+    for name, helptext in (("ls", "list documents"), ("stats", "tier usage, caps and hit rates")):
+        q = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        _common(q)
+        q.set_defaults(func=_guard(_ls if name == "ls" else _stats))
+    r = sub.add_parser("rm", help="delete a document", description="Delete a document from the store.")
+    r.add_argument("doc", metavar="DOC", help="document id (or a unique prefix of it, or its name)")
+    _common(r)
+    r.set_defaults(func=_guard(_rm))
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=None,
+                   help="daemon address (unix:///path.sock or HOST:PORT); default: the embedded store "
+                        "under $ACRE_HOME/store")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def open_store(addr: str | None):
+    """A client of the daemon at `addr`, or the embedded store under $ACRE_HOME."""
+    if addr:
+        from . import connect
+        return connect(addr, timeout=30.0)
+    from . import EmbeddedStore
+    return EmbeddedStore()
+
+
+def _resolve(store, doc: str) -> str:
+    from .errors import DocumentNotFound, InvalidArgument
+
+    docs = store.list()
+    exact = [m.doc_id for m in docs if m.doc_id == doc]
+    if exact:
+        return exact[0]
+    matches = [m.doc_id for m in docs if m.doc_id.startswith(doc.lower()) or (m.name and m.name == doc)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidArgument(f"{doc!r} matches {len(matches)} documents; give more of the id")
+    raise DocumentNotFound(f"unknown document {doc}")
+
+
+def _ls(args) -> int:
+    with open_store(args.store) as store:
+        docs = store.list()
+    if args.json:
+        print(json.dumps({"documents": [m.to_dict() for m in docs]}))
+        return 0
+    if not docs:
+        print("no documents")
+        return 0
+    print(f"{'doc_id':<20} {'tokens':>8} {'chunks':>6} {'size':>10} {'pin':>3}  {'created':<19}  name")
+    for m in docs:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created))
+        print(f"{m.doc_id[:20]:<20} {m.layout.n_tokens:>8} {m.layout.n_chunks:>6} {_fmt_bytes(m.nbytes):>10} "
+              f"{'yes' if m.pinned else '':>3}  {created:<19}  {m.name}")
+    return 0
+
+
+def _stats(args) -> int:
+    with open_store(args.store) as store:
+        st = store.stats()
+    if args.json:
+        print(json.dumps(st))
+        return 0
+    ram, disk = st["ram"], st["disk"]
+
+    def rate(h, m):
+        return f"{100 * h / (h + m):.1f}%" if h + m else "-"
+
+    cap = lambda n: _fmt_bytes(n) if n else "no cap"  # noqa: E731
+    print(f"store     {st['path']} ({st['backend']}), {st['n_docs']} documents, {st['n_pinned']} pinned")
+    print(f"ram       {_fmt_bytes(ram['used_bytes'])} of {cap(ram['capacity_bytes'])}, {ram['entries']} entries, "
+          f"hit rate {rate(ram['hits'], ram['misses'])} ({ram['hits']} hits, {ram['misses']} misses), "
+          f"{ram['evictions']} evictions")
+    print(f"disk      {_fmt_bytes(disk['used_bytes'])} of {cap(disk['capacity_bytes'])}, {disk['reads']} reads, "
+          f"{disk['evictions']} evictions, {disk['checksum_failures']} checksum failures")
+    ops = st["ops"]
+    print(f"ops       {ops['puts']} puts ({ops['put_noops']} no-op, {ops['put_aborts']} aborted), "
+          f"{ops['fetched_chunks']} chunks fetched ({_fmt_bytes(ops['fetched_bytes'])}), {ops['deletes']} deletes")
+    return 0
+
+
+def _rm(args) -> int:
+    with open_store(args.store) as store:
+        doc_id = _resolve(store, args.doc)
+        store.delete(doc_id)
+    if args.json:
+        print(json.dumps({"deleted": doc_id}))
+    else:
+        print(f"deleted {doc_id}")
+    return 0
+
+
+def _serve(args) -> int:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .server import DEFAULT_LISTEN, ServerConfig, StoreServer
+    from .store import DEFAULT_RAM_BYTES, StoreConfig
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    store_cfg = StoreConfig(path=args.data, backend=args.backend,
+                            ram_bytes=DEFAULT_RAM_BYTES if args.ram_bytes is None else args.ram_bytes,
+                            disk_bytes=args.disk_bytes)
+    server = StoreServer(store_cfg, ServerConfig(listen=args.listen or DEFAULT_LISTEN, workers=args.workers,
+                                                 grace_s=args.grace, shared=False)).start()
+    print(f"acre store: serving {server.store.path} ({server.store.backend}) on {server.addr}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    print("acre store: shutting down", file=sys.stderr, flush=True)
+    server.stop()
+    return 0
+
+
+def _guard(handler):
+    """The handler, with errors turned into one line on stderr and exit status 1."""
+
+    def run(args) -> int:
+        from .errors import StoreError
+
+        try:
+            return handler(args)
+        except (StoreError, OSError) as e:
+            print(f"acre store: error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="acre", description="ACRE store commands")
+    sub = parser.add_subparsers(dest="cmd", metavar="store")
+    sub.required = True
+    add_store_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""StoreClient: the gRPC client of the cache daemon, with the same interface as `EmbeddedStore`.
+
+Every call has a deadline (`timeout` for unary calls, `stream_timeout` for Put/GetL1/Fetch); calls
+that are safe to repeat are retried with exponential backoff while the daemon is UNAVAILABLE. Status
+codes come back as the same exceptions the embedded store raises. Every chunk is checked against its
+per-layer CRC32C on arrival.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from ._proto import store_pb2 as pb
+from ._proto import store_pb2_grpc
+from .checksum import bad_layers, crc32c
+from .embedded import StoreAPI
+from .errors import DataLoss, InvalidArgument, StoreError, StoreUnavailable, error_for_code
+from .record import TensorSpec
+from .types import DocMeta
+from .wire import (CHANNEL_OPTIONS, MAX_FRAME_BYTES, layout_from_pb, meta_from_pb, meta_to_pb, spec_from_pb,
+                   spec_to_pb)
+
+log = logging.getLogger(__name__)
+
+
+def normalize_addr(addr: str) -> str:
+    """'unix:///p', 'unix:p', '/p' (a path) or 'host:port' -> a gRPC target."""
+    if addr.startswith("/"):
+        return "unix://" + addr
+    return addr
+
+
+class StoreClient(StoreAPI):
+    def __init__(self, addr: str, timeout: float = 30.0, stream_timeout: float = 600.0, connect_timeout: float = 5.0,
+                 retries: int = 4, backoff_s: float = 0.1, shared: bool = False):
+        self.addr = normalize_addr(addr)
+        self.timeout, self.stream_timeout = timeout, stream_timeout
+        self.retries, self.backoff_s = retries, backoff_s
+        self._channel = grpc.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
+        self._stub = store_pb2_grpc.StoreStub(self._channel)
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
+        except grpc.FutureTimeoutError:
+            self._channel.close()
+            raise StoreUnavailable(f"cannot reach the store daemon at {self.addr} "
+                                   f"(no answer within {connect_timeout:g}s; is `acre store serve` running?)") from None
+        # Same-host fast path: only over a unix socket (then the daemon is on this host).
+        self.shared = None
+        if shared and self.addr.startswith("unix:"):
+            from .shared import SharedReader
+            self.shared = SharedReader(self._release)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _error(self, e: grpc.RpcError) -> StoreError:
+        code, details = e.code(), e.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return StoreUnavailable(f"store daemon at {self.addr} is unavailable: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return StoreUnavailable(f"store daemon at {self.addr} did not answer in time ({details})")
+        return error_for_code(code, details)
+
+    def _call(self, method, request, timeout: float | None = None):
+        """A unary call with a deadline, retried with backoff while the daemon is UNAVAILABLE."""
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=timeout or self.timeout)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise self._error(e) from None
+                log.debug("%s unavailable, retrying in %.2fs", self.addr, delay)
+                time.sleep(delay)
+                delay *= 2
+
+    # -- API ------------------------------------------------------------------------------------
+
+    def put(self, meta: DocMeta, l1: Mapping[str, np.ndarray], chunks: Iterable[np.ndarray]) -> DocMeta:
+        """Stream a document to the daemon; chunks [n_layers, 2, n_kv_heads, len_c, head_dim] are sent as they come."""
+        meta.validate()
+        l1 = {name: np.require(arr, requirements="C") for name, arr in l1.items()}
+        specs = []
+        for name, arr in l1.items():
+            s = TensorSpec.of(name, arr)
+            specs.append(TensorSpec(s.name, s.dtype, s.shape, crc32c(arr)))
+        header = pb.PutRequest(header=pb.PutHeader(meta=meta_to_pb(meta), l1=[spec_to_pb(s) for s in specs]))
+        L = meta.layout
+        state = {"pulled": False, "error": None}
+        chunk_iter = iter(chunks)
+
+        def requests():
+            yield header
+            for name, arr in l1.items():
+                data = memoryview(arr.reshape(-1).view(np.uint8))
+                for off in range(0, max(len(data), 1), MAX_FRAME_BYTES):
+                    yield pb.PutRequest(l1=pb.L1Frame(name=name, offset=off, data=bytes(data[off:off + MAX_FRAME_BYTES])))
+            n = 0
+            try:
+                for chunk in chunk_iter:
+                    state["pulled"] = True
+                    if n >= L.n_chunks:
+                        raise InvalidArgument(f"too many chunks: the layout has {L.n_chunks}")
+                    if not isinstance(chunk, np.ndarray) or chunk.shape != L.chunk_shape(n) or chunk.dtype != L.np_dtype:
+                        got = f"{chunk.dtype}{list(chunk.shape)}" if isinstance(chunk, np.ndarray) else type(chunk).__name__
+                        raise InvalidArgument(f"chunk {n}: got {got}, layout wants {L.np_dtype}{list(L.chunk_shape(n))}")
+                    chunk = np.ascontiguousarray(chunk)
+                    crc = crc32c(chunk)
+                    data = memoryview(chunk.reshape(-1).view(np.uint8))
+                    for off in range(0, len(data), MAX_FRAME_BYTES):
+                        yield pb.PutRequest(chunk=pb.ChunkFrame(chunk_id=n, offset=off, crc32c=crc,
+                                                                data=bytes(data[off:off + MAX_FRAME_BYTES])))
+                    n += 1
+            except Exception as e:  # noqa: BLE001 - reported after the call; the stream ends without its end marker
+                state["error"] = e
+                return
+            yield pb.PutRequest(end=pb.PutEnd(n_chunks=n))
+
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self._stub.Put(requests(), timeout=self.stream_timeout)
+                break
+            except grpc.RpcError as e:
+                if state["error"] is not None:
+                    raise state["error"] from None
+                retry = e.code() == grpc.StatusCode.UNAVAILABLE and not state["pulled"] and attempt < self.retries
+                if not retry:
+                    raise self._error(e) from None
+                time.sleep(delay)
+                delay *= 2
+        if state["error"] is not None:  # the daemon may have answered "already stored" first
+            raise state["error"]
+        return meta_from_pb(resp.meta)
+
+    def info(self, doc_id: str) -> DocMeta:
+        return meta_from_pb(self._call(self._stub.Info, pb.InfoRequest(doc_id=doc_id)))
+
+    def get_l1(self, doc_id: str) -> dict[str, np.ndarray]:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return self._get_l1(doc_id)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise self._error(e) from None
+                time.sleep(delay)
+                delay *= 2
+
+    def _get_l1(self, doc_id: str) -> dict[str, np.ndarray]:
+        out, spec, buf = {}, None, None
+        for f in self._stub.GetL1(pb.GetL1Request(doc_id=doc_id), timeout=self.stream_timeout):
+            if f.offset == 0:
+                spec = spec_from_pb(f.spec)
+                buf = np.empty(spec.nbytes, np.uint8)
+            data = f.data
+            buf[f.offset:f.offset + len(data)] = np.frombuffer(data, np.uint8)
+            if f.offset + len(data) == spec.nbytes:
+                if crc32c(buf) != spec.crc32c:
+                    raise DataLoss(f"L1 part {spec.name!r} of {doc_id} arrived corrupted (checksum mismatch)")
+                out[spec.name] = buf.view(spec.np_dtype).reshape(spec.shape)
+        return out
+
+    def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
+              ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields (chunk_id, [l1-l0, 2, n_kv_heads, len_c, head_dim]) in request order as each arrives."""
+        req = pb.FetchRequest(doc_id=doc_id, chunk_ids=[int(c) for c in chunk_ids], shared_ok=self.shared is not None)
+        if layers is not None:
+            req.has_layers, req.layer_start, req.layer_end = True, int(layers[0]), int(layers[1])
+        return self._fetch(req)
+
+    def _fetch(self, req: pb.FetchRequest) -> Iterator[tuple[int, np.ndarray]]:
+        delay, done = self.backoff_s, 0
+        for attempt in range(self.retries + 1):
+            try:
+                call = self._stub.Fetch(req, timeout=self.stream_timeout)
+                for c, arr in self._assemble(call, req.doc_id):
+                    done += 1
+                    yield c, arr
+                return
+            except grpc.RpcError as e:
+                # Retry only a call that yielded nothing: chunks must come once, in order.
+                if e.code() != grpc.StatusCode.UNAVAILABLE or done or attempt == self.retries:
+                    raise self._error(e) from None
+                time.sleep(delay)
+                delay *= 2
+
+    def _assemble(self, frames, doc_id: str) -> Iterator[tuple[int, np.ndarray]]:
+        arr = view = None
+        crcs: list[int] = []
+        for f in frames:
+            if f.offset == 0:
+                L = layout_from_pb(f.layout)
+                shape = (f.layer_end - f.layer_start, 2, L.n_kv_heads, f.n_tokens, L.head_dim)
+                arr = np.empty(shape, L.np_dtype)
+                view = arr.reshape(-1).view(np.uint8)
+                crcs = list(f.layer_crc32c)
+            if f.HasField("shared"):
+                got = self.shared.read(f.shared, view)
+            else:
+                data = f.data  # NOTE: each access of a bytes field copies it out of the message
+                view[f.offset:f.offset + len(data)] = np.frombuffer(data, np.uint8)
+                got = f.offset + len(data)
+            if got == f.chunk_bytes:
+                bad = bad_layers(arr, crcs, 0)
+                if bad:
+                    raise DataLoss(f"chunk {f.chunk_id} of {doc_id} arrived corrupted "
+                                   f"(layers {[f.layer_start + b for b in bad]} fail their checksum)")
+                yield f.chunk_id, arr
+
+    def prefetch(self, doc_id: str, chunk_ids: Sequence[int] | None = None) -> None:
+        req = pb.PrefetchRequest(doc_id=doc_id, all_chunks=chunk_ids is None,
+                                 chunk_ids=[] if chunk_ids is None else [int(c) for c in chunk_ids])
+        self._call(self._stub.Prefetch, req)
+
+    def _release(self, leases: list[int]) -> None:
+        try:
+            self._stub.Release.future(pb.ReleaseRequest(leases=leases), timeout=self.timeout)
+        except grpc.RpcError:  # leases expire on their own
+            pass
+
+    def list(self) -> list[DocMeta]:
+        return [meta_from_pb(m) for m in self._call(self._stub.List, pb.ListRequest()).docs]
+
+    def delete(self, doc_id: str) -> None:
+        self._call(self._stub.Delete, pb.DeleteRequest(doc_id=doc_id))
+
+    def pin(self, doc_id: str, pinned: bool = True) -> None:
+        self._call(self._stub.Pin, pb.PinRequest(doc_id=doc_id, pinned=pinned))
+
+    def stats(self) -> dict:
+        return json.loads(self._call(self._stub.Stats, pb.StatsRequest()).json)
+
+    def health(self) -> str:
+        """'SERVING' or 'NOT_SERVING' (grpc.health.v1)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service="acre.store.v1.Store"), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,120 @@
+"""StoreServer: the cache daemon — a `Store` behind gRPC (Store service + grpc.health.v1) on a unix
+socket or TCP, shut down gracefully (health NOT_SERVING, in-flight calls drain, then the store closes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ._proto import store_pb2_grpc
+from .errors import StoreUnavailable
+from .service import StoreServicer
+from .store import Store, StoreConfig
+from .wire import CHANNEL_OPTIONS
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "acre.store.v1.Store"
+DEFAULT_LISTEN = "unix:///tmp/acre-store.sock"
+
+
+def unix_path(addr: str) -> str | None:
+    """The socket path of a `unix:` address, else None."""
+    if addr.startswith("unix://"):
+        return addr[len("unix://"):]
+    if addr.startswith("unix:"):
+        return addr[len("unix:"):]
+    return None
+
+
+def _check_socket_path(path: str, addr: str) -> None:
+    """Refuse a socket path a live daemon listens on; remove a stale one left by a crash."""
+    if not os.path.lexists(path):
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            raise StoreUnavailable(f"cannot listen on {addr}: directory {parent} does not exist")
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise StoreUnavailable(f"cannot listen on {addr}: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.warning("removing stale socket %s (no daemon answers on it)", path)
+        os.unlink(path)
+        return
+    except OSError as e:
+        raise StoreUnavailable(f"cannot listen on {addr}: {path}: {e}") from None
+    finally:
+        probe.close()
+    raise StoreUnavailable(f"cannot listen on {addr}: another daemon is already serving on {path}")
+
+
+@dataclass
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    workers: int = 16      # gRPC handler threads (each streaming call holds one)
+    grace_s: float = 10.0  # how long in-flight calls may run on at shutdown
+    shared: bool = False   # offer the same-host shared-memory fast path on unix sockets
+
+
+class StoreServer:
+    def __init__(self, store_config: StoreConfig, config: ServerConfig = ServerConfig()):
+        self.config = config
+        self.addr = config.listen
+        self._sock = unix_path(config.listen)
+        self.store = Store(store_config)  # takes the data directory's lock first: a busy store fails here
+        try:
+            if self._sock is not None:
+                _check_socket_path(self._sock, config.listen)
+            self.shared = None
+            if config.shared and self._sock is not None:
+                from .shared import SharedArena
+                self.shared = SharedArena.create(self.store)
+            self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
+                                      options=CHANNEL_OPTIONS)
+            store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(self.store, self.shared), self.server)
+            self.health = health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+            try:
+                port = self.server.add_insecure_port(config.listen)
+            except RuntimeError as e:
+                raise StoreUnavailable(f"cannot listen on {config.listen}: {e}") from None
+            if port == 0:
+                raise StoreUnavailable(f"cannot listen on {config.listen} (address in use?)")
+            if self._sock is None and config.listen.endswith(":0"):
+                self.addr = config.listen[:-1] + str(port)
+        except BaseException:
+            if getattr(self, "shared", None) is not None:
+                self.shared.close()
+            self.store.close()
+            raise
+
+    def start(self) -> "StoreServer":
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s", self.store.path, self.addr)
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within the grace, close."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.config.grace_s if grace is None else grace).wait()
+        if self.shared is not None:
+            self.shared.close()
+        self.store.close()
+        if self._sock is not None and os.path.exists(self._sock):
+            try:
+                os.unlink(self._sock)
+            except OSError:
+                pass
+        log.info("stopped")

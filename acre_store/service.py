@@ -1,0 +1,219 @@
+"""StoreServicer: the gRPC face of a `Store`. Thin: it decodes frames and delegates.
+
+Every `StoreError` becomes its status code (`errors.py`); anything else is logged and sent as INTERNAL.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+
+import grpc
+import numpy as np
+
+from ._proto import store_pb2 as pb
+from ._proto import store_pb2_grpc
+from .errors import InvalidArgument, StoreError
+from .record import TensorSpec
+from .store import PutSession, Store
+from .wire import MAX_FRAME_BYTES, layout_to_pb, meta_from_pb, meta_to_pb, spec_from_pb, spec_to_pb
+
+log = logging.getLogger(__name__)
+
+
+def _abort(context, e: BaseException):
+    if not context.is_active():  # the client went away (or the deadline passed): nobody to tell
+        log.info("call ended early: %s", e)
+        return None
+    if isinstance(e, StoreError):
+        context.abort(e.code, str(e))
+    log.exception("internal error")
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+
+def unary(fn):
+    @functools.wraps(fn)
+    def wrapper(self, request, context):
+        try:
+            return fn(self, request, context)
+        except Exception as e:  # noqa: BLE001 - mapped to a status code
+            _abort(context, e)
+    return wrapper
+
+
+def streaming(fn):
+    @functools.wraps(fn)
+    def wrapper(self, request, context):
+        try:
+            yield from fn(self, request, context)
+        except Exception as e:  # noqa: BLE001 - mapped to a status code
+            _abort(context, e)
+    return wrapper
+
+
+class _Part:
+    """Bytes of one part (chunk or L1 array) arriving in ordered pieces."""
+
+    def __init__(self, nbytes: int):
+        self.buf = np.empty(nbytes, np.uint8)
+        self.received = 0
+
+    def add(self, offset: int, data: bytes, what: str) -> bool:
+        """Append a piece; True once complete."""
+        if len(data) > MAX_FRAME_BYTES:
+            raise InvalidArgument(f"{what}: frame of {len(data)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+        if offset != self.received:
+            raise InvalidArgument(f"{what}: piece at offset {offset}, expected {self.received}")
+        end = offset + len(data)
+        if end > self.buf.nbytes:
+            raise InvalidArgument(f"{what}: {end} bytes sent, the layout says {self.buf.nbytes}")
+        self.buf[offset:end] = np.frombuffer(data, np.uint8)
+        self.received = end
+        return end == self.buf.nbytes
+
+
+class _PutAssembler:
+    """Turns a Put stream's frames into `PutSession` calls."""
+
+    def __init__(self, session: PutSession, specs: list[TensorSpec]):
+        self.session = session
+        self.specs = {s.name: s for s in specs}
+        self.l1_parts: dict[str, _Part] = {}
+        self.chunk: _Part | None = None
+
+    def l1(self, f: pb.L1Frame) -> None:
+        spec = self.specs.get(f.name)
+        if spec is None:
+            raise InvalidArgument(f"L1 part {f.name!r} is not declared in the header")
+        part = self.l1_parts.setdefault(f.name, _Part(spec.nbytes))
+        if part.add(f.offset, f.data, f"L1 part {f.name!r}"):
+            arr = part.buf.view(spec.np_dtype).reshape(spec.shape)
+            self.session.add_l1(f.name, arr, crc=spec.crc32c)
+
+    def chunk_frame(self, f: pb.ChunkFrame) -> None:
+        c, L = self.session.next_chunk, self.session.layout
+        if f.chunk_id != c:
+            raise InvalidArgument(f"chunk {f.chunk_id} out of order: expected chunk {c}")
+        if c >= L.n_chunks:
+            raise InvalidArgument(f"too many chunks: the layout has {L.n_chunks}")
+        if self.chunk is None:
+            self.chunk = _Part(L.chunk_nbytes(c))
+        if self.chunk.add(f.offset, f.data, f"chunk {c}"):
+            arr = self.chunk.buf.view(L.np_dtype).reshape(L.chunk_shape(c))
+            self.chunk = None
+            self.session.add_chunk(c, arr, crc=f.crc32c)
+
+
+class StoreServicer(store_pb2_grpc.StoreServicer):
+    def __init__(self, store: Store, shared=None):
+        self.store = store
+        self.shared = shared  # SharedArena for same-host clients, or None
+
+    @unary
+    def Put(self, request_iterator, context):
+        it = iter(request_iterator)
+        first = next(it, None)
+        if first is None or first.WhichOneof("frame") != "header":
+            raise InvalidArgument("a Put stream must start with a header")
+        meta = meta_from_pb(first.header.meta)
+        specs = [spec_from_pb(s) for s in first.header.l1]
+        session = self.store.begin_put(meta, specs)
+        if session is None:
+            rec = self.store.record(meta.doc_id)
+            return pb.PutResponse(meta=meta_to_pb(rec.meta, rec.l1), created=False)
+        try:
+            asm = _PutAssembler(session, specs)
+            ended = False
+            for req in it:
+                kind = req.WhichOneof("frame")
+                if ended:
+                    raise InvalidArgument("frames after the end marker")
+                if kind == "chunk":
+                    asm.chunk_frame(req.chunk)
+                elif kind == "l1":
+                    asm.l1(req.l1)
+                elif kind == "end":
+                    if req.end.n_chunks != session.next_chunk:
+                        raise InvalidArgument(f"end marker says {req.end.n_chunks} chunks, {session.next_chunk} arrived")
+                    ended = True
+                else:
+                    raise InvalidArgument("a Put stream has exactly one header")
+            if not ended:
+                raise InvalidArgument("Put stream ended without its end marker; nothing was stored")
+            if not context.is_active():
+                raise InvalidArgument("client went away before the commit; nothing was stored")
+            stored = session.commit()
+        except BaseException:
+            session.abort()
+            raise
+        return pb.PutResponse(meta=meta_to_pb(stored, self.store.record(stored.doc_id, touch=False).l1), created=True)
+
+    @unary
+    def Info(self, request, context):
+        rec = self.store.record(request.doc_id)
+        return meta_to_pb(rec.meta, rec.l1)
+
+    @streaming
+    def GetL1(self, request, context):
+        rec = self.store.record(request.doc_id)
+        parts = self.store.l1(request.doc_id, list(request.names) or None)
+        for name, arr in parts.items():
+            spec = rec.l1_spec(name)
+            data = memoryview(np.require(arr, requirements="C").reshape(-1).view(np.uint8))
+            for off in range(0, max(len(data), 1), MAX_FRAME_BYTES):
+                yield pb.L1Frame(name=name, offset=off, data=bytes(data[off:off + MAX_FRAME_BYTES]),
+                                 spec=spec_to_pb(spec) if off == 0 else None)
+
+    @streaming
+    def Fetch(self, request, context):
+        layers = (request.layer_start, request.layer_end) if request.has_layers else None
+        rec = self.store.record(request.doc_id, touch=False)
+        it = self.store.fetch(request.doc_id, list(request.chunk_ids), layers)
+        l0, l1 = layers or (0, rec.meta.layout.n_layers)
+        layout_pb = layout_to_pb(rec.meta.layout)
+        shared = self.shared if (request.shared_ok and self.shared is not None) else None
+        for c, view in it:
+            head = dict(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3], chunk_bytes=view.nbytes,
+                        layer_crc32c=rec.chunk_crcs[c][l0:l1], layout=layout_pb)
+            ref = shared.lease(rec, c, l0, l1) if shared is not None else None
+            if ref is not None:
+                yield pb.FetchFrame(offset=0, shared=ref, **head)
+                continue
+            data = memoryview(view.reshape(-1).view(np.uint8))
+            for off in range(0, max(len(data), 1), MAX_FRAME_BYTES):
+                if off:
+                    head = dict(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3],
+                                chunk_bytes=view.nbytes)
+                yield pb.FetchFrame(offset=off, data=bytes(data[off:off + MAX_FRAME_BYTES]), **head)
+
+    @unary
+    def Prefetch(self, request, context):
+        self.store.prefetch(request.doc_id, None if request.all_chunks else list(request.chunk_ids))
+        return pb.PrefetchResponse()
+
+    @unary
+    def Release(self, request, context):
+        if self.shared is not None:
+            self.shared.release(list(request.leases))
+        return pb.ReleaseResponse()
+
+    @unary
+    def List(self, request, context):
+        return pb.ListResponse(docs=[meta_to_pb(m) for m in self.store.list()])
+
+    @unary
+    def Delete(self, request, context):
+        self.store.delete(request.doc_id)
+        return pb.DeleteResponse()
+
+    @unary
+    def Pin(self, request, context):
+        self.store.pin(request.doc_id, request.pinned)
+        return pb.PinResponse()
+
+    @unary
+    def Stats(self, request, context):
+        stats = self.store.stats()
+        if self.shared is not None:
+            stats["shared"] = self.shared.stats()
+        return pb.StatsResponse(json=json.dumps(stats))
