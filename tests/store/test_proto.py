@@ -1,0 +1,35 @@
+"""The committed generated code matches proto/acre/store/v1/store.proto (regenerate: `make proto`)."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+
+import pytest
+
+from acre_store import gen_proto
+from acre_store._proto import store_pb2
+
+grpc_tools = pytest.importorskip("grpc_tools")
+
+
+def test_committed_descriptor_matches_proto():
+    from google.protobuf import descriptor_pb2
+
+    committed = descriptor_pb2.FileDescriptorProto()
+    committed.ParseFromString(store_pb2.DESCRIPTOR.serialized_pb)
+    assert gen_proto.descriptor() == committed, "acre_store/_proto is stale: run `make proto`"
+
+
+def test_committed_code_is_what_the_generator_writes():
+    with open(os.path.join(gen_proto.OUT_DIR, "store_pb2.py")) as f:
+        committed_version = re.search(r"Protobuf Python Version: (\S+)", f.read()).group(1)
+    fresh = gen_proto.generate()
+    fresh_version = re.search(r"Protobuf Python Version: (\S+)", fresh["store_pb2.py"]).group(1)
+    if fresh_version != committed_version:
+        pytest.skip(f"grpcio-tools {importlib.metadata.version('grpcio-tools')} emits protobuf {fresh_version} "
+                    f"code, the committed copy is {committed_version}: only the descriptor is compared")
+    for name, text in fresh.items():
+        with open(os.path.join(gen_proto.OUT_DIR, name)) as f:
+            assert f.read() == text, f"{name} is stale: run `make proto`"
+    assert "from . import store_pb2" in fresh["store_pb2_grpc.py"]
