@@ -147,9 +147,10 @@ class ZarrTier(DiskTier):
         L = record.meta.layout
         out = np.empty((L.n_layers, 2, L.n_kv_heads, L.chunk_size, L.head_dim), L.np_dtype)
         with open(self.chunk_path(record.doc_id, c), "rb", buffering=0) as f:
-            n = f.readinto(memoryview(out).cast("B"))
-        if n != out.nbytes:
-            raise OSError(f"short read of chunk {c} of {record.doc_id}: {n} of {out.nbytes} bytes")
+            size = os.fstat(f.fileno()).st_size
+            n = f.readinto(memoryview(out).cast("B")) if size == out.nbytes else -1
+        if n != out.nbytes:  # ValueError: the Store reports a damaged chunk
+            raise ValueError(f"chunk file holds {size} bytes, expected {out.nbytes}")
         n_c = L.chunk_len(c)
         return out if n_c == L.chunk_size else np.ascontiguousarray(out[:, :, :, :n_c])
 
