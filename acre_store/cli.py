@@ -165,7 +165,7 @@ def _serve(args) -> int:
                             ram_bytes=DEFAULT_RAM_BYTES if args.ram_bytes is None else args.ram_bytes,
                             disk_bytes=args.disk_bytes)
     server = StoreServer(store_cfg, ServerConfig(listen=args.listen or DEFAULT_LISTEN, workers=args.workers,
-                                                 grace_s=args.grace, shared=False)).start()
+                                                 grace_s=args.grace, shared=not args.no_shared)).start()
     print(f"acre store: serving {server.store.path} ({server.store.backend}) on {server.addr}", flush=True)
     while not stop.wait(0.5):
         pass

@@ -21,6 +21,7 @@ from .checksum import bad_layers, crc32c
 from .embedded import StoreAPI
 from .errors import DataLoss, InvalidArgument, StoreError, StoreUnavailable, error_for_code
 from .record import TensorSpec
+from .shared import SharedGone, read_shared
 from .types import DocMeta
 from .wire import (CHANNEL_OPTIONS, MAX_FRAME_BYTES, layout_from_pb, meta_from_pb, meta_to_pb, spec_from_pb,
                    spec_to_pb)
@@ -37,7 +38,7 @@ def normalize_addr(addr: str) -> str:
 
 class StoreClient(StoreAPI):
     def __init__(self, addr: str, timeout: float = 30.0, stream_timeout: float = 600.0, connect_timeout: float = 5.0,
-                 retries: int = 4, backoff_s: float = 0.1, shared: bool = False):
+                 retries: int = 4, backoff_s: float = 0.1, shared: bool = True):
         self.addr = normalize_addr(addr)
         self.timeout, self.stream_timeout = timeout, stream_timeout
         self.retries, self.backoff_s = retries, backoff_s
@@ -49,11 +50,8 @@ class StoreClient(StoreAPI):
             self._channel.close()
             raise StoreUnavailable(f"cannot reach the store daemon at {self.addr} "
                                    f"(no answer within {connect_timeout:g}s; is `acre store serve` running?)") from None
-        # Same-host fast path: only over a unix socket (then the daemon is on this host).
-        self.shared = None
-        if shared and self.addr.startswith("unix:"):
-            from .shared import SharedReader
-            self.shared = SharedReader(self._release)
+        # Same-host fast path (shared.py): offered over a unix socket only (the daemon is then on this host).
+        self.shared = shared and self.addr.startswith("unix:")
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -168,7 +166,7 @@ class StoreClient(StoreAPI):
     def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
               ) -> Iterator[tuple[int, np.ndarray]]:
         """Yields (chunk_id, [l1-l0, 2, n_kv_heads, len_c, head_dim]) in request order as each arrives."""
-        req = pb.FetchRequest(doc_id=doc_id, chunk_ids=[int(c) for c in chunk_ids], shared_ok=self.shared is not None)
+        req = pb.FetchRequest(doc_id=doc_id, chunk_ids=[int(c) for c in chunk_ids], shared_ok=self.shared)
         if layers is not None:
             req.has_layers, req.layer_start, req.layer_end = True, int(layers[0]), int(layers[1])
         return self._fetch(req)
@@ -176,9 +174,10 @@ class StoreClient(StoreAPI):
     def _fetch(self, req: pb.FetchRequest) -> Iterator[tuple[int, np.ndarray]]:
         delay, done = self.backoff_s, 0
         for attempt in range(self.retries + 1):
+            leases: list[int] = []
             try:
                 call = self._stub.Fetch(req, timeout=self.stream_timeout)
-                for c, arr in self._assemble(call, req.doc_id):
+                for c, arr in self._assemble(call, req, leases):
                     done += 1
                     yield c, arr
                 return
@@ -188,8 +187,10 @@ class StoreClient(StoreAPI):
                     raise self._error(e) from None
                 time.sleep(delay)
                 delay *= 2
+            finally:
+                self._release(leases)
 
-    def _assemble(self, frames, doc_id: str) -> Iterator[tuple[int, np.ndarray]]:
+    def _assemble(self, frames, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         arr = view = None
         crcs: list[int] = []
         for f in frames:
@@ -200,7 +201,21 @@ class StoreClient(StoreAPI):
                 view = arr.reshape(-1).view(np.uint8)
                 crcs = list(f.layer_crc32c)
             if f.HasField("shared"):
-                got = self.shared.read(f.shared, view)
+                leases.append(f.shared.lease)
+                try:
+                    got = read_shared(f.shared, view)
+                except SharedGone as e:  # deleted meanwhile, or not our host after all: use the socket
+                    log.debug("shared read failed (%s); chunk %d over the socket", e, f.chunk_id)
+                    one = pb.FetchRequest(doc_id=req.doc_id, chunk_ids=[f.chunk_id], has_layers=True,
+                                          layer_start=f.layer_start, layer_end=f.layer_end, shared_ok=False)
+                    try:
+                        yield from self._assemble(self._stub.Fetch(one, timeout=self.stream_timeout), one, leases)
+                    except grpc.RpcError as e2:
+                        raise self._error(e2) from None
+                    continue
+                if len(leases) >= 16:
+                    self._release(leases)
+                    leases.clear()
             else:
                 data = f.data  # NOTE: each access of a bytes field copies it out of the message
                 view[f.offset:f.offset + len(data)] = np.frombuffer(data, np.uint8)
@@ -208,7 +223,7 @@ class StoreClient(StoreAPI):
             if got == f.chunk_bytes:
                 bad = bad_layers(arr, crcs, 0)
                 if bad:
-                    raise DataLoss(f"chunk {f.chunk_id} of {doc_id} arrived corrupted "
+                    raise DataLoss(f"chunk {f.chunk_id} of {req.doc_id} arrived corrupted "
                                    f"(layers {[f.layer_start + b for b in bad]} fail their checksum)")
                 yield f.chunk_id, arr
 
@@ -218,10 +233,12 @@ class StoreClient(StoreAPI):
         self._call(self._stub.Prefetch, req)
 
     def _release(self, leases: list[int]) -> None:
-        try:
-            self._stub.Release.future(pb.ReleaseRequest(leases=leases), timeout=self.timeout)
-        except grpc.RpcError:  # leases expire on their own
-            pass
+        """End same-host leases (they also expire on their own if this fails)."""
+        if leases:
+            try:
+                self._stub.Release(pb.ReleaseRequest(leases=list(leases)), timeout=self.timeout)
+            except grpc.RpcError as e:
+                log.debug("release of %d leases failed: %s", len(leases), e)
 
     def list(self) -> list[DocMeta]:
         return [meta_from_pb(m) for m in self._call(self._stub.List, pb.ListRequest()).docs]

@@ -63,7 +63,7 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     workers: int = 16      # gRPC handler threads (each streaming call holds one)
     grace_s: float = 10.0  # how long in-flight calls may run on at shutdown
-    shared: bool = False   # offer the same-host shared-memory fast path on unix sockets
+    shared: bool = True    # offer the same-host shared-memory fast path on unix sockets
 
 
 class StoreServer:
@@ -71,14 +71,22 @@ class StoreServer:
         self.config = config
         self.addr = config.listen
         self._sock = unix_path(config.listen)
-        self.store = Store(store_config)  # takes the data directory's lock first: a busy store fails here
+        self.shared = None
+        if config.shared and self._sock is not None:  # a unix socket: clients are on this host
+            from .shared import SharedArena
+            self.shared = SharedArena()
+        try:
+            # The store takes the data directory's lock first: a busy store fails here.
+            self.store = Store(store_config, allocator=self.shared)
+        except BaseException:
+            if self.shared is not None:
+                self.shared.close()
+            raise
+        if self.shared is not None:
+            self.shared.ram = self.store.ram
         try:
             if self._sock is not None:
                 _check_socket_path(self._sock, config.listen)
-            self.shared = None
-            if config.shared and self._sock is not None:
-                from .shared import SharedArena
-                self.shared = SharedArena.create(self.store)
             self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
                                       options=CHANNEL_OPTIONS)
             store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(self.store, self.shared), self.server)
@@ -93,9 +101,9 @@ class StoreServer:
             if self._sock is None and config.listen.endswith(":0"):
                 self.addr = config.listen[:-1] + str(port)
         except BaseException:
-            if getattr(self, "shared", None) is not None:
-                self.shared.close()
             self.store.close()
+            if self.shared is not None:
+                self.shared.close()
             raise
 
     def start(self) -> "StoreServer":
@@ -109,9 +117,9 @@ class StoreServer:
         """Health NOT_SERVING, refuse new calls, let in-flight ones finish within the grace, close."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.config.grace_s if grace is None else grace).wait()
+        self.store.close()
         if self.shared is not None:
             self.shared.close()
-        self.store.close()
         if self._sock is not None and os.path.exists(self._sock):
             try:
                 os.unlink(self._sock)

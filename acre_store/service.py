@@ -175,7 +175,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         for c, view in it:
             head = dict(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3], chunk_bytes=view.nbytes,
                         layer_crc32c=rec.chunk_crcs[c][l0:l1], layout=layout_pb)
-            ref = shared.lease(rec, c, l0, l1) if shared is not None else None
+            ref = shared.lease(rec.doc_id, c, l0, l1) if shared is not None else None
             if ref is not None:
                 yield pb.FetchFrame(offset=0, shared=ref, **head)
                 continue

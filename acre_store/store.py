@@ -137,7 +137,8 @@ class PutSession:
 
 
 class Store:
-    def __init__(self, config: StoreConfig):
+    def __init__(self, config: StoreConfig, allocator=None):
+        """allocator: where the RAM tier keeps chunk bytes (see tiers/ram_tier.py); default: process heap."""
         self.config = config
         self.path = os.path.abspath(config.path)
         os.makedirs(self.path, exist_ok=True)
@@ -159,7 +160,7 @@ class Store:
         self._lock = threading.Lock()         # _docs, _used, _reserved, counters
         self._commit_lock = threading.Lock()  # serialises publish/delete against each other
         self.counters = _Counters()
-        self.ram = RamTier(config.ram_bytes)
+        self.ram = RamTier(config.ram_bytes, allocator=allocator)
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="acre-prefetch")
         self._closed = False
         log.info("store %s (%s): %d documents, %d bytes", self.path, self.backend, len(self._docs), self._used)

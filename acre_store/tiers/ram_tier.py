@@ -1,17 +1,26 @@
 """RAM tier: an LRU of verified chunks, capped in bytes, with hit/miss/eviction counters.
 
 Values are read-only numpy arrays that have already passed their checksum; callers copy out of them.
-An entry can be leased (same-host fast path: a client is reading its shared-memory file); a leased
-entry is never evicted, and an insert that cannot make room without evicting one is skipped instead.
+An optional allocator places the bytes elsewhere (the daemon's shared-memory files, so same-host
+clients can read them without the socket). An entry can be leased (a client is reading its file): a
+leased entry is never evicted, and an insert that cannot make room without evicting one is skipped.
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Protocol
 
 import numpy as np
+
+
+class Allocator(Protocol):
+    def alloc(self, key: Hashable, arr: np.ndarray) -> np.ndarray:
+        """A copy of arr in the allocator's memory (or arr itself if it cannot place it)."""
+
+    def free(self, key: Hashable, arr: np.ndarray) -> None:
+        """Called once when an array it returned leaves the tier."""
 
 
 @dataclass
@@ -24,19 +33,19 @@ class RamStats:
 
 
 class RamTier:
-    def __init__(self, capacity_bytes: int, on_evict: Callable[[Hashable, np.ndarray], None] | None = None):
+    def __init__(self, capacity_bytes: int, allocator: Allocator | None = None):
         self.capacity = int(capacity_bytes)
         self.used = 0
         self.stats = RamStats()
         self._lru: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._leases: dict[Hashable, int] = {}
         self._lock = threading.Lock()
-        self._on_evict = on_evict  # called outside the lock (e.g. to unlink a shared-memory file)
+        self.allocator = allocator  # alloc/free run outside the lock (they copy or unlink)
 
     def __len__(self) -> int:
         return len(self._lru)
 
-    def get(self, key: Hashable, lease: bool = False) -> np.ndarray | None:
+    def get(self, key: Hashable) -> np.ndarray | None:
         """The cached array (most recently used now), or None; counts a hit or a miss."""
         with self._lock:
             arr = self._lru.get(key)
@@ -45,7 +54,13 @@ class RamTier:
                 return None
             self._lru.move_to_end(key)
             self.stats.hits += 1
-            if lease:
+            return arr
+
+    def lease(self, key: Hashable) -> np.ndarray | None:
+        """Pin the entry against eviction until `release` (no hit/miss counted); None if absent."""
+        with self._lock:
+            arr = self._lru.get(key)
+            if arr is not None:
                 self._leases[key] = self._leases.get(key, 0) + 1
             return arr
 
@@ -53,43 +68,42 @@ class RamTier:
         with self._lock:
             return key in self._lru
 
-    def put(self, key: Hashable, arr: np.ndarray, lease: bool = False) -> bool:
-        """Insert (evicting least recently used unleased entries); False if it does not fit."""
-        evicted = []
+    def put(self, key: Hashable, arr: np.ndarray) -> bool:
+        """Insert (evicting least recently used unleased entries); False if not stored (present, or no room)."""
         n = arr.nbytes
         with self._lock:
-            if key in self._lru:
-                self._lru.move_to_end(key)
-                if lease:
-                    self._leases[key] = self._leases.get(key, 0) + 1
-                return True
-            if n > self.capacity:
-                self.stats.skipped += 1
+            if key in self._lru or n > self.capacity:
+                self.stats.skipped += key not in self._lru
                 return False
-            victims, room = [], self.capacity - self.used
-            for k, v in self._lru.items():  # oldest first
+        if self.allocator is not None:
+            arr = self.allocator.alloc(key, arr)
+        evicted, stored = [], False
+        with self._lock:
+            if key not in self._lru:
+                victims, room = [], self.capacity - self.used
+                for k, v in self._lru.items():  # oldest first
+                    if room >= n:
+                        break
+                    if not self._leases.get(k):
+                        victims.append(k)
+                        room += v.nbytes
                 if room >= n:
-                    break
-                if self._leases.get(k):
-                    continue
-                victims.append(k)
-                room += v.nbytes
-            if room < n:
-                self.stats.skipped += 1
-                return False
-            for k in victims:
-                v = self._lru.pop(k)
-                self.used -= v.nbytes
-                self.stats.evictions += 1
-                evicted.append((k, v))
-            arr.flags.writeable = False
-            self._lru[key] = arr
-            self.used += n
-            self.stats.inserts += 1
-            if lease:
-                self._leases[key] = self._leases.get(key, 0) + 1
+                    for k in victims:
+                        v = self._lru.pop(k)
+                        self.used -= v.nbytes
+                        self.stats.evictions += 1
+                        evicted.append((k, v))
+                    arr.flags.writeable = False
+                    self._lru[key] = arr
+                    self.used += n
+                    self.stats.inserts += 1
+                    stored = True
+                else:
+                    self.stats.skipped += 1
+        if not stored:
+            evicted.append((key, arr))
         self._notify(evicted)
-        return True
+        return stored
 
     def release(self, key: Hashable) -> None:
         """End one lease on `key`."""
@@ -115,6 +129,6 @@ class RamTier:
         self.drop(lambda k: True)
 
     def _notify(self, entries) -> None:
-        if self._on_evict:
+        if self.allocator is not None:
             for k, v in entries:
-                self._on_evict(k, v)
+                self.allocator.free(k, v)
