@@ -28,7 +28,7 @@ def test_reads_longbench_records(tmp_path):
     assert (a.task_id, a.family, a.metric, a.n_tokens_target) == ("hotpotqa/abc", "hotpotqa", "f1", 8)
     assert (a.doc_text, a.question, a.answers, a.answer_prefix) == (
         "Alice lives in Paris. Bob lives in Rome.", "Where does Bob live?", ["Rome"], "")
-    assert a.depth is None and a.needle_spans == []
+    assert a.depth is None and a.needle_spans == [] and a.max_new_tokens == 32  # LongBench's hotpotqa
     assert (b.family, b.metric, b.task_id, b.n_tokens) == ("gov_report", "rouge_l", "gov_report/2", None)
     assert a.score("Bob lives in Rome") == pytest.approx(0.4)  # P 1/4, R 1
 

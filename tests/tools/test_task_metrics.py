@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.tasks.metrics import METRICS, lcs_length, normalize_answer, score
+from tools.tasks.metrics import METRICS, cut_at_stop, lcs_length, normalize_answer, score
 
 
 def test_string_match_is_fraction_contained_case_insensitive():
@@ -51,3 +51,10 @@ def test_score_validates():
         score("f1", "x", [])
     assert score("string_match", None, ["x"]) == 0.0
     assert score("f1", "x", "x") == 1.0  # a bare string is one reference
+
+
+def test_cut_at_stop():
+    assert cut_at_stop(" piano tuner. She is kind.", ("\n", ". ")) == " piano tuner"
+    assert cut_at_stop("\n\nElverby\nmore", ("\n",)) == "\n\nElverby"  # leading newlines kept
+    assert cut_at_stop("no stop here", ("\n",)) == "no stop here"
+    assert cut_at_stop("a\nb", ()) == "a\nb"

@@ -128,12 +128,18 @@ def test_fact_qa(suite):
     for t in by_family(suite, "qa_local"):
         assert t.meta["person"] in t.question and len(t.needle_spans) == 1
         record = t.doc_text[slice(*t.needle_spans[0])]
-        assert record.startswith(t.meta["person"] + " works as") and t.answers[0] in record
+        assert record.startswith(t.meta["person"] + " is ") and t.answers[0] in record
+        assert t.stop and t.score(" " + t.answers[0] + ". She is also a baker.\nMore.") == 1.0
     for t in by_family(suite, "qa_global"):
         town = t.meta["town"]
-        records = re.findall(rf"([A-Z]\w+ [A-Z]\w+) works as an? [a-z ]+ and lives in {town}\.", t.doc_text)
+        records = re.findall(rf"([A-Z]\w+ [A-Z]\w+) lives in {town}\.", t.doc_text)
         assert sorted(records) == sorted(t.answers) and 2 <= len(records) <= 5
         assert len(t.needle_spans) == len(records)
+
+
+def test_answer_budgets(suite):
+    for t in suite:
+        assert t.max_new_tokens == FAMILIES[t.family].max_new_tokens >= 16
 
 
 def test_registry_and_sizes():

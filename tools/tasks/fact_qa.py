@@ -1,7 +1,9 @@
 """QA over generated fact documents: a register of people scattered through prose.
 
-Each record is one sentence, "{person} works as a {profession} and lives in {town}.", placed in the
-prose haystack; about one record per 200 tokens. Two question kinds show the distinction the method is
+Each record is two short sentences planted together, "{person} is a {profession}. {person} lives in
+{town}.", in the prose haystack; about one record per 200 tokens. Each sentence holds one attribute,
+so the answer prefix ("{person} is", "{person} lives in") is followed by the answer alone, and the
+task's stop strings cut what the model adds after it before F1 is computed. Two question kinds show the distinction the method is
 built on:
 - `qa_local` (precise detail): one record, placed at `depth`, asked about (profession or town);
   scored with token F1;
@@ -21,10 +23,11 @@ PROFESSIONS = ("marine biologist", "watchmaker", "bookbinder", "glassblower", "l
 FACT_TOWNS = ("Aldermoor", "Brisk Harbour", "Colmsford", "Dunholt", "Elverby", "Fenwick Lea",
               "Garrowfield", "Hythe Minor")
 TOKENS_PER_RECORD = 200
+QA_STOP = ("\n", ". ")  # a local answer is one phrase: score the first sentence only
 
 
 def _record(person: str, profession: str, town: str) -> str:
-    return f"{person} works as {article(profession)} {profession} and lives in {town}."
+    return f"{person} is {article(profession)} {profession}. {person} lives in {town}."
 
 
 def _register(rng, n_tokens: int, n_target_town: int | None = None):
@@ -48,13 +51,13 @@ def qa_local(tokenize: Tokenize, n_tokens: int, depth: float, seed: str, task_id
     plants = [(depth, _record(*records[0]))] + [(rng.random(), _record(*r)) for r in records[1:]]
     p = plant_sentences(tokenize, n_tokens, plants, rng, "prose")
     if rng.random() < 0.5:
-        q, prefix, ans, asked = (f"What does {person} do for a living?", f"{person} works as",
-                                 profession, "profession")
+        q, prefix, ans, asked = (f"What does {person} do for a living?", f"{person} is", profession,
+                                 "profession")
     else:
         q, prefix, ans, asked = f"In which town does {person} live?", f"{person} lives in", town, "town"
     return Task(task_id, "qa_local", p.text, q, prefix, [ans], n_tokens, depth, "f1", [p.spans[0]],
                 p.n_tokens, {"person": person, "asked": asked, "n_records": len(records),
-                             "actual_depth": p.token_depths[0]})
+                             "actual_depth": p.token_depths[0]}, stop=QA_STOP)
 
 
 def qa_global(tokenize: Tokenize, n_tokens: int, depth: float | None, seed: str,

@@ -23,13 +23,20 @@ LONGBENCH_METRICS = {
     "lcc": "rouge_l", "repobench-p": "rouge_l",
 }
 
+# LongBench's dataset2maxlen (answer budgets in tokens).
+LONGBENCH_MAX_NEW_TOKENS = {
+    "narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "hotpotqa": 32, "2wikimqa": 32,
+    "musique": 32, "gov_report": 512, "qmsum": 512, "multi_news": 512, "trec": 64, "triviaqa": 32,
+    "samsum": 128, "passage_count": 32, "passage_retrieval_en": 32, "lcc": 64, "repobench-p": 64,
+}
+
 
 def read_longbench_jsonl(path: str | Path, tokenize: Tokenize | None = None, family: str | None = None,
                          metric: str | None = None, limit: int | None = None) -> list[Task]:
     """Tasks from a LongBench-format JSONL file.
 
     `family` defaults to the record's `dataset`, else the file name without `.jsonl`; `metric` to
-    `LONGBENCH_METRICS[family]`, else "f1". With `tokenize`, `n_tokens` is measured; otherwise it is the
+    `LONGBENCH_METRICS[family]`, else "f1"; the answer budget is LongBench's for the dataset, else 64. With `tokenize`, `n_tokens` is measured; otherwise it is the
     record's `length` (LongBench counts words there) or None. Raises ValueError naming the line of a
     malformed record.
     """
@@ -61,5 +68,6 @@ def read_longbench_jsonl(path: str | Path, tokenize: Tokenize | None = None, fam
                 task_id=f"{fam}/{rid}", family=fam, doc_text=rec["context"], question=rec["input"],
                 answer_prefix="", answers=[str(a) for a in answers], n_tokens_target=n, depth=None,
                 metric=metric or LONGBENCH_METRICS.get(fam, "f1"), needle_spans=[], n_tokens=n,
-                meta={"source": str(path), "line": line_no}))
+                meta={"source": str(path), "line": line_no},
+                max_new_tokens=LONGBENCH_MAX_NEW_TOKENS.get(fam, 64)))
     return tasks

@@ -82,6 +82,17 @@ def recall(prediction: str, references: Sequence[str]) -> float:
     return found / len(references)
 
 
+def cut_at_stop(prediction: str, stop: Sequence[str]) -> str:
+    """`prediction` up to the earliest stop string that comes after its first non-space character."""
+    start = len(prediction) - len(prediction.lstrip())
+    cut = len(prediction)
+    for s in stop:
+        i = prediction.find(s, start + 1)
+        if i != -1:
+            cut = min(cut, i)
+    return prediction[:cut]
+
+
 _FUNCS = {"string_match": string_match, "f1": token_f1, "rouge_l": rouge_l, "recall": recall}
 
 

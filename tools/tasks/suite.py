@@ -17,19 +17,20 @@ class Family:
     uses_depth: bool            # False: one place does not hold the answer; built once per length
     metric: str
     group: str                  # column of the report: "niah" | "multi-hop" | "aggregation" | "qa"
+    max_new_tokens: int         # answer budget; the default model puts list answers after a newline
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("niah_single_noise", niah.niah_single_noise, True, "string_match", "niah"),
-    Family("niah_single_prose", niah.niah_single_prose, True, "string_match", "niah"),
-    Family("niah_multikey", niah.niah_multikey, True, "string_match", "niah"),
-    Family("niah_multivalue", niah.niah_multivalue, True, "string_match", "niah"),
-    Family("niah_multiquery", niah.niah_multiquery, True, "string_match", "niah"),
-    Family("vt", variable_tracking.variable_tracking, False, "string_match", "multi-hop"),
-    Family("cwe", aggregation.common_words, False, "recall", "aggregation"),
-    Family("fwe", aggregation.frequent_words, False, "recall", "aggregation"),
-    Family("qa_local", fact_qa.qa_local, True, "f1", "qa"),
-    Family("qa_global", fact_qa.qa_global, False, "recall", "qa"),
+    Family("niah_single_noise", niah.niah_single_noise, True, "string_match", "niah", 16),
+    Family("niah_single_prose", niah.niah_single_prose, True, "string_match", "niah", 16),
+    Family("niah_multikey", niah.niah_multikey, True, "string_match", "niah", 16),
+    Family("niah_multivalue", niah.niah_multivalue, True, "string_match", "niah", 64),
+    Family("niah_multiquery", niah.niah_multiquery, True, "string_match", "niah", 64),
+    Family("vt", variable_tracking.variable_tracking, False, "string_match", "multi-hop", 48),
+    Family("cwe", aggregation.common_words, False, "recall", "aggregation", 96),
+    Family("fwe", aggregation.frequent_words, False, "recall", "aggregation", 48),
+    Family("qa_local", fact_qa.qa_local, True, "f1", "qa", 24),
+    Family("qa_global", fact_qa.qa_global, False, "recall", "qa", 64),
 )}
 
 
@@ -89,5 +90,7 @@ def build_suite(tokenize: Tokenize, lengths: Sequence[int] = QUICK.lengths,
                 else [(None, i) for i in range(per_length)]
             for depth, i in cells:
                 tid = f"{name}/{length}/{_depth_label(depth)}/{i}"
-                tasks.append(fam.build(tokenize, length, depth, f"{seed}:{i}", task_id=tid))
+                task = fam.build(tokenize, length, depth, f"{seed}:{i}", task_id=tid)
+                task.max_new_tokens = fam.max_new_tokens
+                tasks.append(task)
     return tasks

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .metrics import METRICS, score
+from .metrics import METRICS, cut_at_stop, score
 
 
 @dataclass
@@ -26,6 +26,10 @@ class Task:
     needle_spans: list[tuple[int, int]] = field(default_factory=list)
     n_tokens: int | None = None  # measured document length with the suite's tokenizer
     meta: dict = field(default_factory=dict)
+    max_new_tokens: int = 32     # enough for a complete answer (lists need more than one number)
+    # The prediction is cut at the first of these that follows some text, before scoring (a runner may
+    # also stop generating there). Empty: score the whole prediction.
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -35,13 +39,14 @@ class Task:
         if self.depth is not None and not 0.0 <= self.depth <= 1.0:
             raise ValueError(f"{self.task_id}: depth {self.depth} outside [0, 1]")
         self.needle_spans = [tuple(s) for s in self.needle_spans]
+        self.stop = tuple(self.stop)
         for a, b in self.needle_spans:
             if not 0 <= a < b <= len(self.doc_text):
                 raise ValueError(f"{self.task_id}: needle span {(a, b)} outside the document")
 
     def score(self, prediction: str) -> float:
         """This task's metric on `prediction` (the generated text after `answer_prefix`, without it)."""
-        return score(self.metric, prediction, self.answers)
+        return score(self.metric, cut_at_stop(prediction or "", self.stop), self.answers)
 
     def to_dict(self) -> dict:
         return asdict(self)
