@@ -175,11 +175,13 @@ class StoreClient(StoreAPI):
         delay, done = self.backoff_s, 0
         for attempt in range(self.retries + 1):
             leases: list[int] = []
+            call, complete = None, False
             try:
                 call = self._stub.Fetch(req, timeout=self.stream_timeout)
                 for c, arr in self._assemble(call, req, leases):
                     done += 1
                     yield c, arr
+                complete = True
                 return
             except grpc.RpcError as e:
                 # Retry only a call that yielded nothing: chunks must come once, in order.
@@ -188,7 +190,21 @@ class StoreClient(StoreAPI):
                 time.sleep(delay)
                 delay *= 2
             finally:
+                if call is not None and not complete:
+                    self._drain(call, leases)
                 self._release(leases)
+
+    @staticmethod
+    def _drain(call, leases: list[int]) -> None:
+        """The consumer stopped early: collect the leases of frames already on their way, then cancel."""
+        try:
+            for f in call:
+                if not f.HasField("shared"):
+                    break  # payload frames: not worth receiving
+                leases.append(f.shared.lease)
+        except grpc.RpcError:
+            pass
+        call.cancel()  # the daemon also drops the leases of frames it had not sent
 
     def _assemble(self, frames, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         arr = view = None

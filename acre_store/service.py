@@ -172,11 +172,20 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         l0, l1 = layers or (0, rec.meta.layout.n_layers)
         layout_pb = layout_to_pb(rec.meta.layout)
         shared = self.shared if (request.shared_ok and self.shared is not None) else None
+        granted: list[int] = []
+        try:
+            yield from self._frames(it, rec, l0, l1, layout_pb, shared, granted)
+        finally:
+            if granted and not context.is_active():  # cancelled: unread frames' leases end now
+                shared.release(granted)
+
+    def _frames(self, it, rec, l0, l1, layout_pb, shared, granted):
         for c, view in it:
             head = dict(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3], chunk_bytes=view.nbytes,
                         layer_crc32c=rec.chunk_crcs[c][l0:l1], layout=layout_pb)
             ref = shared.lease(rec.doc_id, c, l0, l1) if shared is not None else None
             if ref is not None:
+                granted.append(ref.lease)
                 yield pb.FetchFrame(offset=0, shared=ref, **head)
                 continue
             data = memoryview(view.reshape(-1).view(np.uint8))

@@ -1,0 +1,122 @@
+"""Same-host fast path: chunks read from the daemon's shared-memory files, leases, fallbacks, cleanup."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from acre_store import DocumentNotFound
+from acre_store.shared import SharedArena
+from acre_store.tiers.ram_tier import RamTier
+
+from .support import REAL, TINY, assert_doc_equal, make_doc
+
+
+def shm_files(stats) -> list[str]:
+    return os.listdir(stats["shared"]["dir"])
+
+
+def test_fast_path_is_used_and_byte_exact(daemon):
+    doc = make_doc(REAL)
+    with daemon.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+        assert_doc_equal(c, doc)  # disk-cold: promoted into shared memory, then leased
+        for cid, arr in c.fetch(doc.doc_id, [2, 0], layers=(5, 9)):  # RAM-hot, a layer range
+            assert arr.tobytes() == doc.chunks[cid][5:9].tobytes() and arr.flags.writeable
+        st = c.stats()["shared"]
+        assert st["leases_granted"] == REAL.n_chunks + 2 and st["leases_active"] == 0
+        assert st["files"] == REAL.n_chunks == len(shm_files(c.stats()))
+        c.delete(doc.doc_id)
+        assert shm_files(c.stats()) == []
+
+
+def test_socket_only_client_gets_the_same_bytes(daemon):
+    doc = make_doc(TINY)
+    with daemon.client(shared=False) as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+        assert_doc_equal(c, doc)
+        assert c.stats()["shared"]["leases_granted"] == 0
+
+
+def test_deleted_while_leased_falls_back_to_the_socket(daemon):
+    doc = make_doc(TINY)
+    with daemon.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+        list(c.fetch(doc.doc_id, range(TINY.n_chunks)))  # all in shared memory now
+        it = c.fetch(doc.doc_id, range(TINY.n_chunks))
+        assert next(it)[0] == 0
+        with daemon.client() as other:
+            other.delete(doc.doc_id)
+        with pytest.raises(DocumentNotFound):
+            for cid, arr in it:  # frames already sent name files that are gone
+                assert arr.tobytes() == doc.chunks[cid].tobytes()
+        assert c.stats()["shared"]["leases_active"] == 0
+
+
+def test_daemon_shutdown_and_kill_leave_no_shared_files(daemon_factory):
+    d = daemon_factory("lmdb")
+    doc = make_doc(TINY)
+    with d.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+        list(c.fetch(doc.doc_id, [0, 1]))
+        arena = c.stats()["shared"]["dir"]
+    d.stop()
+    assert not os.path.exists(arena)
+    d.start()
+    with d.client() as c:
+        list(c.fetch(doc.doc_id, [0, 1]))
+        arena = c.stats()["shared"]["dir"]
+    d.kill9()
+    assert os.path.exists(arena)
+    d.start()  # a new daemon removes arenas of dead ones
+    assert not os.path.exists(arena)
+
+
+class _Heap:
+    """An allocator that records frees (stands in for the shared arena)."""
+
+    def __init__(self):
+        self.freed = []
+
+    def alloc(self, key, arr):
+        return arr.copy()
+
+    def free(self, key, arr):
+        self.freed.append(key)
+
+
+def test_leased_entries_are_not_evicted():
+    heap = _Heap()
+    ram = RamTier(3 * 100, allocator=heap)
+    for k in "abc":
+        assert ram.put(k, np.zeros(100, np.uint8))
+    assert ram.lease("a") is not None  # the oldest, but leased
+    assert ram.put("d", np.zeros(100, np.uint8))
+    assert list(ram._lru) == ["a", "c", "d"] and heap.freed == ["b"]
+    ram.lease("c")
+    ram.lease("d")
+    assert not ram.put("e", np.zeros(100, np.uint8))  # no room without evicting a leased entry
+    assert heap.freed == ["b", "e"] and ram.stats.skipped == 1
+    ram.release("a")
+    assert ram.put("e", np.zeros(100, np.uint8)) and "a" not in ram._lru
+    assert ram.used == 300
+
+
+def test_expired_leases_are_reaped(tmp_path, monkeypatch):
+    arena = SharedArena(root=str(tmp_path))
+    ram = RamTier(1 << 20, allocator=arena)
+    arena.ram = ram
+    ram.put(("d" * 16, 0), np.arange(64, dtype=np.float32).reshape(4, 16))
+    ref = arena.lease("d" * 16, 0, 1, 3)
+    assert ref.length == 2 * 64 and ref.offset == 64
+    with open(ref.path, "rb") as f:
+        f.seek(ref.offset)
+        assert np.array_equal(np.frombuffer(f.read(ref.length), np.float32), np.arange(16, 48, dtype=np.float32))
+    assert ram._leases == {("d" * 16, 0): 1}
+    arena._reap_leases(time.monotonic() + 3600)
+    assert ram._leases == {} and arena.stats()["leases_expired"] == 1
+    ram.clear()
+    assert os.listdir(arena.dir) == []
+    arena.close()
