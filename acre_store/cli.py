@@ -46,7 +46,8 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the cache daemon until SIGTERM/SIGINT",
                        description="Run the cache daemon on a data directory until SIGTERM or SIGINT.")
     s.add_argument("--data", required=True, help="data directory (created if missing)")
-    s.add_argument("--listen", default=None, help="unix:///path.sock or HOST:PORT (default unix:///tmp/acre-store.sock)")
+    s.add_argument("--listen", action="append", default=None,
+                   help="unix:///path.sock or HOST:PORT (default unix:///tmp/acre-store.sock); repeat to serve several")
     s.add_argument("--backend", choices=["zarr", "lmdb"], default=None,
                    help="disk tier of a new data directory (default lmdb; an existing one keeps its own)")
     s.add_argument("--ram-bytes", type=parse_bytes, default=None, help="RAM tier cap, e.g. 4G (default 1G)")
@@ -164,9 +165,10 @@ def _serve(args) -> int:
     store_cfg = StoreConfig(path=args.data, backend=args.backend,
                             ram_bytes=DEFAULT_RAM_BYTES if args.ram_bytes is None else args.ram_bytes,
                             disk_bytes=args.disk_bytes)
-    server = StoreServer(store_cfg, ServerConfig(listen=args.listen or DEFAULT_LISTEN, workers=args.workers,
+    listen = args.listen or [DEFAULT_LISTEN]
+    server = StoreServer(store_cfg, ServerConfig(listen=listen[0], extra_listen=tuple(listen[1:]), workers=args.workers,
                                                  grace_s=args.grace, shared=not args.no_shared)).start()
-    print(f"acre store: serving {server.store.path} ({server.store.backend}) on {server.addr}", flush=True)
+    print(f"acre store: serving {server.store.path} ({server.store.backend}) on {', '.join(server.addrs)}", flush=True)
     while not stop.wait(0.5):
         pass
     print("acre store: shutting down", file=sys.stderr, flush=True)

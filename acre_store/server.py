@@ -61,6 +61,7 @@ def _check_socket_path(path: str, addr: str) -> None:
 @dataclass
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
+    extra_listen: tuple[str, ...] = ()  # more addresses served by the same daemon (e.g. a unix socket and TCP)
     workers: int = 16      # gRPC handler threads (each streaming call holds one)
     grace_s: float = 10.0  # how long in-flight calls may run on at shutdown
     shared: bool = True    # offer the same-host shared-memory fast path on unix sockets
@@ -70,9 +71,9 @@ class StoreServer:
     def __init__(self, store_config: StoreConfig, config: ServerConfig = ServerConfig()):
         self.config = config
         self.addr = config.listen
-        self._sock = unix_path(config.listen)
         self.shared = None
-        if config.shared and self._sock is not None:  # a unix socket: clients are on this host
+        local = any(unix_path(a) is not None for a in (config.listen, *config.extra_listen))
+        if config.shared and local:  # a unix socket: clients on this host can map the daemon's files
             from .shared import SharedArena
             self.shared = SharedArena()
         try:
@@ -85,21 +86,25 @@ class StoreServer:
         if self.shared is not None:
             self.shared.ram = self.store.ram
         try:
-            if self._sock is not None:
-                _check_socket_path(self._sock, config.listen)
+            addrs = (config.listen, *config.extra_listen)
+            for a in addrs:
+                if unix_path(a) is not None:
+                    _check_socket_path(unix_path(a), a)
             self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
                                       options=CHANNEL_OPTIONS)
             store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(self.store, self.shared), self.server)
             self.health = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-            try:
-                port = self.server.add_insecure_port(config.listen)
-            except RuntimeError as e:
-                raise StoreUnavailable(f"cannot listen on {config.listen}: {e}") from None
-            if port == 0:
-                raise StoreUnavailable(f"cannot listen on {config.listen} (address in use?)")
-            if self._sock is None and config.listen.endswith(":0"):
-                self.addr = config.listen[:-1] + str(port)
+            self.addrs = []
+            for a in addrs:
+                try:
+                    port = self.server.add_insecure_port(a)
+                except RuntimeError as e:
+                    raise StoreUnavailable(f"cannot listen on {a}: {e}") from None
+                if port == 0:
+                    raise StoreUnavailable(f"cannot listen on {a} (address in use?)")
+                self.addrs.append(a[:-1] + str(port) if unix_path(a) is None and a.endswith(":0") else a)
+            self.addr = self.addrs[0]
         except BaseException:
             self.store.close()
             if self.shared is not None:
@@ -110,7 +115,7 @@ class StoreServer:
         self.server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s", self.store.path, self.addr)
+        log.info("serving %s on %s", self.store.path, ", ".join(self.addrs))
         return self
 
     def stop(self, grace: float | None = None) -> None:
@@ -120,9 +125,11 @@ class StoreServer:
         self.store.close()
         if self.shared is not None:
             self.shared.close()
-        if self._sock is not None and os.path.exists(self._sock):
-            try:
-                os.unlink(self._sock)
-            except OSError:
-                pass
+        for a in self.addrs:
+            path = unix_path(a)
+            if path is not None and os.path.exists(path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         log.info("stopped")

@@ -1,0 +1,341 @@
+"""Benchmark of the cache daemon's Fetch: throughput (GB/s) and per-chunk latency (p50/p99).
+
+Cells: chunk sizes 0.25-8 MiB (the real layout, 30 layers x 2 x 3 KV heads x 64 dims fp32, with the
+chunk size in tokens chosen to hit each byte size) x RAM-hot / disk-cold x LMDB / Zarr x unix socket /
+TCP loopback / same-host fast path x 1 / 4 concurrent client processes; each client fetches one chunk
+per call (latency = one Fetch call) from its own document. Baselines measured in the same run:
+a plain memory copy of the same bytes into a fresh array (what any reader must do; the limit), and a
+direct read of the same stored bytes (the Zarr chunk file, or an LMDB get; the disk limit).
+
+disk-cold = not in the daemon's RAM tier (the daemon runs with a RAM cap smaller than each client's
+document, so a sequential pass misses every time); the files are in the OS page cache (dropping it
+needs root), and the direct-read baseline reads them under the same condition.
+
+    python tools/bench_store.py --quick --out results/bench_store
+
+The last stdout line is one JSON object with the headline figures and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from acre_store import DocLayout, DocMeta, EmbeddedStore  # noqa: E402
+
+MiB = 1 << 20
+TOKEN_BYTES = 30 * 2 * 3 * 64 * 4  # one token of the real layout, all layers, fp32
+HEADLINE_MIB = 4  # closest to the default model's chunk (64 tokens = 2.8 MiB)
+
+
+def layout_for(size_mib: float, n_chunks: int) -> DocLayout:
+    c = max(1, round(size_mib * MiB / TOKEN_BYTES))
+    return DocLayout(30, 3, 64, c, "float32", c * n_chunks)
+
+
+def doc_id(backend: str, size: float, i: int) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"bench|{backend}|{size}|{i}".encode()).hexdigest()
+
+
+def build_data(path: str, backend: str, sizes: list[float], doc_mib: float, n_clients: int) -> dict:
+    """Docs (one per client and size) written with the embedded store; returns {size: [(doc_id, n_chunks)]}."""
+    rng = np.random.default_rng(0)
+    docs = {}
+    with EmbeddedStore(path, backend=backend, ram_bytes=0) as s:
+        for size in sizes:
+            n = max(4, int(doc_mib // size))
+            L = layout_for(size, n)
+            block = rng.standard_normal(L.chunk_shape(0)).astype(np.float32)
+            docs[size] = []
+            for i in range(n_clients):
+                meta = DocMeta(doc_id(backend, size, i), "bench", L, name=f"{size}MiB-{i}")
+                s.put(meta, {}, (block + np.float32(c) for c in range(n)))
+                docs[size].append((meta.doc_id, n))
+    return docs
+
+
+# -- client processes ---------------------------------------------------------------------------
+
+def client_main(rank: int, tasks, results) -> None:
+    from acre_store.client import StoreClient
+
+    clients = {}
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        key = (task["addr"], task["shared"])
+        if key not in clients:
+            clients[key] = StoreClient(task["addr"], shared=task["shared"])
+        c = clients[key]
+        ids = list(range(task["n_chunks"]))
+        lat, nbytes = [], 0
+        while time.time() < task["start"]:
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        end = t0 + task["duration"]
+        i = 0
+        while True:
+            t = time.perf_counter()
+            for _, arr in c.fetch(task["doc"], [ids[i % len(ids)]]):
+                nbytes += arr.nbytes
+            lat.append(time.perf_counter() - t)
+            i += 1
+            if (task["one_pass"] and i == len(ids)) or (not task["one_pass"] and time.perf_counter() > end and i >= 3):
+                break
+        results.put((rank, t0, time.perf_counter(), nbytes, lat))
+    for c in clients.values():
+        c.close()
+
+
+class ClientPool:
+    def __init__(self, n: int):
+        ctx = mp.get_context("spawn")
+        self.results = ctx.Queue()
+        self.tasks = [ctx.Queue() for _ in range(n)]
+        self.procs = [ctx.Process(target=client_main, args=(r, self.tasks[r], self.results), daemon=True)
+                      for r in range(n)]
+        for p in self.procs:
+            p.start()
+
+    def run(self, n_clients: int, addr: str, shared: bool, docs: list, duration: float, one_pass: bool) -> dict:
+        start = time.time() + 0.2
+        for r in range(n_clients):
+            doc, n = docs[r]
+            self.tasks[r].put(dict(addr=addr, shared=shared, doc=doc, n_chunks=n, duration=duration,
+                                   one_pass=one_pass, start=start))
+        res = [self.results.get(timeout=600) for _ in range(n_clients)]
+        t0, t1 = min(r[1] for r in res), max(r[2] for r in res)
+        lat = np.concatenate([np.asarray(r[4]) for r in res])
+        return summary(sum(r[3] for r in res), t1 - t0, lat)
+
+    def close(self) -> None:
+        for q in self.tasks:
+            q.put(None)
+        for p in self.procs:
+            p.join(10)
+
+
+def summary(nbytes: int, seconds: float, lat: np.ndarray) -> dict:
+    return {"gbps": nbytes / seconds / 1e9, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3), "n": int(len(lat))}
+
+
+# -- baselines ----------------------------------------------------------------------------------
+
+def memcpy_baseline(size_mib: float, duration: float) -> dict:
+    L = layout_for(size_mib, 1)
+    src = np.random.default_rng(0).standard_normal(L.chunk_shape(0)).astype(np.float32)
+    lat, t0 = [], time.perf_counter()
+    while time.perf_counter() - t0 < duration or len(lat) < 3:
+        t = time.perf_counter()
+        dst = np.empty_like(src)
+        np.copyto(dst, src)
+        lat.append(time.perf_counter() - t)
+    return summary(src.nbytes * len(lat), time.perf_counter() - t0, np.asarray(lat))
+
+
+def direct_read_baseline(data: str, backend: str, docs: list) -> dict:
+    """Read each stored chunk of one document once, the cheapest way the backend allows (no checks)."""
+    doc, n = docs[0]
+    lat, nbytes = [], 0
+    t0 = time.perf_counter()
+    if backend == "zarr":
+        from acre_store.tiers.zarr_tier import ZarrTier
+
+        tier = ZarrTier(os.path.join(data, "zarr"))
+        for c in range(n):
+            t = time.perf_counter()
+            path = tier.chunk_path(doc, c)
+            with open(path, "rb", buffering=0) as f:
+                buf = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+                f.readinto(memoryview(buf))
+            nbytes += buf.nbytes
+            lat.append(time.perf_counter() - t)
+    else:
+        import lmdb
+
+        env = lmdb.open(os.path.join(data, "lmdb"), readonly=True, lock=False, subdir=True)
+        with env.begin() as txn:
+            token = json.loads(bytes(txn.get(b"m/" + doc.encode())))["token"]
+        for c in range(n):
+            t = time.perf_counter()
+            with env.begin(buffers=False) as txn:
+                buf = txn.get(f"d/{token}/c/{c:08d}".encode())
+            nbytes += len(buf)
+            lat.append(time.perf_counter() - t)
+        env.close()
+    return summary(nbytes, time.perf_counter() - t0, np.asarray(lat))
+
+
+# -- the daemon ---------------------------------------------------------------------------------
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Daemon:
+    def __init__(self, data: str, backend: str, ram_bytes: int, sock_dir: str):
+        from acre_store.client import StoreClient
+        from acre_store.errors import StoreUnavailable
+
+        self.unix = f"unix://{sock_dir}/bench.sock"
+        self.tcp = f"127.0.0.1:{free_port()}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "acre_store.cli", "store", "serve", "--data", data, "--backend", backend,
+             "--listen", self.unix, "--listen", self.tcp, "--ram-bytes", str(ram_bytes), "--log-level", "WARNING"],
+            cwd=ROOT, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                StoreClient(self.unix, connect_timeout=0.5).close()
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("daemon did not start")
+                time.sleep(0.05)
+
+    def stats(self) -> dict:
+        from acre_store.client import StoreClient
+
+        with StoreClient(self.unix) as c:
+            return c.stats()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller documents, shorter cells (a few minutes)")
+    ap.add_argument("--out", default=None, help="directory for bench_store.json")
+    ap.add_argument("--backends", default="lmdb,zarr")
+    args = ap.parse_args()
+
+    sizes = [0.25, 1, 4, 8]
+    doc_mib = 32 if args.quick else 128
+    duration = 0.5 if args.quick else 2.0
+    backends = args.backends.split(",")
+    transports = ["unix", "tcp", "fast"]
+    clients = [1, 4]
+    work = tempfile.mkdtemp(prefix="acre-bench-")
+    sock_dir = tempfile.mkdtemp(prefix="acre-", dir="/tmp")
+    rows, base = [], {}
+    pool = ClientPool(max(clients))
+    try:
+        for size in sizes:
+            base[("memcpy", size)] = memcpy_baseline(size, duration)
+        for backend in backends:
+            data = os.path.join(work, backend)
+            t = time.perf_counter()
+            docs = build_data(data, backend, sizes, doc_mib, max(clients))
+            print(f"# {backend}: wrote {len(sizes) * max(clients)} documents in {time.perf_counter() - t:.1f}s",
+                  file=sys.stderr)
+            for size in sizes:
+                base[(backend, "direct", size)] = direct_read_baseline(data, backend, docs[size])
+            for temp in ("hot", "cold"):
+                # cold: a RAM cap of two of the largest chunks, far below each client's document
+                ram = 4 << 30 if temp == "hot" else int(2 * max(sizes) * MiB) + MiB
+                d = Daemon(data, backend, ram, sock_dir)
+                try:
+                    before = d.stats()["ram"]
+                    for size in sizes:
+                        if temp == "hot":  # promote everything once
+                            pool.run(max(clients), d.unix, True, docs[size], 0, one_pass=True)
+                        for tr in transports:
+                            addr, shared = {"unix": (d.unix, False), "tcp": (d.tcp, False), "fast": (d.unix, True)}[tr]
+                            for n in clients:
+                                r = pool.run(n, addr, shared, docs[size], duration, one_pass=(temp == "cold"))
+                                rows.append(dict(backend=backend, temp=temp, transport=tr, clients=n,
+                                                 size_mib=size, **r))
+                    after = d.stats()["ram"]
+                    if temp == "cold":
+                        hits = after["hits"] - before["hits"]
+                        misses = after["misses"] - before["misses"]
+                        base[(backend, "cold_hit_rate")] = hits / max(1, hits + misses)
+                finally:
+                    d.stop()
+            shutil.rmtree(data, ignore_errors=True)
+    finally:
+        pool.close()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+    # -- table ------------------------------------------------------------------------------------
+    print(f"{'backend':<7} {'temp':<5} {'path':<5} {'cl':>2} {'MiB':>5} {'GB/s':>7} {'p50 ms':>8} {'p99 ms':>8}"
+          f" {'n':>5}   limit GB/s")
+    for r in rows:
+        limit = base[("memcpy", r["size_mib"])] if r["temp"] == "hot" else base[(r["backend"], "direct", r["size_mib"])]
+        print(f"{r['backend']:<7} {r['temp']:<5} {r['transport']:<5} {r['clients']:>2} {r['size_mib']:>5g} "
+              f"{r['gbps']:>7.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['n']:>5}   "
+              f"{limit['gbps']:.2f} ({'memcpy' if r['temp'] == 'hot' else 'direct read'})")
+    print()
+    for size in sizes:
+        m = base[("memcpy", size)]
+        line = f"baseline {size:>5g} MiB: memcpy {m['gbps']:.2f} GB/s (p50 {m['p50_ms']:.2f} ms)"
+        for b in backends:
+            dr = base[(b, "direct", size)]
+            line += f"; {b} direct read {dr['gbps']:.2f} GB/s (p50 {dr['p50_ms']:.2f} ms)"
+        print(line)
+    for b in backends:
+        print(f"cold RAM hit rate ({b}): {base[(b, 'cold_hit_rate')]:.3f}")
+
+    def cell(backend, temp, tr, n=1, size=HEADLINE_MIB):
+        return next(r for r in rows if (r["backend"], r["temp"], r["transport"], r["clients"], r["size_mib"])
+                    == (backend, temp, tr, n, size))["gbps"]
+
+    head = {"chunk_mib": HEADLINE_MIB, "clients": 1, "quick": args.quick,
+            "memcpy_gbps": round(base[("memcpy", HEADLINE_MIB)]["gbps"], 3)}
+    for b in backends:
+        direct = base[(b, "direct", HEADLINE_MIB)]["gbps"]
+        head[b] = {
+            "ram_hot_unix_gbps": round(cell(b, "hot", "unix"), 3),
+            "ram_hot_tcp_gbps": round(cell(b, "hot", "tcp"), 3),
+            "ram_hot_fast_gbps": round(cell(b, "hot", "fast"), 3),
+            "ram_hot_fast_4clients_gbps": round(cell(b, "hot", "fast", 4), 3),
+            "fast_vs_memcpy": round(cell(b, "hot", "fast") / head["memcpy_gbps"], 3),
+            "disk_cold_fast_gbps": round(cell(b, "cold", "fast"), 3),
+            "disk_cold_unix_gbps": round(cell(b, "cold", "unix"), 3),
+            "direct_read_gbps": round(direct, 3),
+            "disk_cold_vs_direct": round(cell(b, "cold", "fast") / direct, 3),
+            "cold_ram_hit_rate": round(base[(b, "cold_hit_rate")], 3),
+        }
+        head[b]["targets_met"] = {
+            "ram_hot_socket_ge_1gbps": head[b]["ram_hot_unix_gbps"] >= 1.0,
+            "fast_ge_half_memcpy": head[b]["fast_vs_memcpy"] >= 0.5,
+            "cold_ge_half_direct": head[b]["disk_cold_vs_direct"] >= 0.5,
+        }
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_store.json"), "w") as f:
+            json.dump({"headline": head, "rows": rows,
+                       "baselines": [dict(kind=k[0] if len(k) == 2 else k[1], backend=k[0] if len(k) == 3 else "",
+                                          size_mib=k[-1], **v) for k, v in base.items() if isinstance(v, dict)]},
+                      f, indent=1)
+    print(json.dumps(head))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
