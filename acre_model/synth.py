@@ -322,7 +322,7 @@ class ProseGenerator:
                 self._seen.add(s)
                 return s
 
-    def paragraph_lengths(self) -> int:
+    def paragraph_length(self) -> int:
         return self.r.randint(3, 7)
 
 
@@ -346,7 +346,7 @@ class _HaystackStream:
             sep = " " if self.units else ""
             return sep, NOISE_SENTENCES[len(self.units) % len(NOISE_SENTENCES)]
         if self._left_in_paragraph == 0:
-            self._left_in_paragraph = self.prose.paragraph_lengths()
+            self._left_in_paragraph = self.prose.paragraph_length()
             sep = "\n\n" if self.units else ""
         else:
             sep = " "
