@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .convert import resolve
+from .documents import Answer, DocInfo, DocumentsMixin  # noqa: F401  (re-exported)
 from .errors import InputError
 from .generation import SamplingParams, decode
 from .tokenizer import Tokenizer
@@ -38,7 +39,7 @@ class Generation:
     stopped: bool
 
 
-class Engine:
+class Engine(DocumentsMixin):
     def __init__(self, model, tokenizer: Tokenizer, path: Path):
         self.model = model
         self.tokenizer = tokenizer

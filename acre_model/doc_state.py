@@ -1,0 +1,121 @@
+"""A document's bi-layer state on the worker: the L1 attend set, the locator index, the proxy map.
+
+Stored in the cache daemon as named arrays ("L1 parts"); loaded to the worker's device once per
+document and cached there.
+
+  l1_keys      [n_layers, n_kv_heads, n_l1, head_dim]  pre-RoPE keys of the attend set
+  l1_values    [n_layers, n_kv_heads, n_l1, head_dim]
+  l1_pos       [n_l1]    original positions (sorted)
+  l1_chunk     [n_l1]    proxy map: the L2 chunk of each entry
+  l1_always    [n_l1]    1 for sink and recent entries (kept even when not representatives)
+  index_keys   [n_index_heads, n_tokens, head_dim]  keys of every token at the retrieval heads, rotated at
+               their original positions (float16, or int8 with index_scale [n_index_heads, n_tokens])
+  h2o_scores   [n_layers, n_tokens]  attention each token received during prefill (sampled query rows)
+  snapkv_scores[n_layers, n_tokens]  attention from the document's own last tokens
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    """How a document's KV is split into L1 and L2 (part of the document's content address)."""
+
+    chunk_size: int = 64
+    n_sink: int = 32  # covers the chat template's system prompt and the user header
+    n_recent: int = 64
+    reps_per_chunk: int = 1
+    rep_mode: str = "attention"  # "attention" (highest H2O score in the chunk) | "uniform"
+    index_int8: bool = False
+    snapkv_window: int = 32
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1 or self.n_sink < 0 or self.n_recent < 0 or self.reps_per_chunk < 0:
+            raise ValueError("layout: chunk_size >= 1, n_sink/n_recent/reps_per_chunk >= 0")
+        if self.reps_per_chunk > self.chunk_size:
+            raise ValueError("layout: reps_per_chunk cannot exceed chunk_size")
+        if self.rep_mode not in ("attention", "uniform"):
+            raise ValueError(f"layout: rep_mode must be 'attention' or 'uniform', got {self.rep_mode!r}")
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU numpy array of t; bfloat16 travels as its uint16 bit pattern."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def from_numpy(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
+    """Inverse of to_numpy: uint16 arrays are bfloat16 bit patterns when dtype is bfloat16."""
+    if dtype == torch.bfloat16 and a.dtype == np.uint16:
+        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, non_blocking=True)
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D] -> (int8 [..., D], scale [...]) with symmetric per-row scales."""
+    scale = x.abs().amax(-1).clamp_min(1e-8) / 127.0
+    return (x / scale[..., None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
+@dataclass
+class DocState:
+    doc_id: str
+    n_tokens: int
+    chunk_size: int
+    l1_keys: torch.Tensor
+    l1_values: torch.Tensor
+    l1_pos: torch.Tensor
+    l1_chunk: torch.Tensor
+    l1_always: torch.Tensor
+    index_heads: list[tuple[int, int]]
+    index_keys: torch.Tensor | None  # [n_index_heads, n_tokens, D] fp32, rotated
+    h2o_scores: torch.Tensor | None
+    snapkv_scores: torch.Tensor | None
+    extra: dict = field(default_factory=dict)
+    index_nbytes: int = 0  # stored bytes of the locator index
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_tokens // self.chunk_size)
+
+    @property
+    def n_l1(self) -> int:
+        return int(self.l1_pos.numel())
+
+    @classmethod
+    def from_parts(cls, doc_id: str, meta_extra: dict, parts: dict[str, np.ndarray], n_tokens: int,
+                   chunk_size: int, dtype: torch.dtype, device) -> "DocState":
+        def t(name, dt=None):
+            if name not in parts:
+                return None
+            return from_numpy(parts[name], dt or dtype, device)
+
+        idx = None
+        index_nbytes = 0
+        if "index_keys" in parts:
+            index_nbytes = parts["index_keys"].nbytes + (parts["index_scale"].nbytes if "index_scale" in parts else 0)
+            raw = torch.from_numpy(np.ascontiguousarray(parts["index_keys"]))
+            if raw.dtype == torch.int8:
+                scale = torch.from_numpy(np.ascontiguousarray(parts["index_scale"])).float()
+                idx = raw.float() * scale[..., None]
+            else:
+                idx = raw.float()
+            idx = idx.to(device)
+        return cls(
+            doc_id=doc_id, n_tokens=n_tokens, chunk_size=chunk_size,
+            l1_keys=t("l1_keys"), l1_values=t("l1_values"),
+            l1_pos=t("l1_pos", torch.long).long(), l1_chunk=t("l1_chunk", torch.long).long(),
+            l1_always=t("l1_always", torch.bool).bool(),
+            index_heads=[tuple(h) for h in meta_extra.get("index_heads", [])],
+            index_keys=idx,
+            h2o_scores=t("h2o_scores", torch.float32), snapkv_scores=t("snapkv_scores", torch.float32),
+            extra=meta_extra, index_nbytes=index_nbytes,
+        )
