@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -52,6 +53,9 @@ class StoreClient(StoreAPI):
                                    f"(no answer within {connect_timeout:g}s; is `acre store serve` running?)") from None
         # Same-host fast path (shared.py): offered over a unix socket only (the daemon is then on this host).
         self.shared = shared and self.addr.startswith("unix:")
+        # Leases of chunks already copied, ended with the next Fetch (or a Release call when many pile up).
+        self._done_leases: list[int] = []
+        self._lease_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -167,6 +171,9 @@ class StoreClient(StoreAPI):
               ) -> Iterator[tuple[int, np.ndarray]]:
         """Yields (chunk_id, [l1-l0, 2, n_kv_heads, len_c, head_dim]) in request order as each arrives."""
         req = pb.FetchRequest(doc_id=doc_id, chunk_ids=[int(c) for c in chunk_ids], shared_ok=self.shared)
+        with self._lease_lock:
+            req.release.extend(self._done_leases)
+            self._done_leases.clear()
         if layers is not None:
             req.has_layers, req.layer_start, req.layer_end = True, int(layers[0]), int(layers[1])
         return self._fetch(req)
@@ -192,7 +199,7 @@ class StoreClient(StoreAPI):
             finally:
                 if call is not None and not complete:
                     self._drain(call, leases)
-                self._release(leases)
+                self._finished(leases)
 
     @staticmethod
     def _drain(call, leases: list[int]) -> None:
@@ -229,9 +236,6 @@ class StoreClient(StoreAPI):
                     except grpc.RpcError as e2:
                         raise self._error(e2) from None
                     continue
-                if len(leases) >= 16:
-                    self._release(leases)
-                    leases.clear()
             else:
                 data = f.data  # NOTE: each access of a bytes field copies it out of the message
                 view[f.offset:f.offset + len(data)] = np.frombuffer(data, np.uint8)
@@ -247,6 +251,15 @@ class StoreClient(StoreAPI):
         req = pb.PrefetchRequest(doc_id=doc_id, all_chunks=chunk_ids is None,
                                  chunk_ids=[] if chunk_ids is None else [int(c) for c in chunk_ids])
         self._call(self._stub.Prefetch, req)
+
+    def _finished(self, leases: list[int]) -> None:
+        """These leases' bytes are copied: end them with the next Fetch, or now if many are waiting."""
+        with self._lease_lock:
+            self._done_leases.extend(leases)
+            if len(self._done_leases) < 256:
+                return
+            leases, self._done_leases = self._done_leases, []
+        self._release(leases)
 
     def _release(self, leases: list[int]) -> None:
         """End same-host leases (they also expire on their own if this fails)."""
@@ -280,4 +293,7 @@ class StoreClient(StoreAPI):
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def close(self) -> None:
+        with self._lease_lock:
+            leases, self._done_leases = self._done_leases, []
+        self._release(leases)
         self._channel.close()

@@ -16,7 +16,7 @@ from ._proto import store_pb2_grpc
 from .errors import InvalidArgument, StoreError
 from .record import TensorSpec
 from .store import PutSession, Store
-from .wire import MAX_FRAME_BYTES, layout_to_pb, meta_from_pb, meta_to_pb, spec_from_pb, spec_to_pb
+from .wire import FETCH_FRAME_BYTES, MAX_FRAME_BYTES, layout_to_pb, meta_from_pb, meta_to_pb, spec_from_pb, spec_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @streaming
     def Fetch(self, request, context):
+        if request.release and self.shared is not None:
+            self.shared.release(list(request.release))
         layers = (request.layer_start, request.layer_end) if request.has_layers else None
         rec = self.store.record(request.doc_id, touch=False)
         it = self.store.fetch(request.doc_id, list(request.chunk_ids), layers)
@@ -189,11 +191,11 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                 yield pb.FetchFrame(offset=0, shared=ref, **head)
                 continue
             data = memoryview(view.reshape(-1).view(np.uint8))
-            for off in range(0, max(len(data), 1), MAX_FRAME_BYTES):
+            for off in range(0, max(len(data), 1), FETCH_FRAME_BYTES):
                 if off:
                     head = dict(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3],
                                 chunk_bytes=view.nbytes)
-                yield pb.FetchFrame(offset=off, data=bytes(data[off:off + MAX_FRAME_BYTES]), **head)
+                yield pb.FetchFrame(offset=off, data=bytes(data[off:off + FETCH_FRAME_BYTES]), **head)
 
     @unary
     def Prefetch(self, request, context):

@@ -13,6 +13,9 @@ from .record import TensorSpec
 from .types import DocLayout, DocMeta
 
 MAX_FRAME_BYTES = 4 << 20  # payload bytes per frame (Put and Fetch)
+# NOTE: measured on a 2-core host, one 4 MiB Fetch call moves 2.7x faster as 8-16 pieces of 256-512 KiB
+# than as one 4 MiB message (HTTP/2 per-stream flow control; grpc.http2.* options did not help).
+FETCH_FRAME_BYTES = 512 << 10
 # gRPC message limits: a frame plus its header, with room to spare; larger messages are refused
 # by gRPC itself with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = MAX_FRAME_BYTES + (1 << 20)

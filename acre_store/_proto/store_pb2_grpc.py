@@ -129,7 +129,7 @@ class StoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """Ends leases taken by same-host Fetch frames (see SharedRef).
+        """Ends leases taken by same-host Fetch frames (see SharedRef); FetchRequest.release does the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
