@@ -5,41 +5,12 @@ in exact mode equals `full`; positions are kept (exact) or renumbered in documen
 """
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from acre_model.config import ModelConfig
 from acre_model.documents import QUESTION_SEPARATOR
 from acre_model.engine import Engine
-from acre_model.model import LlamaModel
-
-DOC = " ".join(f"Sentence number {i} says that the {w} is {c}." for i, (w, c) in
-               enumerate([("sky", "blue"), ("grass", "green"), ("sun", "yellow"), ("sea", "grey")] * 12))
-
-
-def make_tiny_folder(path, src, seed: int):
-    """A random tiny Llama with the real tokenizer (vocab 49152) and a calibration file."""
-    path.mkdir(parents=True)
-    cfg = ModelConfig.tiny(vocab_size=49152, num_hidden_layers=3, max_position_embeddings=2048,
-                           tie_word_embeddings=True, eos_token_id=[2], bos_token_id=1)
-    torch.manual_seed(seed)
-    m = LlamaModel(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.05) if p.dim() == 2 else p.fill_(1.0)
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / f, path / f)
-    eng = Engine.from_pretrained(str(path), device="cpu")
-    (path / "retrieval_heads.json").write_text(json.dumps({"fingerprint": eng.fingerprint,
-                                                            "heads": [[1, 0], [2, 1]]}))
-    return path
-
+from tests.model.tiny import DOC, make_tiny_folder
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, default_model_path):
