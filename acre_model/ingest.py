@@ -110,7 +110,7 @@ def build_l1_parts(pf: Prefilled, layout: LayoutConfig, index_heads: list[tuple[
         "snapkv_scores": pf.snapkv.numpy().astype(np.float32),
     }
     if index_heads:
-        keys = torch.stack([pf.keys_rot[l][g].float() for l, g in index_heads])  # [H_idx, n, D]
+        keys = torch.stack([pf.keys_rot[l][g].float().cpu() for l, g in index_heads])  # [H_idx, n, D]
         if layout.index_int8:
             q, scale = quantize_int8(keys)
             parts["index_keys"] = q.numpy()

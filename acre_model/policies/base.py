@@ -19,8 +19,8 @@ from ..doc_state import DocState
 class AskParams:
     """Knobs of one question. Defaults are the measured best (docs/algorithm.md)."""
 
-    k_min: int = 2
-    k_max: int = 8
+    k_min: int = 1
+    k_max: int = 4
     neighbors: int = 1
     mode: str = "focus"  # "exact" (original positions) | "focus" (renumbered contiguously)
     budget: float = 0.15  # target KV ratio of the token-level baselines

@@ -1,0 +1,130 @@
+"""Benchmark asking on a cached document, side by side in one run, for documents of 2k, 4k and 8k tokens:
+
+- time to first token (TTFT) of `acre` on the cached document vs re-prefilling document + question from
+  scratch (what users do without a KV store) vs `full` on the cached document;
+- decode ms/token of `acre` vs `full` (the same decode steps over each one's active cache);
+- resident KV bytes of the active cache; refill fetch time and the share of it hidden behind compute
+  (cold device chunk cache, embedded store or `--store ADDR`);
+- needle-chunk recall per locator (`acre` = index, `acre-l1` = the seed's locator).
+
+    python tools/bench_ask.py [--quick] [--lengths 2048,4096,8000] [--n 2] [--store ADDR] [--out DIR]
+
+Ends with one JSON line holding the headline ratios at the longest length.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def decode_ms(model, cache, steps: int) -> float:
+    tok = torch.tensor([13])
+    cache.reserve(steps + 1)
+    model(tok, cache)  # warm
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model(tok, cache)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2k and 8k, one document each, fewer decode steps")
+    ap.add_argument("--lengths", default="2048,4096,8000")
+    ap.add_argument("--n", type=int, default=2, help="documents per length")
+    ap.add_argument("--store", default=None, help="daemon address (default: an embedded store in a temp dir)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    from acre_model.calibrate import needle_token_span
+    from acre_model.documents import QUESTION_SEPARATOR
+    from acre_model.engine import Engine
+    from acre_model.synth import make_needle_doc
+    from acre_store import EmbeddedStore
+
+    eng = Engine.from_pretrained()
+    store = args.store or EmbeddedStore(tempfile.mkdtemp(prefix="acre-bench-ask-"))
+    lengths = [2048, 8000] if args.quick else [int(x) for x in args.lengths.split(",")]
+    n_docs = 1 if args.quick else args.n
+    steps = 16 if args.quick else 32
+    rows = []
+    for n in lengths:
+        acc = {k: [] for k in ("ttft_acre", "ttft_acre_cold", "ttft_full", "ttft_reprefill", "dec_acre", "dec_full",
+                               "kv_ratio", "kv_bytes_acre", "kv_bytes_full", "fetch_s", "hidden", "rec_index",
+                               "rec_l1", "ok_acre", "ok_full", "index_share")}
+        for i in range(n_docs):
+            d = make_needle_doc(eng.tokenizer.encode, n, depth=(i + 0.5) / n_docs, seed=30_000 + i)
+            info = eng.ingest(d.text, store=store)
+            a0, b0 = needle_token_span(eng.tokenizer, d.text, d.needle_char_span)
+            C = -(-info.n_tokens // info.n_chunks)
+            need = {t // C for t in range(a0, b0)}
+            eng.chunk_cache().__init__(eng.chunk_cache().capacity)  # cold device chunk cache
+            eng.__dict__.pop("_docs", None)  # cold L1
+            cold = eng.ask(info.doc_id, d.question, answer_prefix=d.answer_prefix, store=store, max_new_tokens=10)
+            warm = eng.ask(info.doc_id, d.question, answer_prefix=d.answer_prefix, store=store, max_new_tokens=10)
+            full = eng.ask(info.doc_id, d.question, policy="full", answer_prefix=d.answer_prefix, store=store,
+                           max_new_tokens=10)
+            seed = eng.ask(info.doc_id, d.question, policy="acre-l1", answer_prefix=d.answer_prefix, store=store,
+                           max_new_tokens=1)
+            # re-prefill from scratch: document + question in one prefill, as without a KV store
+            parts = eng.tokenizer.split_chat(d.text.rstrip(), QUESTION_SEPARATOR + d.question, d.answer_prefix)
+            ids = torch.tensor(parts.prefix + parts.suffix)
+            t0 = time.perf_counter()
+            eng.model.prefill(ids, eng.model.new_cache(capacity=len(ids) + steps + 2))
+            acc["ttft_reprefill"].append(time.perf_counter() - t0)
+            _, _, rf_a, _, _ = eng._prepare(info.doc_id, d.question, "acre", d.answer_prefix, store, steps + 2, {})
+            rf_a.finish()
+            _, _, rf_f, _, _ = eng._prepare(info.doc_id, d.question, "full", d.answer_prefix, store, steps + 2, {})
+            rf_f.finish()
+            acc["kv_bytes_acre"].append(rf_a.cache.nbytes())
+            acc["kv_bytes_full"].append(rf_f.cache.nbytes())
+            acc["dec_acre"].append(decode_ms(eng.model, rf_a.cache, steps))
+            acc["dec_full"].append(decode_ms(eng.model, rf_f.cache, steps))
+            acc["ttft_acre_cold"].append(cold.ttft_s)
+            acc["ttft_acre"].append(warm.ttft_s)
+            acc["ttft_full"].append(full.ttft_s)
+            acc["kv_ratio"].append(warm.kv_ratio)
+            acc["fetch_s"].append(cold.fetch_s)
+            acc["hidden"].append(1 - cold.fetch_wait_s / cold.fetch_s if cold.fetch_s > 0 else 1.0)
+            acc["rec_index"].append(bool(need & set(warm.refilled_chunks)))
+            acc["rec_l1"].append(bool(need & set(seed.refilled_chunks)))
+            acc["ok_acre"].append(d.answer in warm.answer)
+            acc["ok_full"].append(d.answer in full.answer)
+            acc["index_share"].append(warm.index_share)
+            print(f"  {n} tokens, doc {i + 1}/{n_docs} done", file=sys.stderr)
+        m = {k: statistics.mean(float(x) for x in v) for k, v in acc.items()}
+        m["tokens"] = n
+        rows.append(m)
+    print(f"{'tokens':>6} | {'TTFT acre':>9} {'cold':>6} {'full':>6} {'re-prefill':>10} {'speedup':>7} | "
+          f"{'dec acre':>8} {'full':>6} {'x':>5} | {'KV ratio':>8} {'KV MB':>6} {'full MB':>7} | "
+          f"{'fetch s':>7} {'hidden':>6} | {'rec idx':>7} {'rec l1':>6} | {'acre ok':>7} {'full ok':>7}")
+    for m in rows:
+        print(f"{m['tokens']:>6} | {m['ttft_acre']:>9.3f} {m['ttft_acre_cold']:>6.3f} {m['ttft_full']:>6.3f} "
+              f"{m['ttft_reprefill']:>10.2f} {m['ttft_reprefill'] / m['ttft_acre']:>7.1f} | "
+              f"{m['dec_acre']:>8.1f} {m['dec_full']:>6.1f} {m['dec_full'] / m['dec_acre']:>5.2f} | "
+              f"{m['kv_ratio']:>8.3f} {m['kv_bytes_acre'] / 1e6:>6.1f} {m['kv_bytes_full'] / 1e6:>7.1f} | "
+              f"{m['fetch_s']:>7.3f} {m['hidden']:>6.2f} | {m['rec_index']:>7.2f} {m['rec_l1']:>6.2f} | "
+              f"{m['ok_acre']:>7.2f} {m['ok_full']:>7.2f}")
+    last = rows[-1]
+    head = {"tokens": last["tokens"],
+            "ttft_speedup_vs_reprefill": last["ttft_reprefill"] / last["ttft_acre"],
+            "ttft_speedup_vs_full_cached": last["ttft_full"] / last["ttft_acre"],
+            "decode_speedup_vs_full": last["dec_full"] / last["dec_acre"],
+            "kv_ratio": last["kv_ratio"], "refill_hidden_share": last["hidden"],
+            "recall_index": last["rec_index"], "recall_l1": last["rec_l1"],
+            "index_share_of_kv": last["index_share"]}
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "bench_ask.json").write_text(json.dumps({"rows": rows, "headline": head}, indent=2))
+    print(json.dumps(head))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
