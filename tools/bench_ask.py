@@ -37,7 +37,7 @@ def decode_ms(model, cache, steps: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2k and 8k, one document each, fewer decode steps")
-    ap.add_argument("--lengths", default="2048,4096,8000")
+    ap.add_argument("--lengths", default="2048,4096,7800")
     ap.add_argument("--n", type=int, default=2, help="documents per length")
     ap.add_argument("--store", default=None, help="daemon address (default: an embedded store in a temp dir)")
     ap.add_argument("--out", default=None)
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     eng = Engine.from_pretrained()
     store = args.store or EmbeddedStore(tempfile.mkdtemp(prefix="acre-bench-ask-"))
-    lengths = [2048, 8000] if args.quick else [int(x) for x in args.lengths.split(",")]
+    lengths = [2048, 7800] if args.quick else [int(x) for x in args.lengths.split(",")]
     n_docs = 1 if args.quick else args.n
     steps = 16 if args.quick else 32
     rows = []

@@ -20,17 +20,28 @@ from pathlib import Path
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--lengths", default="2048,4096,8000")
+    ap.add_argument("--lengths", default="2048,4096,7800")
     ap.add_argument("--n", type=int, default=6, help="documents per length")
     ap.add_argument("--grid", default="1:4:1,2:8:1,1:2:1,1:4:0,2:6:2", help="k_min:k_max:neighbours,...")
     ap.add_argument("--store", default=None, help="store directory (default: a temporary one)")
+    ap.add_argument("--chunk-size", type=int, default=None, help="ingest with this chunk size")
+    ap.add_argument("--n-recent", type=int, default=None, help="ingest with this recent window")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from acre_model.engine import Engine
     from acre_model.synth import make_needle_doc
     from acre_store import EmbeddedStore
 
+    from dataclasses import replace
+
+    from acre_model.doc_state import LayoutConfig
+
     eng = Engine.from_pretrained()
+    layout = LayoutConfig()
+    if args.chunk_size:
+        layout = replace(layout, chunk_size=args.chunk_size)
+    if args.n_recent is not None:
+        layout = replace(layout, n_recent=args.n_recent)
     store = EmbeddedStore(args.store or tempfile.mkdtemp(prefix="acre-tune-"))
     lengths = [int(x) for x in args.lengths.split(",")]
     n_docs = 2 if args.quick else args.n
@@ -42,7 +53,7 @@ def main(argv=None) -> int:
     for n in lengths:
         for i in range(n_docs):
             d = make_needle_doc(eng.tokenizer.encode, n, depth=(i + 0.5) / n_docs, seed=20_000 + i)
-            info = eng.ingest(d.text, store=store)
+            info = eng.ingest(d.text, store=store, layout=layout)
             for pol, prm in configs:
                 a = eng.ask(info.doc_id, d.question, policy=pol, answer_prefix=d.answer_prefix, store=store,
                             max_new_tokens=12, **prm)
