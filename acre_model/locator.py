@@ -76,8 +76,10 @@ def l1_chunk_scores(doc: DocState, p1: Pass1) -> torch.Tensor:
     return scores
 
 
-def to_distribution(scores: torch.Tensor) -> torch.Tensor:
-    s = scores.clamp_min(0).double()
+def to_distribution(scores: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """Chunk scores -> distribution p ∝ score**power (power > 1 sharpens: a lone peak over a flat
+    background of weak matches then has low entropy, spread attention keeps a high one)."""
+    s = scores.clamp_min(0).double() ** power
     total = s.sum()
     if total <= 0:
         return torch.full_like(s, 1.0 / s.numel())

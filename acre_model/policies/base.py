@@ -20,9 +20,10 @@ class AskParams:
     """Knobs of one question. Defaults are the measured best (docs/algorithm.md)."""
 
     k_min: int = 1
-    k_max: int = 4
+    k_max: int = 3
     neighbors: int = 1
     mode: str = "focus"  # "exact" (original positions) | "focus" (renumbered contiguously)
+    p_power: float = 2.0  # p ∝ score**p_power: sharpens p so its entropy separates one peak from spread
     budget: float = 0.15  # target KV ratio of the token-level baselines
     fixed_k: int = 8
     seed: int = 0
@@ -35,6 +36,8 @@ class AskParams:
             raise ValueError("neighbors must be >= 0")
         if self.mode not in ("exact", "focus"):
             raise ValueError(f"mode must be 'exact' or 'focus', got {self.mode!r}")
+        if self.p_power <= 0:
+            raise ValueError("p_power must be > 0")
         if not 0 < self.budget <= 1:
             raise ValueError("budget (KV ratio) must be in (0, 1]")
 
@@ -74,7 +77,7 @@ class AskContext:
             layers = sorted({l for l, _ in self.doc.index_heads})
             p1 = loc.run_pass1(self.model, self.doc, self.q_ids, layers, want_queries=True, want_probs=False)
             s = loc.index_chunk_scores(self.doc, p1, self.cfg.n_rep, self.cfg.head_dim)
-            self._pass1["index"] = loc.to_distribution(s)
+            self._pass1["index"] = loc.to_distribution(s, self.params.p_power)
         return self._pass1["index"]
 
     def l1_p(self) -> torch.Tensor:
@@ -82,7 +85,7 @@ class AskContext:
         if "l1" not in self._pass1:
             p1 = loc.run_pass1(self.model, self.doc, self.q_ids, self.middle_layers(), want_queries=False,
                                want_probs=True)
-            self._pass1["l1"] = loc.to_distribution(loc.l1_chunk_scores(self.doc, p1))
+            self._pass1["l1"] = loc.to_distribution(loc.l1_chunk_scores(self.doc, p1), self.params.p_power)
         return self._pass1["l1"]
 
 
