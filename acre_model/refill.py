@@ -17,6 +17,8 @@ from .doc_state import DocState, from_numpy
 from .kv_cache import KVCache
 from .policies.base import Plan
 
+GROUP_LAYERS = 5  # layers per fetch: small enough to overlap, large enough to amortise a call
+
 
 class DeviceChunkCache:
     """LRU of whole chunks [n_layers, 2, n_kv_heads, len, head_dim] on the worker's device, by bytes.
@@ -71,7 +73,7 @@ class Refill:
     """One question's refill: fetch (async, layer groups) + per-layer assembly of the active cache."""
 
     def __init__(self, model, doc: DocState, plan: Plan, store, chunk_cache: DeviceChunkCache,
-                 group_layers: int = 5, q_len: int = 0, extra_capacity: int = 0):
+                 group_layers: int | None = None, q_len: int = 0, extra_capacity: int = 0):
         self.model, self.doc, self.plan, self.store, self.cc = model, doc, plan, store, chunk_cache
         cfg = model.cfg
         self.L, self.C = cfg.num_hidden_layers, doc.chunk_size
@@ -118,6 +120,7 @@ class Refill:
             else:
                 self.local[c] = t
         self.missing = missing
+        group_layers = group_layers or GROUP_LAYERS
         self.groups = [(s, min(self.L, s + group_layers)) for s in range(0, self.L, group_layers)]
         self.group_data: list[dict[int, torch.Tensor]] = [{} for _ in self.groups]
         self.group_ready = [threading.Event() for _ in self.groups]
