@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import InputError
-from .generation import decode
+from .doc_state import DocState, LayoutConfig
+from .errors import DocumentError, InputError
+from .generation import SamplingParams, decode
 
 
 @dataclass
@@ -68,11 +70,9 @@ class DocumentsMixin:
             self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
 
-
     @property
     def dtype_name(self) -> str:
         return str(self.model.dtype).replace("torch.", "")
-
 
     def _store(self, store):
         """None -> the embedded store under $ACRE_HOME; a string -> a daemon address; else a store object."""
@@ -91,28 +91,23 @@ class DocumentsMixin:
             return cache[store]
         return store
 
-
     def retrieval_heads(self) -> list[tuple[int, int]]:
         from .calibrate import load_retrieval_heads
 
         return load_retrieval_heads(self.path, self.fingerprint)
 
-
     def ingest(self, text: str, store=None, name: str | None = None, layout=None,
                 progress: bool = False) -> DocInfo:
         """Tokenize, prefill once, write L1 + L2 + proxy map to the store. Re-ingesting is a no-op."""
-        import time as _t
-
         from acre_store import DocLayout, DocMeta, DocumentNotFound
 
-        from .doc_state import LayoutConfig
         from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
 
         if text is None or not text.strip():
             raise InputError("empty document")
         layout = layout or LayoutConfig()
         st = self._store(store)
-        t0 = _t.perf_counter()
+        t0 = time.perf_counter()
         ids = self.tokenizer.document_ids(text.rstrip())
         limit = self.max_context - RESERVED_TOKENS
         if len(ids) > limit:
@@ -123,7 +118,7 @@ class DocumentsMixin:
         try:
             meta = st.info(doc_id)
             return DocInfo(doc_id, meta.layout.n_tokens, meta.layout.n_chunks, int(meta.extra.get("n_l1", 0)),
-                           _t.perf_counter() - t0, True, meta.name)
+                           time.perf_counter() - t0, True, meta.name)
         except DocumentNotFound:
             pass
         bar = None
@@ -137,24 +132,18 @@ class DocumentsMixin:
             if bar is not None:
                 bar.close()
         parts = build_l1_parts(pf, layout, heads)
-        from dataclasses import asdict
-
         lay = DocLayout(self.cfg.num_hidden_layers, self.cfg.num_key_value_heads, self.cfg.head_dim,
                         layout.chunk_size, self.dtype_name, len(ids))
         n_l1 = int(parts["l1_pos"].shape[0])
         extra = {"layout": asdict(layout), "index_heads": [list(h) for h in heads], "n_l1": n_l1,
-                 "model": self.path.name, "prefill_s": _t.perf_counter() - t0}
+                 "model": self.path.name, "prefill_s": time.perf_counter() - t0}
         meta = DocMeta(doc_id, self.fingerprint, lay, name=name or "", extra=extra)
         st.put(meta, parts, iter_chunks(pf, layout.chunk_size))
-        return DocInfo(doc_id, len(ids), lay.n_chunks, n_l1, _t.perf_counter() - t0, False, name or "")
-
+        return DocInfo(doc_id, len(ids), lay.n_chunks, n_l1, time.perf_counter() - t0, False, name or "")
 
     def _doc_state(self, doc_id: str, store):
         """The document's L1 on this worker's device (loaded once, then cached)."""
         from acre_store import DocumentNotFound
-
-        from .doc_state import DocState
-        from .errors import DocumentError
 
         cache = self.__dict__.setdefault("_docs", OrderedDict())
         key = (id(store), doc_id)
@@ -183,14 +172,12 @@ class DocumentsMixin:
             cache.popitem(last=False)
         return ds
 
-
     def chunk_cache(self):
         if getattr(self, "_cc", None) is None:
             from .refill import DeviceChunkCache
 
             self._cc = DeviceChunkCache(int(os.environ.get("ACRE_DEVICE_CACHE_BYTES", 512 << 20)))
         return self._cc
-
 
     def _prepare(self, doc_id: str, question: str, policy: str, answer_prefix: str, store,
                  max_new_tokens: int, params: dict):
@@ -237,20 +224,16 @@ class DocumentsMixin:
 
         The stored document is never changed: every question starts from the same cached state.
         """
-        import time as _t
-
-        from .generation import SamplingParams
-
-        t0 = _t.perf_counter()
+        t0 = time.perf_counter()
         pol, plan, rf, logits, doc = self._prepare(doc_id, question, policy, answer_prefix, store,
                                                    max_new_tokens, params)
-        ttft = _t.perf_counter() - t0
+        ttft = time.perf_counter() - t0
         d = decode(self.model, rf.cache, logits, SamplingParams(max_new_tokens), self.tokenizer.stop_ids)
         rf.finish()
         kv_bytes = doc.extra.get("kv_nbytes") or 1
         return Answer(
             answer=self.tokenizer.decode(d.tokens).strip(), policy=pol.name, kv_ratio=rf.kv_ratio,
             refilled_chunks=list(plan.chunks), entropy=plan.entropy, k=plan.k, mode=plan.mode, ttft_s=ttft,
-            total_s=_t.perf_counter() - t0, decode_ms_per_token=d.ms_per_token, n_tokens=doc.n_tokens,
+            total_s=time.perf_counter() - t0, decode_ms_per_token=d.ms_per_token, n_tokens=doc.n_tokens,
             n_active=max(rf.n_active), n_new_tokens=len(d.tokens), fetch_s=rf.fetch_s, fetch_wait_s=rf.wait_s,
             fetched_bytes=rf.fetched_bytes, index_share=doc.index_nbytes / kv_bytes, doc_id=doc_id)
