@@ -164,6 +164,9 @@ class DocumentsMixin:
             raise DocumentError(f"document {doc_id[:12]} has layout (layers, kv heads, head_dim, dtype) {theirs}; "
                                 f"this worker's model has {mine}")
         parts = store.get_l1(doc_id)
+        # First use on this worker: ask the store to promote the document's chunks to its RAM tier now,
+        # so later refills of this document are RAM-hot (returns at once; the store works in the background).
+        store.prefetch(doc_id)
         ds = DocState.from_parts(doc_id, meta.extra, parts, lay.n_tokens, lay.chunk_size, self.model.dtype,
                                  self.device)
         ds.extra["kv_nbytes"] = lay.kv_nbytes

@@ -139,3 +139,23 @@ def test_unknown_policy(tiny_folder, acre_home):
     doc_id = json.loads(p.stdout)["doc_id"]
     assert_clean_error(run_acre("ask", doc_id, "q?", "--policy", "magic", "--model", str(tiny_folder)),
                        "unknown policy")
+
+
+def test_calibrate_writes_heads_beside_the_model(tiny_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "uncalibrated"
+    shutil.copytree(tiny_folder, folder)
+    (folder / "retrieval_heads.json").unlink()
+    p = run_acre("model", "calibrate", str(folder), "--n-probes", "2", "--lengths", "300", "--n-heads", "2",
+                 "--json")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    saved = json.loads((folder / "retrieval_heads.json").read_text())
+    assert saved["heads"] == res["heads"] and len(saved["heads"]) == 2
+    assert all(0 <= l < 3 and 0 <= g < 2 for l, g in saved["heads"])  # tiny: 3 layers, 2 KV heads
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    ok = run_acre("ingest", str(doc), "--model", str(folder), "--json",
+                  env_extra={"ACRE_HOME": str(tmp_path / "home")})
+    assert ok.returncode == 0, ok.stderr
