@@ -15,6 +15,7 @@ document and cached there.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,12 +52,33 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
-    """Inverse of to_numpy: uint16 arrays are bfloat16 bit patterns when dtype is bfloat16."""
+    """Inverse of to_numpy: uint16 arrays are bfloat16 bit patterns when dtype is bfloat16.
+
+    A read-only array (the store hands out read-only views of its shared memory) is copied once into
+    memory the tensor owns when the result would otherwise alias it (CPU); for another device the
+    transfer itself is the copy, and the array is only read."""
+    if not a.flags.writeable:
+        if torch.device(device).type == "cpu":
+            a = np.array(a)  # writable, contiguous: the tensor must not alias read-only memory
+        else:
+            with warnings.catch_warnings():  # torch warns on non-writable arrays; .to(device) copies
+                warnings.simplefilter("ignore", UserWarning)
+                return from_numpy_readonly(a, dtype, device)
     if dtype == torch.bfloat16 and a.dtype == np.uint16:
         t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
     else:
         t = torch.from_numpy(np.ascontiguousarray(a))
     return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, non_blocking=True)
+
+
+def from_numpy_readonly(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
+    """from_numpy for a read-only array and a non-CPU device: the tensor over it is read only by the copy."""
+    if dtype == torch.bfloat16 and a.dtype == np.uint16:
+        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    # Synchronous: the source may be a mapping that ends when the array is dropped.
+    return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

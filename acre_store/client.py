@@ -7,9 +7,10 @@ per-layer CRC32C on arrival.
 """
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import logging
-import threading
 import time
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -22,10 +23,10 @@ from .checksum import bad_layers, crc32c
 from .embedded import StoreAPI
 from .errors import DataLoss, InvalidArgument, StoreError, StoreUnavailable, error_for_code
 from .record import TensorSpec
-from .shared import SharedGone, read_shared
+from .shared import SharedGone, map_shared, read_shared
 from .types import DocMeta
-from .wire import (CHANNEL_OPTIONS, MAX_FRAME_BYTES, layout_from_pb, meta_from_pb, meta_to_pb, spec_from_pb,
-                   spec_to_pb)
+from .wire import (CHANNEL_OPTIONS, MAX_FRAME_BYTES, decode_fetch_frame, layout_from_pb, meta_from_pb, meta_to_pb,
+                   spec_from_pb, spec_to_pb)
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,19 @@ def normalize_addr(addr: str) -> str:
 
 class StoreClient(StoreAPI):
     def __init__(self, addr: str, timeout: float = 30.0, stream_timeout: float = 600.0, connect_timeout: float = 5.0,
-                 retries: int = 4, backoff_s: float = 0.1, shared: bool = True):
+                 retries: int = 4, backoff_s: float = 0.1, shared: bool = True, writable: bool = False):
         self.addr = normalize_addr(addr)
         self.timeout, self.stream_timeout = timeout, stream_timeout
         self.retries, self.backoff_s = retries, backoff_s
         self._channel = grpc.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
         self._stub = store_pb2_grpc.StoreStub(self._channel)
+        # Fetch frames arrive as raw bytes (wire.decode_fetch_frame): the payload is viewed, not copied.
+        self._fetch_raw = self._channel.unary_stream("/acre.store.v1.Store/Fetch",
+                                                     request_serializer=pb.FetchRequest.SerializeToString,
+                                                     response_deserializer=None)
+        # writable=False (default): fetched arrays are read-only views (of a shared-memory mapping on the
+        # fast path, of the received message on the socket); True: each one is the caller's own writable copy.
+        self.writable = writable
         try:
             grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
@@ -53,9 +61,9 @@ class StoreClient(StoreAPI):
                                    f"(no answer within {connect_timeout:g}s; is `acre store serve` running?)") from None
         # Same-host fast path (shared.py): offered over a unix socket only (the daemon is then on this host).
         self.shared = shared and self.addr.startswith("unix:")
-        # Leases of chunks already copied, ended with the next Fetch (or a Release call when many pile up).
-        self._done_leases: list[int] = []
-        self._lease_lock = threading.Lock()
+        # Leases whose chunk is done with (copied, or its mapping is garbage), ended with the next Fetch
+        # (or a Release call when many pile up). A deque: the mappings' finalizers append from any thread.
+        self._done_leases: collections.deque[int] = collections.deque()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -171,9 +179,7 @@ class StoreClient(StoreAPI):
               ) -> Iterator[tuple[int, np.ndarray]]:
         """Yields (chunk_id, [l1-l0, 2, n_kv_heads, len_c, head_dim]) in request order as each arrives."""
         req = pb.FetchRequest(doc_id=doc_id, chunk_ids=[int(c) for c in chunk_ids], shared_ok=self.shared)
-        with self._lease_lock:
-            req.release.extend(self._done_leases)
-            self._done_leases.clear()
+        req.release.extend(self._take_done_leases())
         if layers is not None:
             req.has_layers, req.layer_start, req.layer_end = True, int(layers[0]), int(layers[1])
         return self._fetch(req)
@@ -184,7 +190,7 @@ class StoreClient(StoreAPI):
             leases: list[int] = []
             call, complete = None, False
             try:
-                call = self._stub.Fetch(req, timeout=self.stream_timeout)
+                call = self._fetch_raw(req, timeout=self.stream_timeout)
                 for c, arr in self._assemble(call, req, leases):
                     done += 1
                     yield c, arr
@@ -205,7 +211,8 @@ class StoreClient(StoreAPI):
     def _drain(call, leases: list[int]) -> None:
         """The consumer stopped early: collect the leases of frames already on their way, then cancel."""
         try:
-            for f in call:
+            for raw in call:
+                f, _ = decode_fetch_frame(raw)
                 if not f.HasField("shared"):
                     break  # payload frames: not worth receiving
                 leases.append(f.shared.lease)
@@ -216,37 +223,60 @@ class StoreClient(StoreAPI):
     def _assemble(self, frames, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         arr = view = None
         crcs: list[int] = []
-        for f in frames:
+        for raw in frames:
+            try:
+                f, data = decode_fetch_frame(raw)
+            except Exception as e:  # noqa: BLE001 - a frame protobuf cannot parse
+                raise DataLoss(f"malformed Fetch frame for {req.doc_id}: {e}") from None
             if f.offset == 0:
                 L = layout_from_pb(f.layout)
                 shape = (f.layer_end - f.layer_start, 2, L.n_kv_heads, f.n_tokens, L.head_dim)
-                arr = np.empty(shape, L.np_dtype)
-                view = arr.reshape(-1).view(np.uint8)
+                dtype = L.np_dtype
+                arr = view = None
                 crcs = list(f.layer_crc32c)
             if f.HasField("shared"):
-                leases.append(f.shared.lease)
+                ref = f.shared
                 try:
-                    got = read_shared(f.shared, view)
+                    if self.writable:
+                        leases.append(ref.lease)  # ends once copied
+                        arr = np.empty(shape, dtype)
+                        read_shared(ref, arr.reshape(-1).view(np.uint8))
+                    else:  # the lease lasts as long as the mapping
+                        arr = map_shared(ref, dtype, shape, functools.partial(self._done_leases.append, ref.lease))
                 except SharedGone as e:  # deleted meanwhile, or not our host after all: use the socket
+                    if not self.writable:
+                        leases.append(ref.lease)
                     log.debug("shared read failed (%s); chunk %d over the socket", e, f.chunk_id)
                     one = pb.FetchRequest(doc_id=req.doc_id, chunk_ids=[f.chunk_id], has_layers=True,
                                           layer_start=f.layer_start, layer_end=f.layer_end, shared_ok=False)
                     try:
-                        yield from self._assemble(self._stub.Fetch(one, timeout=self.stream_timeout), one, leases)
+                        yield from self._assemble(self._fetch_raw(one, timeout=self.stream_timeout), one, leases)
                     except grpc.RpcError as e2:
                         raise self._error(e2) from None
                     continue
-            else:
-                data = f.data  # NOTE: each access of a bytes field copies it out of the message
-                view[f.offset:f.offset + len(data)] = np.frombuffer(data, np.uint8)
-                got = f.offset + len(data)
-            if got == f.chunk_bytes:
                 # Shared files hold bytes the daemon verified when it read them from disk, and are never
-                # rewritten: no transport to check. Socket payload is checked layer by layer.
-                bad = [] if f.HasField("shared") else bad_layers(arr, crcs, 0)
+                # rewritten: no transport to check.
+                yield f.chunk_id, arr
+                continue
+            if f.offset == 0 and len(data) == f.chunk_bytes and not self.writable:
+                arr = np.frombuffer(data, dtype).reshape(shape)  # a view of the received message
+                if not arr.flags.aligned:
+                    arr = arr.copy()
+            else:
+                if view is None:
+                    arr = np.empty(shape, dtype)
+                    view = arr.reshape(-1).view(np.uint8)
+                if f.offset + len(data) > view.nbytes:
+                    raise DataLoss(f"chunk {f.chunk_id} of {req.doc_id}: more bytes than announced")
+                view[f.offset:f.offset + len(data)] = np.frombuffer(data, np.uint8)
+            if f.offset + len(data) == f.chunk_bytes:
+                # Socket payload is checked layer by layer.
+                bad = bad_layers(arr, crcs, 0)
                 if bad:
                     raise DataLoss(f"chunk {f.chunk_id} of {req.doc_id} arrived corrupted "
                                    f"(layers {[f.layer_start + b for b in bad]} fail their checksum)")
+                if not self.writable:
+                    arr.flags.writeable = False
                 yield f.chunk_id, arr
 
     def prefetch(self, doc_id: str, chunk_ids: Sequence[int] | None = None) -> None:
@@ -254,14 +284,19 @@ class StoreClient(StoreAPI):
                                  chunk_ids=[] if chunk_ids is None else [int(c) for c in chunk_ids])
         self._call(self._stub.Prefetch, req)
 
+    def _take_done_leases(self) -> list[int]:
+        out = []
+        try:
+            while True:
+                out.append(self._done_leases.popleft())
+        except IndexError:
+            return out
+
     def _finished(self, leases: list[int]) -> None:
         """These leases' bytes are copied: end them with the next Fetch, or now if many are waiting."""
-        with self._lease_lock:
-            self._done_leases.extend(leases)
-            if len(self._done_leases) < 256:
-                return
-            leases, self._done_leases = self._done_leases, []
-        self._release(leases)
+        self._done_leases.extend(leases)
+        if len(self._done_leases) >= 256:
+            self._release(self._take_done_leases())
 
     def _release(self, leases: list[int]) -> None:
         """End same-host leases (they also expire on their own if this fails)."""
@@ -295,7 +330,5 @@ class StoreClient(StoreAPI):
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def close(self) -> None:
-        with self._lease_lock:
-            leases, self._done_leases = self._done_leases, []
-        self._release(leases)
+        self._release(self._take_done_leases())
         self._channel.close()

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ._proto import store_pb2_grpc
 from .errors import StoreUnavailable
-from .service import StoreServicer
+from .service import StoreServicer, add_store_servicer
 from .store import Store, StoreConfig
 from .wire import CHANNEL_OPTIONS
 
@@ -92,7 +91,7 @@ class StoreServer:
                     _check_socket_path(unix_path(a), a)
             self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
                                       options=CHANNEL_OPTIONS)
-            store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(self.store, self.shared), self.server)
+            add_store_servicer(StoreServicer(self.store, self.shared), self.server)
             self.health = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
             self.addrs = []

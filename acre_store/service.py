@@ -16,7 +16,8 @@ from ._proto import store_pb2_grpc
 from .errors import InvalidArgument, StoreError
 from .record import TensorSpec
 from .store import PutSession, Store
-from .wire import FETCH_FRAME_BYTES, MAX_FRAME_BYTES, layout_to_pb, meta_from_pb, meta_to_pb, spec_from_pb, spec_to_pb
+from .wire import (FETCH_FRAME_BYTES, MAX_FRAME_BYTES, encode_fetch_frame, layout_to_pb, meta_from_pb, meta_to_pb,
+                   spec_from_pb, spec_to_pb)
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,13 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                 granted.append(ref.lease)
                 yield pb.FetchFrame(offset=0, shared=ref, **head)
                 continue
+            # Pre-encoded (wire.encode_fetch_frame): the payload is copied once, from the cache into the message.
             data = memoryview(view.reshape(-1).view(np.uint8))
             for off in range(0, max(len(data), 1), FETCH_FRAME_BYTES):
                 if off:
                     head = dict(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3],
                                 chunk_bytes=view.nbytes)
-                yield pb.FetchFrame(offset=off, data=bytes(data[off:off + FETCH_FRAME_BYTES]), **head)
+                yield encode_fetch_frame(pb.FetchFrame(offset=off, **head), data[off:off + FETCH_FRAME_BYTES])
 
     @unary
     def Prefetch(self, request, context):
@@ -228,3 +230,30 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         if self.shared is not None:
             stats["shared"] = self.shared.stats()
         return pb.StatsResponse(json=json.dumps(stats))
+
+
+def _serialize_fetch_frame(frame) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.SerializeToString()
+
+
+def add_store_servicer(servicer: StoreServicer, server) -> None:
+    """`store_pb2_grpc.add_StoreServicer_to_server`, except that Fetch may yield pre-encoded frames (bytes)."""
+    handlers: dict = {}
+
+    class _Collect:  # receives the generated handler table
+        def add_generic_rpc_handlers(self, generic):
+            pass
+
+        def add_registered_method_handlers(self, service, table):
+            handlers.update(table)
+
+    store_pb2_grpc.add_StoreServicer_to_server(servicer, _Collect())
+    fetch = handlers["Fetch"]
+    handlers["Fetch"] = grpc.unary_stream_rpc_method_handler(
+        fetch.unary_stream, request_deserializer=fetch.request_deserializer,
+        response_serializer=_serialize_fetch_frame)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+SERVICE = "acre.store.v1.Store"

@@ -25,7 +25,8 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Hashable
+import weakref
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -73,21 +74,33 @@ class SharedArena:
     def alloc(self, key: Hashable, arr: np.ndarray) -> np.ndarray:
         if len(key) != 2 or arr.nbytes == 0:  # only chunks (doc_id, c) are served from shared memory
             return arr
+        out = self.new(key, arr.shape, arr.dtype)
+        if out is None:
+            return arr
+        out[...] = arr
+        return out
+
+    def new(self, key: Hashable, shape: tuple[int, ...], dtype) -> np.ndarray | None:
+        """A writable array in a fresh shared file, for the caller to fill and verify before it enters the
+        RAM tier (a cold read lands here directly: one copy); `free` unlinks it. None if no room."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if len(key) != 2 or nbytes == 0:
+            return None
         path = os.path.join(self.dir, f"{key[0][:16]}-{key[1]}-{next(self._ids)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.posix_fallocate(fd, 0, arr.nbytes)
-            mm = mmap.mmap(fd, arr.nbytes)
+            os.posix_fallocate(fd, 0, nbytes)
+            # MAP_POPULATE: map every page now, in one go, instead of one fault per page while filling.
+            mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         except OSError as e:
             os.close(fd)
             os.unlink(path)
             with self._lock:
                 self.unplaced += 1
             log.warning("shared memory full (%s): chunk stays on the heap", e)
-            return arr
+            return None
         os.close(fd)
-        out = np.frombuffer(mm, arr.dtype).reshape(arr.shape)
-        out[...] = arr
+        out = np.frombuffer(mm, dtype).reshape(shape)
         with self._lock:
             self._path_of[id(out)] = path
         return out
@@ -149,6 +162,36 @@ class SharedArena:
 
 class SharedGone(Exception):
     """The shared file vanished (document deleted) or cannot be opened here: fetch over the socket."""
+
+
+_PAGE = mmap.ALLOCATIONGRANULARITY
+
+
+def map_shared(ref: pb.SharedRef, dtype, shape: tuple[int, ...], on_unmap: Callable[[], None]) -> np.ndarray:
+    """Client side: a read-only array over a SharedRef's bytes, mapped from the daemon's file (no copy).
+
+    The file is never rewritten, so the mapping shows the verified bytes for as long as it lives, even
+    after the daemon unlinks the file (the pages stay until the last mapping goes). `on_unmap` runs once
+    when the last array over the mapping is garbage (it ends the lease).
+    """
+    try:
+        fd = os.open(ref.path, os.O_RDONLY)
+    except OSError as e:
+        raise SharedGone(str(e)) from None
+    try:
+        start = ref.offset - ref.offset % _PAGE
+        size = os.fstat(fd).st_size
+        if ref.offset + ref.length > size:
+            raise SharedGone(f"{ref.path}: short file")
+        mm = mmap.mmap(fd, ref.offset + ref.length - start, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                       prot=mmap.PROT_READ, offset=start)
+    except OSError as e:
+        raise SharedGone(str(e)) from None
+    finally:
+        os.close(fd)
+    weakref.finalize(mm, on_unmap)
+    return np.frombuffer(mm, dtype, count=ref.length // np.dtype(dtype).itemsize,
+                         offset=ref.offset - start).reshape(shape)
 
 
 def read_shared(ref: pb.SharedRef, view: np.ndarray) -> int:

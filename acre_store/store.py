@@ -372,9 +372,30 @@ class Store:
         key = (rec.doc_id, c)
         arr = self.ram.get(key)
         if arr is None:
+            arr = self._load_and_promote(rec, c)
+        return arr
+
+    def _load_and_promote(self, rec: DocRecord, c: int) -> np.ndarray:
+        """Read chunk c from disk, verify it, put it in the RAM tier. With an allocator that can place a
+        new array (the daemon's shared files), the disk read lands there directly and is verified there:
+        the bytes are copied once, and what is checked is exactly what will be served."""
+        key = (rec.doc_id, c)
+        L = rec.meta.layout
+        new = getattr(self.ram.allocator, "new", None)
+        out = None
+        if new is not None and L.chunk_nbytes(c) <= self.ram.capacity:
+            out = new(key, L.chunk_shape(c), L.np_dtype)
+        if out is None:
             arr = self._load_chunk(rec, c)
             self.ram.put(key, arr)
-        return arr
+            return arr
+        try:
+            self._load_chunk(rec, c, out)
+        except BaseException:
+            self.ram.allocator.free(key, out)
+            raise
+        self.ram.put(key, out, placed=True)
+        return out
 
     def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
               ) -> Iterator[tuple[int, np.ndarray]]:
@@ -392,11 +413,16 @@ class Store:
                 yield c, view
         return gen()
 
-    def _load_chunk(self, rec: DocRecord, c: int) -> np.ndarray:
+    def _load_chunk(self, rec: DocRecord, c: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Chunk c from disk, verified (into `out` when given); DataLoss if it fails its checksum."""
         with self._lock:
             self.counters.disk_reads += 1
         try:
-            arr = self.disk.read_chunk(rec, c)
+            if out is None:
+                arr = self.disk.read_chunk(rec, c)
+            else:
+                self.disk.read_chunk_into(rec, c, out)
+                arr = out
         except (FileNotFoundError, KeyError):
             if not self._alive(rec.doc_id):
                 raise DocumentNotFound(f"document {rec.doc_id} was deleted") from None
@@ -465,7 +491,7 @@ class Store:
             if self.ram.contains(key):
                 continue
             try:
-                self.ram.put(key, self._load_chunk(rec, c))
+                self._load_and_promote(rec, c)
             except StoreError as e:
                 log.warning("prefetch of %s chunk %d failed: %s", rec.doc_id, c, e)
                 return

@@ -85,3 +85,90 @@ def meta_from_pb(m: pb.DocMeta) -> DocMeta:
     return DocMeta(doc_id=m.doc_id, model_fingerprint=m.model_fingerprint, layout=layout_from_pb(m.layout),
                    name=m.name, extra=extra, format_version=m.format_version, created=m.created,
                    pinned=m.pinned, nbytes=m.nbytes)
+
+
+# -- Fetch frames without protobuf copies of the payload ------------------------------------------
+# A FetchFrame's payload (field 7, `data`) dominates its size. Parsing it with protobuf copies it twice
+# (into the message, then out on every access of the field), and serialising copies it again. The
+# daemon therefore encodes a frame as the protobuf header (every other field) followed by field 7
+# written by hand, and the client parses the raw message itself: the header with protobuf, the
+# payload as a view of the received bytes. The bytes on the wire are an ordinary FetchFrame, so any
+# protobuf client reads them, and `decode_fetch_frame` accepts any valid encoding (fields in any order).
+
+_DATA_FIELD = 7
+_DATA_TAG = bytes([(_DATA_FIELD << 3) | 2])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+_PAD_TAG = bytes([(11 << 3) | 2])  # FetchFrame.pad
+PAYLOAD_ALIGN = 16
+
+
+def encode_fetch_frame(head: pb.FetchFrame, data=None) -> bytes:
+    """The wire bytes of `head` with `data` (any contiguous buffer) as its payload: one copy of the payload.
+
+    A `pad` field before the payload makes it start at a multiple of PAYLOAD_ALIGN in the message, so the
+    client's array over it is aligned for any dtype."""
+    hdr = head.SerializeToString()
+    if data is None or len(data) == 0:
+        return hdr
+    length = _varint(len(data))
+    p = -(len(hdr) + 2 + 1 + len(length)) % PAYLOAD_ALIGN
+    return b"".join((hdr, _PAD_TAG, bytes([p]), bytes(p), _DATA_TAG, length, data))
+
+
+def _read_varint(buf, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def decode_fetch_frame(raw: bytes) -> tuple[pb.FetchFrame, memoryview]:
+    """(header fields as a FetchFrame without its payload, payload as a read-only view of `raw`)."""
+    mv = memoryview(raw)
+    pos, n = 0, len(raw)
+    span = None  # (tag start, payload start, payload end) of the last field 7
+    while pos < n:
+        start = pos
+        key, pos = _read_varint(raw, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _read_varint(raw, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _read_varint(raw, pos)
+            if key >> 3 == _DATA_FIELD:
+                span = (start, pos, pos + length)
+            pos += length
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > n:
+            raise ValueError("truncated frame")
+    if span is None:
+        return pb.FetchFrame.FromString(raw), mv[0:0]
+    t, s, e = span
+    head = pb.FetchFrame.FromString(raw[:t] + raw[e:] if e < n else raw[:t])
+    return head, mv[s:e]

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x63re/store/v1/store.proto\x12\racre.store.v1\"\x8b\x01\n\x06Layout\x12\x10\n\x08n_layers\x18\x01 \x01(\r\x12\x12\n\nn_kv_heads\x18\x02 \x01(\r\x12\x10\n\x08head_dim\x18\x03 \x01(\r\x12\x12\n\nchunk_size\x18\x04 \x01(\r\x12#\n\x05\x64type\x18\x05 \x01(\x0e\x32\x14.acre.store.v1.DType\x12\x10\n\x08n_tokens\x18\x06 \x01(\x04\"^\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.acre.store.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0e\n\x06\x63rc32c\x18\x04 \x01(\x07\"\xed\x01\n\x07\x44ocMeta\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12%\n\x06layout\x18\x03 \x01(\x0b\x32\x15.acre.store.v1.Layout\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nextra_json\x18\x05 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x06 \x01(\r\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x0e\n\x06pinned\x18\x08 \x01(\x08\x12\x0e\n\x06nbytes\x18\t \x01(\x04\x12%\n\x02l1\x18\n \x03(\x0b\x32\x19.acre.store.v1.TensorSpec\"\xb9\x01\n\nPutRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.acre.store.v1.PutHeaderH\x00\x12$\n\x02l1\x18\x02 \x01(\x0b\x32\x16.acre.store.v1.L1FrameH\x00\x12*\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x19.acre.store.v1.ChunkFrameH\x00\x12$\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x15.acre.store.v1.PutEndH\x00\x42\x07\n\x05\x66rame\"\x1a\n\x06PutEnd\x12\x10\n\x08n_chunks\x18\x01 \x01(\r\"X\n\tPutHeader\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.acre.store.v1.DocMeta\x12%\n\x02l1\x18\x02 \x03(\x0b\x32\x19.acre.store.v1.TensorSpec\"^\n\x07L1Frame\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\'\n\x04spec\x18\x04 \x01(\x0b\x32\x19.acre.store.v1.TensorSpec\"L\n\nChunkFrame\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06\x63rc32c\x18\x04 \x01(\x07\"D\n\x0bPutResponse\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.acre.store.v1.DocMeta\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1d\n\x0bInfoRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\"-\n\x0cGetL1Request\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"\x91\x01\n\x0c\x46\x65tchRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x11\n\tchunk_ids\x18\x02 \x03(\r\x12\x12\n\nhas_layers\x18\x03 \x01(\x08\x12\x13\n\x0blayer_start\x18\x04 \x01(\r\x12\x11\n\tlayer_end\x18\x05 \x01(\r\x12\x11\n\tshared_ok\x18\x06 \x01(\x08\x12\x0f\n\x07release\x18\x07 \x03(\x04\"\xf2\x01\n\nFetchFrame\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\r\x12\x13\n\x0blayer_start\x18\x02 \x01(\r\x12\x11\n\tlayer_end\x18\x03 \x01(\r\x12\x10\n\x08n_tokens\x18\x04 \x01(\r\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x14\n\x0clayer_crc32c\x18\x08 \x03(\x07\x12(\n\x06shared\x18\t \x01(\x0b\x32\x18.acre.store.v1.SharedRef\x12%\n\x06layout\x18\n \x01(\x0b\x32\x15.acre.store.v1.Layout\"H\n\tSharedRef\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\r\n\x05lease\x18\x04 \x01(\x04\"H\n\x0fPrefetchRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x11\n\tchunk_ids\x18\x02 \x03(\r\x12\x12\n\nall_chunks\x18\x03 \x01(\x08\"\x12\n\x10PrefetchResponse\" \n\x0eReleaseRequest\x12\x0e\n\x06leases\x18\x01 \x03(\x04\"\x11\n\x0fReleaseResponse\"\r\n\x0bListRequest\"4\n\x0cListResponse\x12$\n\x04\x64ocs\x18\x01 \x03(\x0b\x32\x16.acre.store.v1.DocMeta\"\x1f\n\rDeleteRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\"\x10\n\x0e\x44\x65leteResponse\",\n\nPinRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"\r\n\x0bPinResponse\"\x0e\n\x0cStatsRequest\"\x1d\n\rStatsResponse\x12\x0c\n\x04json\x18\x01 \x01(\t*\xbe\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x10\n\x0c\x44TYPE_UINT16\x10\x04\x12\x0e\n\nDTYPE_INT8\x10\x05\x12\x0f\n\x0b\x44TYPE_INT16\x10\x06\x12\x0f\n\x0b\x44TYPE_INT32\x10\x07\x12\x0f\n\x0b\x44TYPE_INT64\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t2\xa7\x05\n\x05Store\x12>\n\x03Put\x12\x19.acre.store.v1.PutRequest\x1a\x1a.acre.store.v1.PutResponse(\x01\x12:\n\x04Info\x12\x1a.acre.store.v1.InfoRequest\x1a\x16.acre.store.v1.DocMeta\x12>\n\x05GetL1\x12\x1b.acre.store.v1.GetL1Request\x1a\x16.acre.store.v1.L1Frame0\x01\x12\x41\n\x05\x46\x65tch\x12\x1b.acre.store.v1.FetchRequest\x1a\x19.acre.store.v1.FetchFrame0\x01\x12K\n\x08Prefetch\x12\x1e.acre.store.v1.PrefetchRequest\x1a\x1f.acre.store.v1.PrefetchResponse\x12H\n\x07Release\x12\x1d.acre.store.v1.ReleaseRequest\x1a\x1e.acre.store.v1.ReleaseResponse\x12?\n\x04List\x12\x1a.acre.store.v1.ListRequest\x1a\x1b.acre.store.v1.ListResponse\x12\x45\n\x06\x44\x65lete\x12\x1c.acre.store.v1.DeleteRequest\x1a\x1d.acre.store.v1.DeleteResponse\x12<\n\x03Pin\x12\x19.acre.store.v1.PinRequest\x1a\x1a.acre.store.v1.PinResponse\x12\x42\n\x05Stats\x12\x1b.acre.store.v1.StatsRequest\x1a\x1c.acre.store.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x63re/store/v1/store.proto\x12\racre.store.v1\"\x8b\x01\n\x06Layout\x12\x10\n\x08n_layers\x18\x01 \x01(\r\x12\x12\n\nn_kv_heads\x18\x02 \x01(\r\x12\x10\n\x08head_dim\x18\x03 \x01(\r\x12\x12\n\nchunk_size\x18\x04 \x01(\r\x12#\n\x05\x64type\x18\x05 \x01(\x0e\x32\x14.acre.store.v1.DType\x12\x10\n\x08n_tokens\x18\x06 \x01(\x04\"^\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.acre.store.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0e\n\x06\x63rc32c\x18\x04 \x01(\x07\"\xed\x01\n\x07\x44ocMeta\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12%\n\x06layout\x18\x03 \x01(\x0b\x32\x15.acre.store.v1.Layout\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nextra_json\x18\x05 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x06 \x01(\r\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x0e\n\x06pinned\x18\x08 \x01(\x08\x12\x0e\n\x06nbytes\x18\t \x01(\x04\x12%\n\x02l1\x18\n \x03(\x0b\x32\x19.acre.store.v1.TensorSpec\"\xb9\x01\n\nPutRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.acre.store.v1.PutHeaderH\x00\x12$\n\x02l1\x18\x02 \x01(\x0b\x32\x16.acre.store.v1.L1FrameH\x00\x12*\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x19.acre.store.v1.ChunkFrameH\x00\x12$\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x15.acre.store.v1.PutEndH\x00\x42\x07\n\x05\x66rame\"\x1a\n\x06PutEnd\x12\x10\n\x08n_chunks\x18\x01 \x01(\r\"X\n\tPutHeader\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.acre.store.v1.DocMeta\x12%\n\x02l1\x18\x02 \x03(\x0b\x32\x19.acre.store.v1.TensorSpec\"^\n\x07L1Frame\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\'\n\x04spec\x18\x04 \x01(\x0b\x32\x19.acre.store.v1.TensorSpec\"L\n\nChunkFrame\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06\x63rc32c\x18\x04 \x01(\x07\"D\n\x0bPutResponse\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.acre.store.v1.DocMeta\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1d\n\x0bInfoRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\"-\n\x0cGetL1Request\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"\x91\x01\n\x0c\x46\x65tchRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x11\n\tchunk_ids\x18\x02 \x03(\r\x12\x12\n\nhas_layers\x18\x03 \x01(\x08\x12\x13\n\x0blayer_start\x18\x04 \x01(\r\x12\x11\n\tlayer_end\x18\x05 \x01(\r\x12\x11\n\tshared_ok\x18\x06 \x01(\x08\x12\x0f\n\x07release\x18\x07 \x03(\x04\"\xff\x01\n\nFetchFrame\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\r\x12\x13\n\x0blayer_start\x18\x02 \x01(\r\x12\x11\n\tlayer_end\x18\x03 \x01(\r\x12\x10\n\x08n_tokens\x18\x04 \x01(\r\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x14\n\x0clayer_crc32c\x18\x08 \x03(\x07\x12(\n\x06shared\x18\t \x01(\x0b\x32\x18.acre.store.v1.SharedRef\x12%\n\x06layout\x18\n \x01(\x0b\x32\x15.acre.store.v1.Layout\x12\x0b\n\x03pad\x18\x0b \x01(\x0c\"H\n\tSharedRef\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\r\n\x05lease\x18\x04 \x01(\x04\"H\n\x0fPrefetchRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x11\n\tchunk_ids\x18\x02 \x03(\r\x12\x12\n\nall_chunks\x18\x03 \x01(\x08\"\x12\n\x10PrefetchResponse\" \n\x0eReleaseRequest\x12\x0e\n\x06leases\x18\x01 \x03(\x04\"\x11\n\x0fReleaseResponse\"\r\n\x0bListRequest\"4\n\x0cListResponse\x12$\n\x04\x64ocs\x18\x01 \x03(\x0b\x32\x16.acre.store.v1.DocMeta\"\x1f\n\rDeleteRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\"\x10\n\x0e\x44\x65leteResponse\",\n\nPinRequest\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"\r\n\x0bPinResponse\"\x0e\n\x0cStatsRequest\"\x1d\n\rStatsResponse\x12\x0c\n\x04json\x18\x01 \x01(\t*\xbe\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x10\n\x0c\x44TYPE_UINT16\x10\x04\x12\x0e\n\nDTYPE_INT8\x10\x05\x12\x0f\n\x0b\x44TYPE_INT16\x10\x06\x12\x0f\n\x0b\x44TYPE_INT32\x10\x07\x12\x0f\n\x0b\x44TYPE_INT64\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t2\xa7\x05\n\x05Store\x12>\n\x03Put\x12\x19.acre.store.v1.PutRequest\x1a\x1a.acre.store.v1.PutResponse(\x01\x12:\n\x04Info\x12\x1a.acre.store.v1.InfoRequest\x1a\x16.acre.store.v1.DocMeta\x12>\n\x05GetL1\x12\x1b.acre.store.v1.GetL1Request\x1a\x16.acre.store.v1.L1Frame0\x01\x12\x41\n\x05\x46\x65tch\x12\x1b.acre.store.v1.FetchRequest\x1a\x19.acre.store.v1.FetchFrame0\x01\x12K\n\x08Prefetch\x12\x1e.acre.store.v1.PrefetchRequest\x1a\x1f.acre.store.v1.PrefetchResponse\x12H\n\x07Release\x12\x1d.acre.store.v1.ReleaseRequest\x1a\x1e.acre.store.v1.ReleaseResponse\x12?\n\x04List\x12\x1a.acre.store.v1.ListRequest\x1a\x1b.acre.store.v1.ListResponse\x12\x45\n\x06\x44\x65lete\x12\x1c.acre.store.v1.DeleteRequest\x1a\x1d.acre.store.v1.DeleteResponse\x12<\n\x03Pin\x12\x19.acre.store.v1.PinRequest\x1a\x1a.acre.store.v1.PinResponse\x12\x42\n\x05Stats\x12\x1b.acre.store.v1.StatsRequest\x1a\x1c.acre.store.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'acre.store.v1.store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1993
-  _globals['_DTYPE']._serialized_end=2183
+  _globals['_DTYPE']._serialized_start=2006
+  _globals['_DTYPE']._serialized_end=2196
   _globals['_LAYOUT']._serialized_start=45
   _globals['_LAYOUT']._serialized_end=184
   _globals['_TENSORSPEC']._serialized_start=186
@@ -58,33 +58,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHREQUEST']._serialized_start=1151
   _globals['_FETCHREQUEST']._serialized_end=1296
   _globals['_FETCHFRAME']._serialized_start=1299
-  _globals['_FETCHFRAME']._serialized_end=1541
-  _globals['_SHAREDREF']._serialized_start=1543
-  _globals['_SHAREDREF']._serialized_end=1615
-  _globals['_PREFETCHREQUEST']._serialized_start=1617
-  _globals['_PREFETCHREQUEST']._serialized_end=1689
-  _globals['_PREFETCHRESPONSE']._serialized_start=1691
-  _globals['_PREFETCHRESPONSE']._serialized_end=1709
-  _globals['_RELEASEREQUEST']._serialized_start=1711
-  _globals['_RELEASEREQUEST']._serialized_end=1743
-  _globals['_RELEASERESPONSE']._serialized_start=1745
-  _globals['_RELEASERESPONSE']._serialized_end=1762
-  _globals['_LISTREQUEST']._serialized_start=1764
-  _globals['_LISTREQUEST']._serialized_end=1777
-  _globals['_LISTRESPONSE']._serialized_start=1779
-  _globals['_LISTRESPONSE']._serialized_end=1831
-  _globals['_DELETEREQUEST']._serialized_start=1833
-  _globals['_DELETEREQUEST']._serialized_end=1864
-  _globals['_DELETERESPONSE']._serialized_start=1866
-  _globals['_DELETERESPONSE']._serialized_end=1882
-  _globals['_PINREQUEST']._serialized_start=1884
-  _globals['_PINREQUEST']._serialized_end=1928
-  _globals['_PINRESPONSE']._serialized_start=1930
-  _globals['_PINRESPONSE']._serialized_end=1943
-  _globals['_STATSREQUEST']._serialized_start=1945
-  _globals['_STATSREQUEST']._serialized_end=1959
-  _globals['_STATSRESPONSE']._serialized_start=1961
-  _globals['_STATSRESPONSE']._serialized_end=1990
-  _globals['_STORE']._serialized_start=2186
-  _globals['_STORE']._serialized_end=2865
+  _globals['_FETCHFRAME']._serialized_end=1554
+  _globals['_SHAREDREF']._serialized_start=1556
+  _globals['_SHAREDREF']._serialized_end=1628
+  _globals['_PREFETCHREQUEST']._serialized_start=1630
+  _globals['_PREFETCHREQUEST']._serialized_end=1702
+  _globals['_PREFETCHRESPONSE']._serialized_start=1704
+  _globals['_PREFETCHRESPONSE']._serialized_end=1722
+  _globals['_RELEASEREQUEST']._serialized_start=1724
+  _globals['_RELEASEREQUEST']._serialized_end=1756
+  _globals['_RELEASERESPONSE']._serialized_start=1758
+  _globals['_RELEASERESPONSE']._serialized_end=1775
+  _globals['_LISTREQUEST']._serialized_start=1777
+  _globals['_LISTREQUEST']._serialized_end=1790
+  _globals['_LISTRESPONSE']._serialized_start=1792
+  _globals['_LISTRESPONSE']._serialized_end=1844
+  _globals['_DELETEREQUEST']._serialized_start=1846
+  _globals['_DELETEREQUEST']._serialized_end=1877
+  _globals['_DELETERESPONSE']._serialized_start=1879
+  _globals['_DELETERESPONSE']._serialized_end=1895
+  _globals['_PINREQUEST']._serialized_start=1897
+  _globals['_PINREQUEST']._serialized_end=1941
+  _globals['_PINRESPONSE']._serialized_start=1943
+  _globals['_PINRESPONSE']._serialized_end=1956
+  _globals['_STATSREQUEST']._serialized_start=1958
+  _globals['_STATSREQUEST']._serialized_end=1972
+  _globals['_STATSRESPONSE']._serialized_start=1974
+  _globals['_STATSRESPONSE']._serialized_end=2003
+  _globals['_STORE']._serialized_start=2199
+  _globals['_STORE']._serialized_end=2878
 # @@protoc_insertion_point(module_scope)

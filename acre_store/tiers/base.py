@@ -56,6 +56,14 @@ class DiskTier(ABC):
     def read_chunk(self, record: DocRecord, c: int) -> np.ndarray:
         """Chunk c as stored (unverified): [n_layers, 2, n_kv_heads, len_c, head_dim]."""
 
+    def read_chunk_into(self, record: DocRecord, c: int, out: np.ndarray) -> None:
+        """Chunk c as stored (unverified), written into `out` (contiguous, the chunk's shape and dtype).
+        Tiers override it to read straight into `out` (the daemon's shared file): one copy, not two."""
+        arr = self.read_chunk(record, c)
+        if arr.shape != out.shape:
+            raise ValueError(f"chunk has shape {arr.shape}, expected {out.shape}")
+        np.copyto(out, arr)
+
     @abstractmethod
     def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:
         """One L1 part as stored (unverified)."""

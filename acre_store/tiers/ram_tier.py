@@ -68,14 +68,21 @@ class RamTier:
         with self._lock:
             return key in self._lru
 
-    def put(self, key: Hashable, arr: np.ndarray) -> bool:
-        """Insert (evicting least recently used unleased entries); False if not stored (present, or no room)."""
+    def put(self, key: Hashable, arr: np.ndarray, placed: bool = False) -> bool:
+        """Insert (evicting least recently used unleased entries); False if not stored (present, or no room).
+
+        placed: arr already lives in the allocator's memory (from `allocator.new`); it is not copied, and
+        it is handed to `allocator.free` if it is not stored."""
         n = arr.nbytes
         with self._lock:
-            if key in self._lru or n > self.capacity:
+            refused = key in self._lru or n > self.capacity
+            if refused:
                 self.stats.skipped += key not in self._lru
-                return False
-        if self.allocator is not None:
+        if refused:
+            if placed:
+                self._notify([(key, arr)])
+            return False
+        if self.allocator is not None and not placed:
             arr = self.allocator.alloc(key, arr)
         evicted, stored = [], False
         with self._lock:

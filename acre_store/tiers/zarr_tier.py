@@ -154,6 +154,16 @@ class ZarrTier(DiskTier):
         n_c = L.chunk_len(c)
         return out if n_c == L.chunk_size else np.ascontiguousarray(out[:, :, :, :n_c])
 
+    def read_chunk_into(self, record: DocRecord, c: int, out: np.ndarray) -> None:
+        L = record.meta.layout
+        if L.chunk_len(c) != L.chunk_size:  # the short last chunk is stored padded: gather it
+            return super().read_chunk_into(record, c, out)
+        with open(self.chunk_path(record.doc_id, c), "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            n = f.readinto(memoryview(out.reshape(-1).view(np.uint8))) if size == out.nbytes else -1
+        if n != out.nbytes:
+            raise ValueError(f"chunk file holds {size} bytes, expected {out.nbytes}")
+
     def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:
         a = zarr.open_array(os.path.join(self.doc_dir(record.doc_id), "l1", spec.name), mode="r")
         return np.require(a[...], dtype=spec.np_dtype, requirements="C")

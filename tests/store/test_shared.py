@@ -1,6 +1,7 @@
 """Same-host fast path: chunks read from the daemon's shared-memory files, leases, fallbacks, cleanup."""
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -20,11 +21,12 @@ def shm_files(stats) -> list[str]:
 
 def test_fast_path_is_used_and_byte_exact(daemon):
     doc = make_doc(REAL)
-    with daemon.client() as c:
+    with daemon.client(writable=True) as c:
         c.put(doc.meta, doc.l1, doc.chunks)
-        assert_doc_equal(c, doc)  # disk-cold: promoted into shared memory, then leased
+        assert_doc_equal(c, doc)  # disk-cold: read into shared memory, then leased
         for cid, arr in c.fetch(doc.doc_id, [2, 0], layers=(5, 9)):  # RAM-hot, a layer range
             assert arr.tobytes() == doc.chunks[cid][5:9].tobytes() and arr.flags.writeable
+            arr[...] = 0  # the caller's own copy
         st = c.stats()["shared"]
         # The last call's leases end with the client's next Fetch (or its close).
         assert st["leases_granted"] == REAL.n_chunks + 2 and st["leases_active"] == 2
@@ -33,8 +35,50 @@ def test_fast_path_is_used_and_byte_exact(daemon):
     with daemon.client() as c:
         st = c.stats()["shared"]
         assert st["leases_granted"] == REAL.n_chunks + 3 and st["leases_active"] == 0
+        assert_doc_equal(c, doc)  # the zeros went into the copies only
         c.delete(doc.doc_id)
         assert shm_files(c.stats()) == []
+
+
+def test_mapped_views_are_read_only_byte_exact_and_leased(daemon):
+    doc = make_doc(REAL)
+    with daemon.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+        list(c.fetch(doc.doc_id, range(REAL.n_chunks)))  # promote (cold reads), leases end with the next call
+        got = dict(c.fetch(doc.doc_id, [3, 1], layers=(7, 30)))  # RAM-hot: read-only mappings, no copy
+        for cid, arr in got.items():
+            assert arr.shape == doc.chunks[cid][7:].shape and arr.tobytes() == doc.chunks[cid][7:].tobytes()
+            assert not arr.flags.writeable and arr.flags.aligned and arr.flags.c_contiguous
+            with pytest.raises(ValueError):
+                arr[0, 0, 0, 0, 0] = 1.0
+        (_, last), = c.fetch(doc.doc_id, [REAL.n_chunks - 1], layers=(0, 1))  # the short chunk, one layer
+        assert last.tobytes() == doc.chunks[-1][:1].tobytes()
+        # A lease lasts as long as its mapping: the two views above and `last` are alive.
+        assert c.stats()["shared"]["leases_active"] == 3
+        list(c.fetch(doc.doc_id, [0]))  # its view is garbage at once; its lease ends with the next Fetch
+        assert c.stats()["shared"]["leases_active"] == 4
+        view = got[3][2:5]  # a view of a view keeps the mapping, and so the lease
+        del got, last, arr
+        gc.collect()
+        list(c.fetch(doc.doc_id, [0]))
+        assert c.stats()["shared"]["leases_active"] == 2  # `view`'s, and the last [0]'s (ends with the next call)
+        assert view.tobytes() == doc.chunks[3][9:12].tobytes()
+        with daemon.client() as other:  # a view outlives its file: files are never rewritten, only unlinked
+            other.delete(doc.doc_id)
+        assert shm_files(c.stats()) == []
+        assert view.tobytes() == doc.chunks[3][9:12].tobytes()
+
+
+def test_socket_arrays_are_views_or_copies(daemon):
+    doc = make_doc(REAL)
+    with daemon.client(shared=False) as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+        for cid, arr in c.fetch(doc.doc_id, [4, 0], layers=(2, 29)):
+            assert arr.tobytes() == doc.chunks[cid][2:29].tobytes()
+            assert not arr.flags.writeable and arr.flags.aligned
+    with daemon.client(shared=False, writable=True) as c:
+        for cid, arr in c.fetch(doc.doc_id, [4, 0]):
+            assert arr.tobytes() == doc.chunks[cid].tobytes() and arr.flags.writeable
 
 
 def test_socket_only_client_gets_the_same_bytes(daemon):
