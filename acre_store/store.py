@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
@@ -376,26 +377,52 @@ class Store:
         return arr
 
     def _load_and_promote(self, rec: DocRecord, c: int) -> np.ndarray:
-        """Read chunk c from disk, verify it, put it in the RAM tier. With an allocator that can place a
-        new array (the daemon's shared files), the disk read lands there directly and is verified there:
-        the bytes are copied once, and what is checked is exactly what will be served."""
+        """Read chunk c from disk, verify it, put it in the RAM tier. With an allocator that can place
+        bytes (the daemon's shared files), the stored bytes are verified where the disk tier holds them
+        (LMDB's map, a reused read buffer) and copied once, into the shared file."""
         key = (rec.doc_id, c)
         L = rec.meta.layout
-        new = getattr(self.ram.allocator, "new", None)
-        out = None
-        if new is not None and L.chunk_nbytes(c) <= self.ram.capacity:
-            out = new(key, L.chunk_shape(c), L.np_dtype)
-        if out is None:
+        place = getattr(self.ram.allocator, "place", None)
+        if place is None or L.chunk_nbytes(c) > self.ram.capacity:
             arr = self._load_chunk(rec, c)
             self.ram.put(key, arr)
             return arr
+        with self._disk_errors(rec, f"chunk {c}"):
+            with self.disk.chunk_bytes(rec, c) as buf:
+                if len(buf) != L.chunk_nbytes(c):
+                    raise ValueError(f"chunk holds {len(buf)} bytes, expected {L.chunk_nbytes(c)}")
+                view = np.frombuffer(buf, L.np_dtype).reshape(L.chunk_shape(c))
+                self._verify_chunk(rec, c, view)
+                arr = place(key, buf, view.shape, view.dtype)
+                if arr is None:  # no room in shared memory: a heap copy
+                    arr = view.copy()
+                    self.ram.put(key, arr)
+                    return arr
+        self.ram.put(key, arr, placed=True)
+        return arr
+
+    @contextmanager
+    def _disk_errors(self, rec: DocRecord, what: str):
+        """Counts a disk read; maps a missing or wrong-size value to DataLoss (or NOT_FOUND if deleted)."""
+        with self._lock:
+            self.counters.disk_reads += 1
         try:
-            self._load_chunk(rec, c, out)
-        except BaseException:
-            self.ram.allocator.free(key, out)
-            raise
-        self.ram.put(key, out, placed=True)
-        return out
+            yield
+        except (FileNotFoundError, KeyError):
+            if not self._alive(rec.doc_id):
+                raise DocumentNotFound(f"document {rec.doc_id} was deleted") from None
+            self._checksum_failed()
+            raise DataLoss(f"{what} of document {rec.doc_id} is missing on disk") from None
+        except ValueError as e:  # wrong size
+            self._checksum_failed()
+            raise DataLoss(f"{what} of document {rec.doc_id} is damaged on disk: {e}") from None
+
+    def _verify_chunk(self, rec: DocRecord, c: int, arr: np.ndarray) -> None:
+        bad = bad_layers(arr, rec.chunk_crcs[c])
+        if bad:
+            self._checksum_failed()
+            raise DataLoss(f"chunk {c} of document {rec.doc_id} failed its checksum (layers {bad}); "
+                           "refusing to return it")
 
     def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
               ) -> Iterator[tuple[int, np.ndarray]]:
@@ -413,29 +440,11 @@ class Store:
                 yield c, view
         return gen()
 
-    def _load_chunk(self, rec: DocRecord, c: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Chunk c from disk, verified (into `out` when given); DataLoss if it fails its checksum."""
-        with self._lock:
-            self.counters.disk_reads += 1
-        try:
-            if out is None:
-                arr = self.disk.read_chunk(rec, c)
-            else:
-                self.disk.read_chunk_into(rec, c, out)
-                arr = out
-        except (FileNotFoundError, KeyError):
-            if not self._alive(rec.doc_id):
-                raise DocumentNotFound(f"document {rec.doc_id} was deleted") from None
-            self._checksum_failed()
-            raise DataLoss(f"chunk {c} of document {rec.doc_id} is missing on disk") from None
-        except ValueError as e:  # wrong size
-            self._checksum_failed()
-            raise DataLoss(f"chunk {c} of document {rec.doc_id} is damaged on disk: {e}") from None
-        bad = bad_layers(arr, rec.chunk_crcs[c])
-        if bad:
-            self._checksum_failed()
-            raise DataLoss(f"chunk {c} of document {rec.doc_id} failed its checksum (layers {bad}); "
-                           "refusing to return it")
+    def _load_chunk(self, rec: DocRecord, c: int) -> np.ndarray:
+        """Chunk c from disk, verified; DataLoss if it fails its checksum."""
+        with self._disk_errors(rec, f"chunk {c}"):
+            arr = self.disk.read_chunk(rec, c)
+        self._verify_chunk(rec, c, arr)
         return arr
 
     def l1(self, doc_id: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:

@@ -2,11 +2,14 @@
 
 Cells: chunk sizes 0.25-8 MiB (the real layout, 30 layers x 2 x 3 KV heads x 64 dims fp32, with the
 chunk size in tokens chosen to hit each byte size) x RAM-hot / disk-cold x LMDB / Zarr x unix socket /
-TCP loopback / same-host fast path x 1 / 4 concurrent client processes; each client fetches one chunk
+TCP loopback / same-host fast path (read-only mapped views, the default; and `fastcopy`: a client with
+writable=True, one copy into the caller's array) x 1 / 4 concurrent client processes; each client fetches one chunk
 per call (latency = one Fetch call) from its own document; one more cell per path streams a whole
 document in one call (how the engine fetches its selected chunks; latency = call time / chunks). Baselines measured in the same run:
-a plain memory copy of the same bytes into a fresh array (what any reader must do; the limit), and a
-direct read of the same stored bytes (the Zarr chunk file, or an LMDB get; the disk limit).
+a plain memory copy of the same bytes into a warm destination (memory bandwidth; the limit; a copy into
+a fresh array is printed beside it), and a direct read of the same stored bytes (the Zarr chunk file, or an
+LMDB get; the disk limit). The machine may be shared: every headline-size cell and baseline runs `--reps`
+times (default 3) after an untimed warm-up call, and the median is reported with the load average.
 
 disk-cold = not in the daemon's RAM tier (the daemon runs with a RAM cap smaller than each client's
 document, so a sequential pass misses every time); the files are in the OS page cache (dropping it
@@ -79,11 +82,15 @@ def client_main(rank: int, tasks, results) -> None:
         task = tasks.get()
         if task is None:
             break
-        key = (task["addr"], task["shared"])
+        key = (task["addr"], task["shared"], task["writable"])
         if key not in clients:
-            clients[key] = StoreClient(task["addr"], shared=task["shared"])
+            clients[key] = StoreClient(task["addr"], shared=task["shared"], writable=task["writable"])
         c = clients[key]
         ids = list(range(task["n_chunks"]))
+        # Warm-up (untimed): one call on this connection. The last chunk: a cold pass starts at chunk 0 and
+        # evicts it long before it gets there.
+        for _ in c.fetch(task["doc"], [ids[-1]]):
+            pass
         if task["batch"]:  # one call streams the whole document; latency = per call / chunks
             ids = [ids]
         else:
@@ -119,16 +126,20 @@ class ClientPool:
             p.start()
 
     def run(self, n_clients: int, addr: str, shared: bool, docs: list, duration: float, one_pass: bool,
-            batch: bool = False) -> dict:
-        start = time.time() + 0.2
-        for r in range(n_clients):
-            doc, n = docs[r]
-            self.tasks[r].put(dict(addr=addr, shared=shared, doc=doc, n_chunks=n, duration=duration,
-                                   one_pass=one_pass, start=start, batch=batch))
-        res = [self.results.get(timeout=600) for _ in range(n_clients)]
-        t0, t1 = min(r[1] for r in res), max(r[2] for r in res)
-        lat = np.concatenate([np.asarray(r[4]) for r in res])
-        return summary(sum(r[3] for r in res), t1 - t0, lat)
+            batch: bool = False, writable: bool = False, reps: int = 1) -> dict:
+        """Median (throughput, p50, p99) over `reps` repetitions of the cell."""
+        out = []
+        for _ in range(reps):
+            start = time.time() + 0.2
+            for r in range(n_clients):
+                doc, n = docs[r]
+                self.tasks[r].put(dict(addr=addr, shared=shared, doc=doc, n_chunks=n, duration=duration,
+                                       one_pass=one_pass, start=start, batch=batch, writable=writable))
+            res = [self.results.get(timeout=600) for _ in range(n_clients)]
+            t0, t1 = min(r[1] for r in res), max(r[2] for r in res)
+            lat = np.concatenate([np.asarray(r[4]) for r in res])
+            out.append(summary(sum(r[3] for r in res), t1 - t0, lat))
+        return median_summary(out)
 
     def close(self) -> None:
         for q in self.tasks:
@@ -142,22 +153,41 @@ def summary(nbytes: int, seconds: float, lat: np.ndarray) -> dict:
             "p99_ms": float(np.percentile(lat, 99) * 1e3), "n": int(len(lat))}
 
 
+def median_summary(runs: list[dict]) -> dict:
+    """Per-key median of repeated runs (the machine is shared and noisy); all runs' throughputs kept."""
+    out = {k: float(np.median([r[k] for r in runs])) for k in ("gbps", "p50_ms", "p99_ms")}
+    out["n"] = int(sum(r["n"] for r in runs))
+    out["runs_gbps"] = [round(r["gbps"], 3) for r in runs]
+    return out
+
+
 # -- baselines ----------------------------------------------------------------------------------
 
-def memcpy_baseline(size_mib: float, duration: float) -> dict:
+def memcpy_baseline(size_mib: float, duration: float, fresh: bool, reps: int = 1) -> dict:
+    """A plain copy of one chunk's bytes: into a fresh array each time (page faults included, and the
+    allocator may or may not reuse warm pages: noisy), or into one warm destination (memory bandwidth)."""
     L = layout_for(size_mib, 1)
     src = np.random.default_rng(0).standard_normal(L.chunk_shape(0)).astype(np.float32)
-    lat, t0 = [], time.perf_counter()
-    while time.perf_counter() - t0 < duration or len(lat) < 3:
-        t = time.perf_counter()
-        dst = np.empty_like(src)
-        np.copyto(dst, src)
-        lat.append(time.perf_counter() - t)
-    return summary(src.nbytes * len(lat), time.perf_counter() - t0, np.asarray(lat))
+    warm = np.empty_like(src)
+    np.copyto(warm, src)
+    runs = []
+    for _ in range(reps):
+        lat, t0 = [], time.perf_counter()
+        while time.perf_counter() - t0 < duration or len(lat) < 3:
+            t = time.perf_counter()
+            dst = np.empty_like(src) if fresh else warm
+            np.copyto(dst, src)
+            lat.append(time.perf_counter() - t)
+        runs.append(summary(src.nbytes * len(lat), time.perf_counter() - t0, np.asarray(lat)))
+    return median_summary(runs)
 
 
-def direct_read_baseline(data: str, backend: str, docs: list) -> dict:
+def direct_read_baseline(data: str, backend: str, docs: list, reps: int = 1) -> dict:
     """Read each stored chunk of one document once, the cheapest way the backend allows (no checks)."""
+    return median_summary([_direct_read(data, backend, docs) for _ in range(reps)])
+
+
+def _direct_read(data: str, backend: str, docs: list) -> dict:
     doc, n = docs[0]
     lat, nbytes = [], 0
     t0 = time.perf_counter()
@@ -238,13 +268,26 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller documents, shorter cells (a few minutes)")
     ap.add_argument("--out", default=None, help="directory for bench_store.json")
     ap.add_argument("--backends", default="lmdb,zarr")
+    ap.add_argument("--sizes", default="0.25,1,4,8", help="chunk sizes in MiB (must include 4, the headline)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="repetitions of each headline-size cell and baseline, median reported "
+                         "(default 3; other sizes run once with --quick)")
     args = ap.parse_args()
 
-    sizes = [0.25, 1, 4, 8]
+    sizes = [float(x) if "." in x else int(x) for x in args.sizes.split(",")]
+    if HEADLINE_MIB not in sizes:
+        ap.error(f"--sizes must include the headline size {HEADLINE_MIB}")
     doc_mib = 32 if args.quick else 128
     duration = 0.5 if args.quick else 2.0
+    head_reps = args.reps or 3
+
+    def reps_for(size):
+        return head_reps if (size == HEADLINE_MIB or not args.quick) else 1
+
     backends = args.backends.split(",")
-    transports = ["unix", "tcp", "fast"]
+    # fast: read-only views of the daemon's shared memory (the default); fastcopy: connect(writable=True),
+    # each chunk copied into the caller's own array.
+    transports = ["unix", "tcp", "fast", "fastcopy"]
     clients = [1, 4]
     work = tempfile.mkdtemp(prefix="acre-bench-")
     sock_dir = tempfile.mkdtemp(prefix="acre-", dir="/tmp")
@@ -252,7 +295,8 @@ def main() -> int:
     pool = ClientPool(max(clients))
     try:
         for size in sizes:
-            base[("memcpy", size)] = memcpy_baseline(size, duration)
+            base[("memcpy", size)] = memcpy_baseline(size, duration, fresh=False, reps=reps_for(size))
+            base[("memcpy_fresh", size)] = memcpy_baseline(size, duration, fresh=True, reps=reps_for(size))
         for backend in backends:
             data = os.path.join(work, backend)
             t = time.perf_counter()
@@ -260,7 +304,7 @@ def main() -> int:
             print(f"# {backend}: wrote {len(sizes) * max(clients)} documents in {time.perf_counter() - t:.1f}s",
                   file=sys.stderr)
             for size in sizes:
-                base[(backend, "direct", size)] = direct_read_baseline(data, backend, docs[size])
+                base[(backend, "direct", size)] = direct_read_baseline(data, backend, docs[size], reps_for(size))
             for temp in ("hot", "cold"):
                 # cold: a RAM cap of two of the largest chunks, far below each client's document
                 ram = 4 << 30 if temp == "hot" else int(2 * max(sizes) * MiB) + MiB
@@ -271,13 +315,15 @@ def main() -> int:
                         if temp == "hot":  # promote everything once
                             pool.run(max(clients), d.unix, True, docs[size], 0, one_pass=True)
                         for tr in transports:
-                            addr, shared = {"unix": (d.unix, False), "tcp": (d.tcp, False), "fast": (d.unix, True)}[tr]
+                            addr, shared = {"unix": (d.unix, False), "tcp": (d.tcp, False), "fast": (d.unix, True),
+                                            "fastcopy": (d.unix, True)}[tr]
+                            kw = dict(one_pass=(temp == "cold"), writable=(tr == "fastcopy"), reps=reps_for(size))
                             for n in clients:
-                                r = pool.run(n, addr, shared, docs[size], duration, one_pass=(temp == "cold"))
+                                r = pool.run(n, addr, shared, docs[size], duration, **kw)
                                 rows.append(dict(backend=backend, temp=temp, transport=tr, clients=n,
                                                  size_mib=size, calls="1 chunk", **r))
                             # How the engine fetches: one call for all the chunks it selected.
-                            r = pool.run(1, addr, shared, docs[size], duration, one_pass=(temp == "cold"), batch=True)
+                            r = pool.run(1, addr, shared, docs[size], duration, batch=True, **kw)
                             rows.append(dict(backend=backend, temp=temp, transport=tr, clients=1, size_mib=size,
                                              calls="all", **r))
                     after = d.stats()["ram"]
@@ -294,17 +340,19 @@ def main() -> int:
         shutil.rmtree(sock_dir, ignore_errors=True)
 
     # -- table ------------------------------------------------------------------------------------
-    print(f"{'backend':<7} {'temp':<5} {'path':<5} {'cl':>2} {'call':<7} {'MiB':>5} {'GB/s':>7} {'p50 ms':>8}"
+    print(f"{'backend':<7} {'temp':<5} {'path':<8} {'cl':>2} {'call':<7} {'MiB':>5} {'GB/s':>7} {'p50 ms':>8}"
           f" {'p99 ms':>8} {'n':>5}   limit GB/s")
     for r in rows:
         limit = base[("memcpy", r["size_mib"])] if r["temp"] == "hot" else base[(r["backend"], "direct", r["size_mib"])]
-        print(f"{r['backend']:<7} {r['temp']:<5} {r['transport']:<5} {r['clients']:>2} {r['calls']:<7} {r['size_mib']:>5g} "
+        print(f"{r['backend']:<7} {r['temp']:<5} {r['transport']:<8} {r['clients']:>2} {r['calls']:<7} {r['size_mib']:>5g} "
               f"{r['gbps']:>7.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['n']:>5}   "
               f"{limit['gbps']:.2f} ({'memcpy' if r['temp'] == 'hot' else 'direct read'})")
     print()
     for size in sizes:
         m = base[("memcpy", size)]
-        line = f"baseline {size:>5g} MiB: memcpy {m['gbps']:.2f} GB/s (p50 {m['p50_ms']:.2f} ms)"
+        mf = base[("memcpy_fresh", size)]
+        line = (f"baseline {size:>5g} MiB: memcpy {m['gbps']:.2f} GB/s (p50 {m['p50_ms']:.2f} ms; into a fresh "
+                f"array {mf['gbps']:.2f})")
         for b in backends:
             dr = base[(b, "direct", size)]
             line += f"; {b} direct read {dr['gbps']:.2f} GB/s (p50 {dr['p50_ms']:.2f} ms)"
@@ -316,8 +364,10 @@ def main() -> int:
         return next(r for r in rows if (r["backend"], r["temp"], r["transport"], r["clients"], r["size_mib"],
                                         r["calls"]) == (backend, temp, tr, n, size, calls))["gbps"]
 
-    head = {"chunk_mib": HEADLINE_MIB, "clients": 1, "quick": args.quick,
-            "memcpy_gbps": round(base[("memcpy", HEADLINE_MIB)]["gbps"], 3)}
+    head = {"chunk_mib": HEADLINE_MIB, "clients": 1, "quick": args.quick, "reps": head_reps,
+            "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+            "memcpy_gbps": round(base[("memcpy", HEADLINE_MIB)]["gbps"], 3),
+            "memcpy_fresh_gbps": round(base[("memcpy_fresh", HEADLINE_MIB)]["gbps"], 3)}
     for b in backends:
         direct = base[(b, "direct", HEADLINE_MIB)]["gbps"]
         head[b] = {
@@ -326,12 +376,16 @@ def main() -> int:
             "ram_hot_fast_gbps": round(cell(b, "hot", "fast"), 3),
             "ram_hot_fast_4clients_gbps": round(cell(b, "hot", "fast", 4), 3),
             "fast_vs_memcpy": round(cell(b, "hot", "fast") / head["memcpy_gbps"], 3),
+            "ram_hot_fastcopy_gbps": round(cell(b, "hot", "fastcopy"), 3),
+            "fastcopy_vs_memcpy": round(cell(b, "hot", "fastcopy") / head["memcpy_gbps"], 3),
+            "ram_hot_unix_4clients_gbps": round(cell(b, "hot", "unix", 4), 3),
             "ram_hot_unix_batched_gbps": round(cell(b, "hot", "unix", calls="all"), 3),
             "ram_hot_fast_batched_gbps": round(cell(b, "hot", "fast", calls="all"), 3),
             "fast_batched_vs_memcpy": round(cell(b, "hot", "fast", calls="all") / head["memcpy_gbps"], 3),
             "disk_cold_fast_batched_gbps": round(cell(b, "cold", "fast", calls="all"), 3),
             "disk_cold_fast_gbps": round(cell(b, "cold", "fast"), 3),
             "disk_cold_unix_gbps": round(cell(b, "cold", "unix"), 3),
+            "disk_cold_fastcopy_gbps": round(cell(b, "cold", "fastcopy"), 3),
             "direct_read_gbps": round(direct, 3),
             "disk_cold_vs_direct": round(cell(b, "cold", "fast") / direct, 3),
             "cold_ram_hit_rate": round(base[(b, "cold_hit_rate")], 3),

@@ -8,6 +8,8 @@ them, so a tier never needs to know about integrity beyond durably keeping what 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 
@@ -56,13 +58,12 @@ class DiskTier(ABC):
     def read_chunk(self, record: DocRecord, c: int) -> np.ndarray:
         """Chunk c as stored (unverified): [n_layers, 2, n_kv_heads, len_c, head_dim]."""
 
-    def read_chunk_into(self, record: DocRecord, c: int, out: np.ndarray) -> None:
-        """Chunk c as stored (unverified), written into `out` (contiguous, the chunk's shape and dtype).
-        Tiers override it to read straight into `out` (the daemon's shared file): one copy, not two."""
+    @contextmanager
+    def chunk_bytes(self, record: DocRecord, c: int) -> Iterator[memoryview]:
+        """Chunk c's stored bytes (unverified), as a read-only buffer valid inside the `with` block.
+        Tiers override it to avoid a copy (LMDB: a view of its map; Zarr: a reused buffer)."""
         arr = self.read_chunk(record, c)
-        if arr.shape != out.shape:
-            raise ValueError(f"chunk has shape {arr.shape}, expected {out.shape}")
-        np.copyto(out, arr)
+        yield memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
 
     @abstractmethod
     def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:

@@ -16,6 +16,7 @@ import os
 import threading
 import uuid
 from contextlib import contextmanager
+from typing import Iterator
 
 import lmdb
 import numpy as np
@@ -179,15 +180,14 @@ class LmdbTier(DiskTier):
         L = record.meta.layout
         return np.frombuffer(data, L.np_dtype).reshape(L.chunk_shape(c))
 
-    def read_chunk_into(self, record: DocRecord, c: int, out: np.ndarray) -> None:
-        # buffers=True: the value is a view of LMDB's map, valid inside the transaction; copied once, into out.
+    @contextmanager
+    def chunk_bytes(self, record: DocRecord, c: int) -> Iterator[memoryview]:
+        # buffers=True: the value is a view of LMDB's map, stable inside the read transaction (no copy).
         with self._gate.shared(), self.env.begin(buffers=True) as txn:
             data = txn.get(f"d/{record.token}/c/{c:08d}".encode())
             if data is None:
                 raise FileNotFoundError(f"chunk {c} of {record.doc_id} is missing")
-            if len(data) != out.nbytes:
-                raise ValueError(f"chunk value holds {len(data)} bytes, expected {out.nbytes}")
-            np.copyto(out.reshape(-1).view(np.uint8), np.frombuffer(data, np.uint8))
+            yield memoryview(data)
 
     def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:
         data = self._get(f"d/{record.token}/l/{spec.name}".encode())

@@ -22,7 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import zarr
@@ -104,6 +107,7 @@ class ZarrTier(DiskTier):
     name = "zarr"
 
     def __init__(self, root: str):
+        self._buffers = threading.local()  # chunk_bytes: one reusable read buffer per thread
         self.root = root
         self.docs_dir = os.path.join(root, "docs")
         self.staging_dir = os.path.join(root, "staging")
@@ -154,15 +158,24 @@ class ZarrTier(DiskTier):
         n_c = L.chunk_len(c)
         return out if n_c == L.chunk_size else np.ascontiguousarray(out[:, :, :, :n_c])
 
-    def read_chunk_into(self, record: DocRecord, c: int, out: np.ndarray) -> None:
+    @contextmanager
+    def chunk_bytes(self, record: DocRecord, c: int) -> Iterator[memoryview]:
         L = record.meta.layout
         if L.chunk_len(c) != L.chunk_size:  # the short last chunk is stored padded: gather it
-            return super().read_chunk_into(record, c, out)
+            with super().chunk_bytes(record, c) as mv:
+                yield mv
+            return
+        nbytes = L.chunk_nbytes(c)
+        buf = getattr(self._buffers, "buf", None)  # one reused buffer per thread: warm pages, no allocation
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._buffers.buf = np.empty(nbytes, np.uint8)
+        view = memoryview(buf)[:nbytes]
         with open(self.chunk_path(record.doc_id, c), "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            n = f.readinto(memoryview(out.reshape(-1).view(np.uint8))) if size == out.nbytes else -1
-        if n != out.nbytes:
-            raise ValueError(f"chunk file holds {size} bytes, expected {out.nbytes}")
+            n = f.readinto(view) if size == nbytes else -1
+        if n != nbytes:
+            raise ValueError(f"chunk file holds {size} bytes, expected {nbytes}")
+        yield view.toreadonly()
 
     def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:
         a = zarr.open_array(os.path.join(self.doc_dir(record.doc_id), "l1", spec.name), mode="r")
