@@ -2,18 +2,19 @@
 
 Measured on the dev machine (2 cores): a 2.8 MiB chunk through gRPC over a unix socket costs about
 four copies (serialise, socket, parse, bytes field) and tops out near 1 GB/s; reading the same bytes
-from a /dev/shm file is one copy at memory speed. So when a client connects over a unix socket (the
-daemon is then on its host) and can open the daemon's files, `Fetch` sends a `SharedRef` (path,
-offset, length, lease) instead of the bytes, and the client `preadv`s them straight into its array.
+from a /dev/shm file is one copy at memory speed, and mapping it is none. So when a client connects
+over a unix socket (the daemon is then on its host) and can open the daemon's files, `Fetch` sends a
+`SharedRef` (path, offset, length, lease) instead of the bytes, and the client maps the file read-only
+and yields a view (`map_shared`), or `preadv`s the bytes into its own array (`read_shared`, writable=True).
 
-- `SharedArena` (daemon) is the RAM tier's allocator: each chunk promoted to RAM is copied into its
+- `SharedArena` (daemon) is the RAM tier's allocator: each chunk promoted to RAM is written into its
   own file under /dev/shm/acre-<pid>-<random>/ (mode 0700) and mapped; eviction unlinks the file.
-  A file is never rewritten, so a reader with the file open always sees the verified bytes.
-- Leases: each SharedRef pins its RAM entry against eviction until the client releases it (after
-  copying) or `LEASE_TTL_S` passes (a client that died). A deleted document drops its entries
+  A file is never rewritten, so a reader with the file open or mapped always sees the verified bytes.
+- Leases: each SharedRef pins its RAM entry against eviction until the client releases it (its mapping
+  is garbage, or its copy is done) or `LEASE_TTL_S` passes (a client that died). A deleted document drops its entries
   regardless; a reader that then finds the file gone falls back to the socket (and gets NOT_FOUND).
-- Space is reserved with posix_fallocate before mapping, so a full /dev/shm means "not shared" (the
-  entry stays on the heap and goes over the socket), never SIGBUS.
+- Files are filled with write(2), so a full /dev/shm is an ENOSPC, meaning "not shared" (the entry
+  stays on the heap and goes over the socket), never SIGBUS.
 """
 from __future__ import annotations
 

@@ -13,9 +13,11 @@ from .record import TensorSpec
 from .types import DocLayout, DocMeta
 
 MAX_FRAME_BYTES = 4 << 20  # payload bytes per frame (Put and Fetch)
-# NOTE: measured on a 2-core host, one 4 MiB Fetch call moves 2.7x faster as 8-16 pieces of 256-512 KiB
-# than as one 4 MiB message (HTTP/2 per-stream flow control; grpc.http2.* options did not help).
-FETCH_FRAME_BYTES = 512 << 10
+# Fetch payload per frame. With protobuf-parsed frames, 512 KiB pieces were 2.7x faster per call than one
+# 4 MiB message (2-core host); with raw frames (encode/decode_fetch_frame below) one frame per chunk up
+# to 4 MiB measured faster (p50 4.5 vs 5.8 ms per 4 MiB call, client CPU 3.2 vs 3.9 ms), and the client
+# can view a one-frame chunk in place instead of assembling it.
+FETCH_FRAME_BYTES = MAX_FRAME_BYTES
 # gRPC message limits: a frame plus its header, with room to spare; larger messages are refused
 # by gRPC itself with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = MAX_FRAME_BYTES + (1 << 20)

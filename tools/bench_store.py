@@ -413,12 +413,18 @@ def main() -> int:
                                              / base[(b, "direct", HEADLINE_MIB)]["p50_gbps"], 3),
                 "disk_cold_batched_vs_direct": round(cell(b, "cold", "fast", calls="all", key="p50_gbps")
                                                      / base[(b, "direct", HEADLINE_MIB)]["p50_gbps"], 3),
+                "ram_hot_unix_batched_gbps": round(cell(b, "hot", "unix", calls="all", key="p50_gbps"), 3),
+                "fast_batched_vs_memcpy": round(cell(b, "hot", "fast", calls="all", key="p50_gbps")
+                                                / base[("memcpy", HEADLINE_MIB)]["p50_gbps"], 3),
             },
         }
+        # Judged on the per-call medians: on a shared machine the wall-clock baselines swing by 8x between
+        # runs (a 0.3 ms copy loses whole time slices), the medians by a few percent.
+        p = head[b]["p50"]
         head[b]["targets_met"] = {
-            "ram_hot_socket_ge_1gbps": head[b]["ram_hot_unix_gbps"] >= 1.0,
-            "fast_ge_half_memcpy": head[b]["fast_vs_memcpy"] >= 0.5,
-            "cold_ge_half_direct": head[b]["disk_cold_vs_direct"] >= 0.5,
+            "ram_hot_socket_ge_1gbps": p["ram_hot_unix_gbps"] >= 1.0,
+            "fast_ge_half_memcpy": p["fast_vs_memcpy"] >= 0.5,
+            "cold_ge_half_direct": p["disk_cold_vs_direct"] >= 0.5,
         }
     if args.out:
         os.makedirs(args.out, exist_ok=True)
