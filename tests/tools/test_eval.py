@@ -1,0 +1,121 @@
+"""tools/eval.py and tools/eval_report.py: aggregation and reports on synthetic rows; the quick run (slow)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import eval_report
+from tools.eval import Grid, main_methods, resolved, sweep_methods
+
+ROOT = Path(__file__).resolve().parents[2]
+REPORT_FILES = ("results.md", "needle_heatmap.png", "accuracy_vs_kv.png", "ttft_vs_length.png", "results.jsonl")
+
+
+def _row(task, method, score, kv, *, family="niah_single_prose", group="niah", length=1024, depth=0.5,
+         curve=None, sweep=False, answer="42", recall=None):
+    return {"task_id": task, "family": family, "group": group, "metric": "string_match", "length": length,
+            "n_tokens": length, "depth": depth, "method": method, "curve": curve or method.split("@")[0],
+            "sweep": sweep, "policy": method.split("@")[0], "params": {}, "answer": answer, "score": score,
+            "kv_ratio": kv, "ttft_s": 0.1 * length / 1024, "total_s": 0.2, "k": 2, "n_refilled": 3,
+            "entropy": 0.5, "needle_recall": recall, "ingest_s": 1.0}
+
+
+@pytest.fixture
+def rows():
+    rs = []
+    for length in (1024, 2048):
+        for depth in (0.0, 1.0):
+            t = f"niah_single_prose/{length}/d{depth:.2f}/0"
+            rs += [_row(t, "full", 1.0, 1.0, length=length, depth=depth),
+                   _row(t, "acre", 1.0, 0.2, length=length, depth=depth, recall=1.0),
+                   _row(t, "streaming", 0.0, 0.15, length=length, depth=depth, answer="11"),
+                   _row(t, "streaming@0.4", 1.0 if depth else 0.0, 0.4, length=length, depth=depth, sweep=True),
+                   _row(t, "l1-only", 0.0, 0.05, length=length, depth=depth, answer="", recall=0.0)]
+    rs += [_row("vt/1024/-/0", m, s, kv, family="vt", group="multi-hop", depth=None)
+           for m, s, kv in (("full", 0.5, 1.0), ("acre", 1.0, 0.3), ("streaming", 0.0, 0.15), ("l1-only", 0.0, 0.05))]
+    return rs
+
+
+def test_summary_scores_ratios_and_agreement(rows):
+    s = eval_report.summarize(rows)
+    assert set(s) == {"full", "acre", "streaming", "l1-only"}  # sweep points are not main rows
+    assert s["acre"]["groups"] == {"niah": 1.0, "multi-hop": 1.0}
+    assert s["full"]["score"] == pytest.approx((1.0 + 0.5) / 2)  # mean of the group means
+    assert s["acre"]["kv_ratio"] == pytest.approx((4 * 0.2 + 0.3) / 5)
+    assert s["acre"]["needle_recall"] == 1.0 and s["streaming"]["needle_recall"] is None
+    assert s["acre"]["agree_full"] == 1.0 and s["streaming"]["agree_full"] == pytest.approx(1 / 5)  # agrees on vt only
+    for m in s.values():
+        assert 0.0 <= m["score"] <= 1.0 and 0.0 < m["kv_ratio"] <= 1.0
+
+
+def test_agreement_is_a_word_prefix():
+    assert eval_report.agrees("4987089. This number is rare", "4987089.")
+    assert eval_report.agrees("The answer: Dunholt", "the answer dunholt!")
+    assert not eval_report.agrees("11.", "4987089.")
+    assert not eval_report.agrees("", "4987089")
+
+
+def test_curves_and_heatmap_cells(rows):
+    pts = eval_report.curve_points(rows)["niah_single_prose"]
+    assert [p[2] for p in pts["streaming"]] == ["streaming", "streaming@0.4"]  # sorted by KV ratio
+    assert pts["streaming"][1][1] == pytest.approx(0.5)
+    assert pts["full"][0][:2] == (1.0, 1.0)
+    cells = eval_report.heatmap_cells(rows)
+    assert cells["acre"][(2048, 1.0)] == 1.0 and "streaming@0.4" not in cells
+
+
+def test_write_report_files_and_headline(rows, tmp_path):
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn")
+    loaded = eval_report.load_rows(tmp_path / "results.jsonl")
+    assert len(loaded) == len(rows)  # the torn last line is ignored
+    head = eval_report.write_report(loaded, tmp_path, "python tools/eval.py --quick", 12.0)
+    for name in REPORT_FILES:
+        assert (tmp_path / name).stat().st_size > 0, name
+    md = (tmp_path / "results.md").read_text()
+    assert "| acre |" in md and "## Ablations" in md and "needle_heatmap.png" in md
+    assert head["methods"]["acre"]["score"] == 1.0 and head["methods"]["full"]["kv_ratio"] == 1.0
+
+
+def test_methods_and_grid():
+    names = [m.name for m in main_methods()]
+    assert {"full", "acre", "acre-exact", "acre-focus", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
+            "random", "fixed-k"} == set(names)
+    from acre_model.policies import policy_names
+
+    assert {m.policy for m in main_methods()} == set(policy_names())  # a new policy must join the table
+    sweep = sweep_methods()
+    assert all(m.sweep and m.curve in eval_report.CURVES for m in sweep)
+    # acre-exact and acre-focus differ from each other; one of them is asked once with plain acre
+    by = {m.name: resolved(m) for m in main_methods()}
+    assert by["acre-exact"] != by["acre-focus"] and by["acre"] in (by["acre-exact"], by["acre-focus"])
+    g = Grid.parse("niah_multikey,vt:1024,2048:0.25,0.75:2")
+    assert g.families == ("niah_multikey", "vt") and g.lengths == (1024, 2048) and g.depths == (0.25, 0.75)
+    with pytest.raises(SystemExit):
+        Grid.parse("vt:1024")
+
+
+@pytest.mark.slow
+def test_quick_run_writes_reports(tmp_path):
+    """`--quick` end to end on the default model (minutes on a 2-core CPU)."""
+    out = tmp_path / "eval"
+    p = subprocess.run([sys.executable, "tools/eval.py", "--quick", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    head = json.loads(p.stdout.strip().splitlines()[-1])
+    for name in REPORT_FILES:
+        assert (out / name).stat().st_size > 0, name
+    methods = head["methods"]
+    assert {"full", "acre", "acre-exact", "acre-focus", "streaming", "h2o", "snapkv", "l1-only"} <= set(methods)
+    for m, s in methods.items():
+        assert 0.0 <= s["score"] <= 1.0 and 0.0 < s["kv_ratio"] <= 1.0, (m, s)
+    assert methods["full"]["kv_ratio"] == 1.0 and methods["acre"]["kv_ratio"] < 1.0
+    rows = eval_report.load_rows(out / "results.jsonl")
+    assert all(0.0 <= r["score"] <= 1.0 for r in rows) and any(r["sweep"] for r in rows)
+    # resumable: a second run finds every (task, method) done and asks nothing
+    p2 = subprocess.run([sys.executable, "tools/eval.py", "--quick", "--out", str(out)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+    assert p2.returncode == 0 and len(eval_report.load_rows(out / "results.jsonl")) == len(rows)

@@ -1,0 +1,329 @@
+"""Reports of an evaluation run (`tools/eval.py`): tables, plots and the headline JSON, from result rows.
+
+Pure aggregation over the rows that `eval.py` appends to `results.jsonl` (one row per task and method),
+so it needs no model and reruns from a finished or half-finished run:
+
+    python tools/eval_report.py OUT_DIR        # rewrites OUT_DIR/results.md and the PNGs
+
+A row holds: task_id, family, group, metric, length, n_tokens, depth, method, curve, sweep, policy,
+params, answer (stop-cut), score, kv_ratio, ttft_s, total_s, k, n_refilled, needle_recall (None where a
+policy selects no chunks), ingest_s.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+# Rows of the main table, in the paper's order (methods absent from a run are skipped).
+MAIN_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
+              "random", "fixed-k"]
+ABLATION_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-l1", "fixed-k", "random", "l1-only"]
+GROUP_ORDER = ["niah", "multi-hop", "aggregation", "qa", "real"]
+CURVES = ["acre", "streaming", "h2o", "snapkv"]
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    """Rows of a results.jsonl; a torn last line (run killed mid-write) is ignored."""
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _normalize(s: str) -> list[str]:
+    from tools.tasks.metrics import normalize_answer
+
+    return normalize_answer(s or "").split()
+
+
+def agrees(a: str, b: str) -> bool:
+    """Same answer as `b` (full's): after normalisation one is a word-prefix of the other.
+
+    NOTE: a prefix, not equality: greedy decoding often goes on after the answer ("4987089. This number
+    is ..."), and a longer continuation is not a different answer.
+    """
+    x, y = _normalize(a), _normalize(b)
+    n = min(len(x), len(y))
+    return (n > 0 and x[:n] == y[:n]) or (not x and not y)
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return mean(xs) if xs else None
+
+
+def _ordered(names, order):
+    return [m for m in order if m in names] + sorted(n for n in names if n not in order)
+
+
+def add_agreement(rows: list[dict]) -> None:
+    """Sets row["agree_full"] (1/0, None without a `full` row on the task), in place."""
+    full = {r["task_id"]: r["answer"] for r in rows if r["method"] == "full"}
+    for r in rows:
+        r["agree_full"] = float(agrees(r["answer"], full[r["task_id"]])) if r["task_id"] in full else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per main method: mean score overall, per group and per family, KV ratio, TTFT, recall, agreement."""
+    add_agreement(rows)
+    out: dict[str, dict] = {}
+    by_method = defaultdict(list)
+    for r in rows:
+        if not r.get("sweep"):
+            by_method[r["method"]].append(r)
+    for m, rs in by_method.items():
+        groups, fams = defaultdict(list), defaultdict(list)
+        for r in rs:
+            groups[r["group"]].append(r["score"])
+            fams[r["family"]].append(r["score"])
+        out[m] = {
+            "n": len(rs),
+            # mean over groups, so a group with many tasks does not dominate (the paper's "avg" column)
+            "score": mean(mean(v) for v in groups.values()),
+            "score_tasks": mean(r["score"] for r in rs),
+            "groups": {g: mean(v) for g, v in groups.items()},
+            "families": {f: mean(v) for f, v in fams.items()},
+            "kv_ratio": mean(r["kv_ratio"] for r in rs),
+            "ttft_s": mean(r["ttft_s"] for r in rs),
+            "needle_recall": _mean(r.get("needle_recall") for r in rs),
+            "agree_full": _mean(r.get("agree_full") for r in rs),
+            "k": _mean(r.get("k") for r in rs),
+            "niah": _mean(r["score"] for r in rs if r["group"] == "niah"),
+        }
+    return out
+
+
+def _fmt(x, pct=True, nd=1) -> str:
+    if x is None:
+        return "—"
+    return f"{100 * x:.{nd}f}" if pct else f"{x:.{nd}f}"
+
+
+def main_table(summary: dict) -> str:
+    groups = _ordered({g for s in summary.values() for g in s["groups"]}, GROUP_ORDER)
+    head = "| method | " + " | ".join(groups) + " | avg | KV ratio | TTFT s |"
+    lines = [head, "|" + "---|" * (len(groups) + 4)]
+    for m in _ordered(summary, MAIN_ORDER):
+        s = summary[m]
+        cells = [_fmt(s["groups"].get(g)) for g in groups]
+        lines.append(f"| {m} | " + " | ".join(cells) +
+                     f" | **{_fmt(s['score'])}** | {_fmt(s['kv_ratio'])}% | {s['ttft_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def family_table(summary: dict) -> str:
+    fams = sorted({f for s in summary.values() for f in s["families"]})
+    lines = ["| method | " + " | ".join(fams) + " |", "|" + "---|" * (len(fams) + 1)]
+    for m in _ordered(summary, MAIN_ORDER):
+        lines.append(f"| {m} | " + " | ".join(_fmt(summary[m]["families"].get(f)) for f in fams) + " |")
+    return "\n".join(lines)
+
+
+def ablation_table(summary: dict) -> str:
+    lines = ["| method | avg score | needle tasks | needle-chunk recall | agrees with full | mean k | KV ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for m in _ordered([m for m in summary if m in ABLATION_ORDER], ABLATION_ORDER):
+        s = summary[m]
+        lines.append(f"| {m} | {_fmt(s['score'])} | {_fmt(s['niah'])} | {_fmt(s['needle_recall'])} | "
+                     f"{_fmt(s['agree_full'])} | {_fmt(s['k'], pct=False)} | {_fmt(s['kv_ratio'])}% |")
+    return "\n".join(lines)
+
+
+def curve_points(rows: list[dict]) -> dict:
+    """{family: {curve: [(kv_ratio, score, method, n)]}} over the tasks that have sweep rows, + "full"."""
+    swept = {r["task_id"] for r in rows if r.get("sweep")}
+    acc = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["task_id"] not in swept:
+            continue
+        curve = r.get("curve") or r["method"]
+        if curve in CURVES or r["method"] == "full":
+            # the main-table acre (default mode) belongs to its curve; acre-exact/-focus do not
+            if r["method"] in ("acre-exact", "acre-focus"):
+                continue
+            acc[(r["family"], "full" if r["method"] == "full" else curve)][r["method"]].append(r)
+    out: dict = defaultdict(dict)
+    for (fam, curve), by_m in acc.items():
+        pts = [(mean(x["kv_ratio"] for x in rs), mean(x["score"] for x in rs), m, len(rs)) for m, rs in by_m.items()]
+        out[fam][curve] = sorted(pts)
+    return dict(out)
+
+
+def sweep_table(points: dict) -> str:
+    lines = ["| family | method | (KV ratio %, score %) ... |", "|---|---|---|"]
+    for fam in sorted(points):
+        for curve in CURVES + ["full"]:
+            if curve in points[fam]:
+                cells = ", ".join(f"({100 * k:.0f}, {100 * s:.0f})" for k, s, _, _ in points[fam][curve])
+                lines.append(f"| {fam} | {curve} | {cells} |")
+    return "\n".join(lines)
+
+
+def ttft_by_length(rows: list[dict]) -> dict:
+    """{method: {length: mean ttft}} for main methods, plus "ingest (prefill)" per length."""
+    acc = defaultdict(lambda: defaultdict(list))
+    ing = defaultdict(dict)
+    for r in rows:
+        if r.get("sweep"):
+            continue
+        acc[r["method"]][r["length"]].append(r["ttft_s"])
+        if r.get("ingest_s") is not None:
+            ing[r["length"]][r["task_id"]] = r["ingest_s"]
+    out = {m: {n: mean(v) for n, v in sorted(d.items())} for m, d in acc.items()}
+    if ing:
+        out["ingest (prefill)"] = {n: mean(d.values()) for n, d in sorted(ing.items())}
+    return out
+
+
+def heatmap_cells(rows: list[dict]) -> dict:
+    """{method: {(length, depth): mean score}} over needle tasks (group niah) with a depth."""
+    acc = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if not r.get("sweep") and r["group"] == "niah" and r.get("depth") is not None:
+            acc[r["method"]][(r["length"], r["depth"])].append(r["score"])
+    return {m: {c: mean(v) for c, v in d.items()} for m, d in acc.items()}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_heatmaps(cells: dict, path: Path) -> bool:
+    if not cells:
+        return False
+    plt = _plt()
+    methods = _ordered(cells, MAIN_ORDER)
+    lengths = sorted({n for d in cells.values() for n, _ in d})
+    depths = sorted({dp for d in cells.values() for _, dp in d})
+    cols = min(4, len(methods))
+    rws = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rws, cols, figsize=(2.6 * cols, 2.2 * rws), squeeze=False)
+    for ax, m in zip(axes.flat, methods):
+        grid = [[cells[m].get((n, dp), float("nan")) for n in lengths] for dp in depths]
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_title(m, fontsize=9)
+        ax.set_xticks(range(len(lengths)), [f"{n // 1000 if n >= 1000 else n}k" if n >= 1000 else str(n)
+                                            for n in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if v == v:
+                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    fig.suptitle("needle tasks: score (%) by length (x) and depth (y)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return True
+
+
+def plot_curves(points: dict, path: Path) -> bool:
+    if not points:
+        return False
+    plt = _plt()
+    fams = sorted(points)
+    cols = min(3, len(fams))
+    rws = math.ceil(len(fams) / cols)
+    fig, axes = plt.subplots(rws, cols, figsize=(3.3 * cols, 2.6 * rws), squeeze=False)
+    for ax, fam in zip(axes.flat, fams):
+        for curve in CURVES:
+            pts = points[fam].get(curve)
+            if pts:
+                ax.plot([100 * k for k, *_ in pts], [100 * s for _, s, *_ in pts], marker="o", ms=3, label=curve)
+        if "full" in points[fam]:
+            ax.axhline(100 * points[fam]["full"][0][1], color="k", ls="--", lw=0.8, label="full")
+        ax.set_title(fam, fontsize=9)
+        ax.set_xlabel("KV ratio (%)", fontsize=8)
+        ax.set_ylabel("score (%)", fontsize=8)
+        ax.set_ylim(-3, 103)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=6)
+    for ax in list(axes.flat)[len(fams):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return True
+
+
+def plot_ttft(ttft: dict, path: Path) -> bool:
+    if not ttft:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for m in _ordered(ttft, MAIN_ORDER + ["ingest (prefill)"]):
+        xs = sorted(ttft[m])
+        ax.plot(xs, [ttft[m][x] for x in xs], marker="o", ms=3, label=m,
+                ls="--" if m == "ingest (prefill)" else "-")
+    ax.set_xlabel("document tokens", fontsize=8)
+    ax.set_ylabel("seconds", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_title("time to first token on the cached document", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return True
+
+
+def headline(summary: dict) -> dict:
+    return {"methods": {m: {"score": round(s["score"], 4), "kv_ratio": round(s["kv_ratio"], 4), "n": s["n"]}
+                        for m, s in summary.items()}}
+
+
+def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: float | None = None) -> dict:
+    """Writes results.md and the PNGs under `out`; returns the headline dict (per-method score, KV ratio)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    points = curve_points(rows)
+    ttft = ttft_by_length(rows)
+    plots = {"needle_heatmap.png": plot_heatmaps(heatmap_cells(rows), out / "needle_heatmap.png"),
+             "accuracy_vs_kv.png": plot_curves(points, out / "accuracy_vs_kv.png"),
+             "ttft_vs_length.png": plot_ttft(ttft, out / "ttft_vs_length.png")}
+    n_tasks = len({r["task_id"] for r in rows})
+    parts = ["# ACRE evaluation", ""]
+    if command:
+        parts += [f"Command: `{command}`", ""]
+    parts += [f"{n_tasks} tasks, {len(rows)} (task, method) rows"
+              + (f", {seconds / 60:.1f} min of asking in the last session" if seconds is not None else "") + ".",
+              "", "## Main table (score %, mean over tasks; avg = mean of the group columns)", "",
+              main_table(summary), "", "## Per task family (score %)", "", family_table(summary), "",
+              "## Ablations", "",
+              "Needle-chunk recall: share of the chunks holding the facts the answer needs that the policy "
+              "refilled (— for policies that select no chunks). Agreement: the answer equals `full`'s after "
+              "normalisation (one a word-prefix of the other).", "", ablation_table(summary), ""]
+    if points:
+        parts += ["## Accuracy vs KV ratio (budget sweep; tasks that were swept)", "", sweep_table(points), ""]
+    ttft_lines = ["| method | " + " | ".join(str(n) for n in sorted({n for d in ttft.values() for n in d})) + " |"]
+    lens = sorted({n for d in ttft.values() for n in d})
+    ttft_lines.append("|" + "---|" * (len(lens) + 1))
+    for m in _ordered(ttft, MAIN_ORDER + ["ingest (prefill)"]):
+        ttft_lines.append(f"| {m} | " + " | ".join(f"{ttft[m][n]:.2f}" if n in ttft[m] else "—" for n in lens) + " |")
+    parts += ["## Time to first token (s) by document length", "", *ttft_lines, ""]
+    parts += [f"![{name}]({name})" for name, ok in plots.items() if ok]
+    (out / "results.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return headline(summary)
+
+
+if __name__ == "__main__":
+    d = Path(sys.argv[1])
+    print(json.dumps(write_report(load_rows(d / "results.jsonl"), d)))
