@@ -209,6 +209,24 @@ def run(args, tasks, methods_for, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def engine_defaults() -> str:
+    """The commit and the acre defaults a run measured (they are still being tuned)."""
+    import subprocess
+    from dataclasses import asdict
+
+    from acre_model.doc_state import LayoutConfig
+    from acre_model.policies import AskParams
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = "?"
+    prm = {k: v for k, v in asdict(AskParams()).items() if k in ("k_min", "k_max", "neighbors", "mode", "budget",
+                                                                   "fixed_k")}
+    return f"commit {rev or '?'}; ask defaults {prm}; chunk_size {LayoutConfig().chunk_size}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small grid at 1k-2k tokens (minutes on a CPU)")
@@ -262,10 +280,15 @@ def main(argv=None) -> int:
 
             torch.set_num_threads(args.threads)
         seconds = run(args, tasks, methods_for, out)
-        (out / "runs.jsonl").open("a").write(json.dumps({"command": command, "seconds": seconds,
-                                                         "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        with (out / "runs.jsonl").open("a") as f:
+            f.write(json.dumps({"command": command, "seconds": seconds, "defaults": engine_defaults(),
+                                "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    else:  # the command and duration of the last run that asked something
+        runs = eval_report.load_rows(out / "runs.jsonl")
+        if runs:
+            command, seconds = runs[-1]["command"], runs[-1]["seconds"]
     rows = eval_report.load_rows(out / "results.jsonl")
-    head = eval_report.write_report(rows, out, command, seconds)
+    head = eval_report.write_report(rows, out, command, seconds, note=engine_defaults())
     print(eval_report.main_table(eval_report.summarize(rows)))
     print(json.dumps(head))
     return 0

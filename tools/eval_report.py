@@ -217,8 +217,7 @@ def plot_heatmaps(cells: dict, path: Path) -> bool:
         grid = [[cells[m].get((n, dp), float("nan")) for n in lengths] for dp in depths]
         ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         ax.set_title(m, fontsize=9)
-        ax.set_xticks(range(len(lengths)), [f"{n // 1000 if n >= 1000 else n}k" if n >= 1000 else str(n)
-                                            for n in lengths], fontsize=7)
+        ax.set_xticks(range(len(lengths)), [f"{round(n / 1000, 1):g}k" for n in lengths], fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
@@ -288,7 +287,8 @@ def headline(summary: dict) -> dict:
                         for m, s in summary.items()}}
 
 
-def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: float | None = None) -> dict:
+def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: float | None = None,
+                 note: str = "") -> dict:
     """Writes results.md and the PNGs under `out`; returns the headline dict (per-method score, KV ratio)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,6 +302,8 @@ def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: 
     parts = ["# ACRE evaluation", ""]
     if command:
         parts += [f"Command: `{command}`", ""]
+    if note:
+        parts += [f"Engine: {note}", ""]
     parts += [f"{n_tasks} tasks, {len(rows)} (task, method) rows"
               + (f", {seconds / 60:.1f} min of asking in the last session" if seconds is not None else "") + ".",
               "", "## Main table (score %, mean over tasks; avg = mean of the group columns)", "",
