@@ -283,10 +283,12 @@ def main(argv=None) -> int:
         with (out / "runs.jsonl").open("a") as f:
             f.write(json.dumps({"command": command, "seconds": seconds, "defaults": engine_defaults(),
                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-    else:  # the command and duration of the last run that asked something
-        runs = eval_report.load_rows(out / "runs.jsonl")
-        if runs:
-            command, seconds = runs[-1]["command"], runs[-1]["seconds"]
+    # duration: all sessions that asked something in this directory (a resumed run has several)
+    runs = [r for r in eval_report.load_rows(out / "runs.jsonl") if r.get("seconds")]
+    if runs:
+        seconds = sum(r["seconds"] for r in runs)
+        if args.report_only:
+            command = runs[-1]["command"]
     rows = eval_report.load_rows(out / "results.jsonl")
     head = eval_report.write_report(rows, out, command, seconds, note=engine_defaults())
     print(eval_report.main_table(eval_report.summarize(rows)))

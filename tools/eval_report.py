@@ -305,7 +305,7 @@ def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: 
     if note:
         parts += [f"Engine: {note}", ""]
     parts += [f"{n_tasks} tasks, {len(rows)} (task, method) rows"
-              + (f", {seconds / 60:.1f} min of asking in the last session" if seconds is not None else "") + ".",
+              + (f", {seconds / 60:.1f} min of ingesting and asking (all sessions)" if seconds is not None else "") + ".",
               "", "## Main table (score %, mean over tasks; avg = mean of the group columns)", "",
               main_table(summary), "", "## Per task family (score %)", "", family_table(summary), "",
               "## Ablations", "",
