@@ -39,7 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="2k and 8k, one document each, fewer decode steps")
     ap.add_argument("--lengths", default="2048,4096,7800")
     ap.add_argument("--n", type=int, default=2, help="documents per length")
-    ap.add_argument("--store", default=None, help="daemon address (default: an embedded store in a temp dir)")
+    ap.add_argument("--store", default=None,
+                    help="daemon address (unix:///path or host:port), or a directory for an embedded store "
+                         "(default: an embedded store in a temp dir)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from acre_model.calibrate import needle_token_span
@@ -49,7 +51,10 @@ def main(argv=None) -> int:
     from acre_store import EmbeddedStore
 
     eng = Engine.from_pretrained()
-    store = args.store or EmbeddedStore(tempfile.mkdtemp(prefix="acre-bench-ask-"))
+    if args.store and "://" not in args.store and ":" not in args.store:
+        store = EmbeddedStore(args.store)
+    else:
+        store = args.store or EmbeddedStore(tempfile.mkdtemp(prefix="acre-bench-ask-"))
     lengths = [2048, 7800] if args.quick else [int(x) for x in args.lengths.split(",")]
     n_docs = 1 if args.quick else args.n
     steps = 16 if args.quick else 32
