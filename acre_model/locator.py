@@ -68,7 +68,7 @@ def index_chunk_scores(doc: DocState, p1: Pass1, n_rep: int, head_dim: int) -> t
 def l1_chunk_scores(doc: DocState, p1: Pass1) -> torch.Tensor:
     """Seed rule: attention mass on attend-set entries, summed per chunk (sinks and recent excluded)."""
     mass = torch.zeros(doc.n_l1, device=doc.l1_pos.device)
-    for layer, p in p1.probe.probs.items():
+    for p in p1.probe.probs.values():
         mass += p[..., : doc.n_l1].sum((0, 1)).to(mass.device)  # over heads and question tokens
     mass = mass.masked_fill(doc.l1_always, 0.0)
     scores = torch.zeros(doc.n_chunks, device=mass.device)

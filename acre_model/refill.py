@@ -82,7 +82,6 @@ class Refill:
         refilled = torch.zeros(doc.n_chunks, dtype=torch.bool)
         if plan.chunks:
             refilled[torch.tensor(plan.chunks)] = True
-        self.refilled = refilled
         # Which attend-set entries each layer uses: those of chunks not refilled (if the plan uses L1),
         # plus token-level picks that the attend set already holds.
         l1_chunk = doc.l1_chunk.cpu()
@@ -93,11 +92,12 @@ class Refill:
         self.l1_sel: list[torch.Tensor] = []  # per layer: indices into the attend set
         self.tok_sel: list[torch.Tensor] = []  # per layer: token ids to take from fetched chunks
         needed = set(plan.chunks)
+        in_refilled = refilled.repeat_interleave(self.C)[:n]  # [n] token lies in a refilled chunk
         for l in range(self.L):
             sel = base.clone()
             extra = torch.empty(0, dtype=torch.long)
             if plan.tokens is not None:
-                want = plan.tokens[l].cpu() & ~refilled.repeat_interleave(self.C)[:n]
+                want = plan.tokens[l].cpu() & ~in_refilled
                 sel |= want[l1_pos]
                 extra = (want & ~in_l1).nonzero().flatten()
                 needed.update((extra // self.C).unique().tolist())
@@ -121,6 +121,7 @@ class Refill:
                 self.local[c] = t
         self.missing = missing
         group_layers = group_layers or GROUP_LAYERS
+        self.group_size = group_layers
         self.groups = [(s, min(self.L, s + group_layers)) for s in range(0, self.L, group_layers)]
         self.group_data: list[dict[int, torch.Tensor]] = [{} for _ in self.groups]
         self.group_ready = [threading.Event() for _ in self.groups]
@@ -155,11 +156,11 @@ class Refill:
         """[2, Hkv, len, D] of chunk c at layer."""
         if c in self.local:
             return self.local[c][layer]
-        g = layer // (self.groups[0][1] - self.groups[0][0])
+        g = layer // self.group_size
         return self.group_data[g][c][layer - self.groups[g][0]]
 
     def before_layer(self, layer: int, cache: KVCache) -> None:
-        g = layer // (self.groups[0][1] - self.groups[0][0])
+        g = layer // self.group_size
         if not self.group_ready[g].is_set():
             t0 = time.perf_counter()
             self.group_ready[g].wait()
