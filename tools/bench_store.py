@@ -304,6 +304,12 @@ def main() -> int:
         for size in sizes:
             base[("memcpy", size)] = memcpy_baseline(size, duration, fresh=False, reps=reps_for(size))
             base[("memcpy_fresh", size)] = memcpy_baseline(size, duration, fresh=True, reps=reps_for(size))
+        # the ceiling of the socket cells: gRPC-Python alone, same bytes per call and frame size, no store
+        from acre_store.wire import FETCH_FRAME_BYTES
+        from tools.grpc_ceiling import measure as grpc_bare
+
+        base[("grpc_bare", HEADLINE_MIB)] = median_summary(
+            [grpc_bare(int(HEADLINE_MIB * MiB), FETCH_FRAME_BYTES, 30 if args.quick else 60) for _ in range(head_reps)])
         for backend in backends:
             data = os.path.join(work, backend)
             t = time.perf_counter()
@@ -364,6 +370,9 @@ def main() -> int:
             dr = base[(b, "direct", size)]
             line += f"; {b} direct read {dr['gbps']:.2f} GB/s (p50 {dr['p50_gbps']:.2f} GB/s, {dr['p50_ms']:.2f} ms)"
         print(line)
+    g = base[("grpc_bare", HEADLINE_MIB)]
+    print(f"ceiling {HEADLINE_MIB:>5g} MiB: bare gRPC-Python over a unix socket (tools/grpc_ceiling.py) "
+          f"{g['gbps']:.2f} GB/s (p50 {g['p50_gbps']:.2f} GB/s, {g['p50_ms']:.2f} ms)")
     for b in backends:
         print(f"cold RAM hit rate ({b}): {base[(b, 'cold_hit_rate')]:.3f}")
 
@@ -374,7 +383,8 @@ def main() -> int:
     head = {"chunk_mib": HEADLINE_MIB, "clients": 1, "quick": args.quick, "reps": head_reps,
             "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
             "memcpy_gbps": round(base[("memcpy", HEADLINE_MIB)]["gbps"], 3),
-            "memcpy_fresh_gbps": round(base[("memcpy_fresh", HEADLINE_MIB)]["gbps"], 3)}
+            "memcpy_fresh_gbps": round(base[("memcpy_fresh", HEADLINE_MIB)]["gbps"], 3),
+            "grpc_bare_unix_p50_gbps": round(base[("grpc_bare", HEADLINE_MIB)]["p50_gbps"], 3)}
     for b in backends:
         direct = base[(b, "direct", HEADLINE_MIB)]["gbps"]
         head[b] = {
@@ -401,6 +411,8 @@ def main() -> int:
             # other processes on a shared machine take (wall-clock figures above include them).
             "p50": {
                 "ram_hot_unix_gbps": round(cell(b, "hot", "unix", key="p50_gbps"), 3),
+                "ram_hot_unix_vs_bare_grpc": round(cell(b, "hot", "unix", key="p50_gbps")
+                                                   / base[("grpc_bare", HEADLINE_MIB)]["p50_gbps"], 3),
                 "ram_hot_fast_gbps": round(cell(b, "hot", "fast", key="p50_gbps"), 3),
                 "memcpy_gbps": round(base[("memcpy", HEADLINE_MIB)]["p50_gbps"], 3),
                 "fast_vs_memcpy": round(cell(b, "hot", "fast", key="p50_gbps")
