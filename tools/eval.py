@@ -34,6 +34,7 @@ from tools import eval_report  # noqa: E402
 CHUNK_POLICIES = {"acre", "acre-l1", "fixed-k", "random", "l1-only"}
 SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.4)  # token-level baselines; their default (0.15) is the main row
 SWEEP_K_MAX = (1, 2, 8)                # acre; the default k_max is the main row
+SWEEP_FIXED_K = (1, 4, 8)              # fixed-k; its default (2, acre's mean k) is the main row
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def sweep_methods() -> list[Method]:
           for p in ("streaming", "h2o", "snapkv") for b in SWEEP_BUDGETS if b != AskParams().budget]
     ms += [Method(f"acre@k{k}", "acre", {"k_max": k, "k_min": min(k, AskParams().k_min)}, curve="acre", sweep=True)
            for k in SWEEP_K_MAX if k != AskParams().k_max]
+    ms += [Method(f"fixed-k@k{k}", "fixed-k", {"fixed_k": k}, curve="fixed-k", sweep=True)
+           for k in SWEEP_FIXED_K if k != AskParams().fixed_k]
     return ms
 
 

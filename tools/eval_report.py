@@ -23,7 +23,7 @@ MAIN_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-l1", "streaming"
               "random", "fixed-k"]
 ABLATION_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-l1", "fixed-k", "random", "l1-only"]
 GROUP_ORDER = ["niah", "multi-hop", "aggregation", "qa", "real"]
-CURVES = ["acre", "streaming", "h2o", "snapkv"]
+CURVES = ["acre", "fixed-k", "streaming", "h2o", "snapkv"]
 
 
 def load_rows(path: str | Path) -> list[dict]:
