@@ -100,11 +100,13 @@ class Grid:
 # 8 tasks at 1k-2k, the budget sweep on three of them.
 QUICK_GRIDS = ["niah_single_prose:1024,2048:0.1,0.5,0.9:1", "niah_multikey,qa_local:2048:0.5:1"]
 QUICK_SWEEP = ["niah_single_prose:2048"]
-# The default run (~30 min on a shared 2-core CPU): the needle grid up to the model's longest length
-# (7.8k; 8192 context minus room for the question), other families at 2k-4k, sweeps on the long ones.
-FULL_GRIDS = ["niah_single_prose:1024,2048,4096,7800:0,0.5,1:1",
-              "niah_multikey,qa_local:2048,4096:0.5:1",
-              "vt,fwe,qa_global:2048:-:1"]
+# The default run: the grid of docs/results.md (72 tasks, 1224 rows; 63 min at one thread on the 2-core
+# dev CPU, or 33 min as the two halves documented there side by side): the single-needle grid up to the
+# model's longest length (7.8k; 8192 context minus room for the question) at 5 depths, the other
+# families at 2k and 4k, two tasks per cell, budget sweeps on the long needle tasks and at 4k.
+FULL_GRIDS = ["niah_single_prose:1024,2048,4096,7800:0,0.25,0.5,0.75,1:2",
+              "niah_multikey,niah_multivalue,niah_multiquery,qa_local:2048,4096:0.5:2",
+              "vt,fwe,cwe,qa_global:2048,4096:-:2"]
 FULL_SWEEP = ["niah_single_prose:4096,7800", "niah_multikey,qa_local:4096"]
 
 
