@@ -59,7 +59,8 @@ def measure(nbytes: int, frame: int, calls: int) -> dict:
     try:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("bare gRPC server did not start")
-        opts = [("grpc.max_receive_message_length", frame + (1 << 20))]
+        # the client options of acre_store's client: no per-call thread for a streaming call
+        opts = [("grpc.max_receive_message_length", frame + (1 << 20)), ("SingleThreadedUnaryStream", 1)]
         with grpc.insecure_channel(f"unix:{path}", options=opts) as ch:
             fetch = ch.unary_stream(f"/{SERVICE}/Fetch", request_serializer=_ident, response_deserializer=_ident)
             for _ in range(3):  # warm-up: connection, thread pool
