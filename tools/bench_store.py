@@ -38,6 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from acre_store import DocLayout, DocMeta, EmbeddedStore  # noqa: E402
+from acre_store.wire import FETCH_FRAME_BYTES  # noqa: E402
+from tools.grpc_ceiling import measure as grpc_bare  # noqa: E402
 
 MiB = 1 << 20
 TOKEN_BYTES = 30 * 2 * 3 * 64 * 4  # one token of the real layout, all layers, fp32
@@ -305,9 +307,6 @@ def main() -> int:
             base[("memcpy", size)] = memcpy_baseline(size, duration, fresh=False, reps=reps_for(size))
             base[("memcpy_fresh", size)] = memcpy_baseline(size, duration, fresh=True, reps=reps_for(size))
         # the ceiling of the socket cells: gRPC-Python alone, same bytes per call and frame size, no store
-        from acre_store.wire import FETCH_FRAME_BYTES
-        from tools.grpc_ceiling import measure as grpc_bare
-
         base[("grpc_bare", HEADLINE_MIB)] = median_summary(
             [grpc_bare(int(HEADLINE_MIB * MiB), FETCH_FRAME_BYTES, 30 if args.quick else 60) for _ in range(head_reps)])
         for backend in backends:

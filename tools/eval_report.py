@@ -203,6 +203,23 @@ def _plt():
     return plt
 
 
+def _panels(plt, n: int, max_cols: int, width: float, height: float):
+    """A figure with n panels in rows of at most max_cols; the unused cells of the last row hidden."""
+    cols = min(max_cols, n)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(width * cols, height * math.ceil(n / cols)),
+                             squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _save(plt, fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return True
+
+
 def plot_heatmaps(cells: dict, path: Path) -> bool:
     if not cells:
         return False
@@ -210,9 +227,7 @@ def plot_heatmaps(cells: dict, path: Path) -> bool:
     methods = _ordered(cells, MAIN_ORDER)
     lengths = sorted({n for d in cells.values() for n, _ in d})
     depths = sorted({dp for d in cells.values() for _, dp in d})
-    cols = min(4, len(methods))
-    rws = math.ceil(len(methods) / cols)
-    fig, axes = plt.subplots(rws, cols, figsize=(2.6 * cols, 2.2 * rws), squeeze=False)
+    fig, axes = _panels(plt, len(methods), 4, 2.6, 2.2)
     for ax, m in zip(axes.flat, methods):
         grid = [[cells[m].get((n, dp), float("nan")) for n in lengths] for dp in depths]
         ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
@@ -223,13 +238,8 @@ def plot_heatmaps(cells: dict, path: Path) -> bool:
             for j, v in enumerate(row):
                 if v == v:
                     ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6)
-    for ax in list(axes.flat)[len(methods):]:
-        ax.axis("off")
     fig.suptitle("needle tasks: score (%) by length (x) and depth (y)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_curves(points: dict, path: Path) -> bool:
@@ -237,9 +247,7 @@ def plot_curves(points: dict, path: Path) -> bool:
         return False
     plt = _plt()
     fams = sorted(points)
-    cols = min(3, len(fams))
-    rws = math.ceil(len(fams) / cols)
-    fig, axes = plt.subplots(rws, cols, figsize=(3.3 * cols, 2.6 * rws), squeeze=False)
+    fig, axes = _panels(plt, len(fams), 3, 3.3, 2.6)
     for ax, fam in zip(axes.flat, fams):
         for curve in CURVES:
             pts = points[fam].get(curve)
@@ -253,12 +261,7 @@ def plot_curves(points: dict, path: Path) -> bool:
         ax.set_ylim(-3, 103)
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=6)
-    for ax in list(axes.flat)[len(fams):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_ttft(ttft: dict, path: Path) -> bool:
@@ -276,10 +279,7 @@ def plot_ttft(ttft: dict, path: Path) -> bool:
     ax.set_title("time to first token on the cached document", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def headline(summary: dict) -> dict:

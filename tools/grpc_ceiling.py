@@ -19,6 +19,10 @@ from concurrent import futures
 
 import numpy as np
 
+if __package__ in (None, ""):
+    # NOTE: run as `python tools/grpc_ceiling.py`: make `tools.*` importable like `python -m` does.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 SERVICE = "acre.bench.Ceiling"
 
 
@@ -81,10 +85,9 @@ def measure(nbytes: int, frame: int, calls: int) -> dict:
             os.rmdir(sock_dir)
         except OSError:
             pass
-    lat = np.asarray(lat)
-    p50 = float(np.percentile(lat, 50))
-    return {"gbps": nbytes * calls / wall / 1e9, "p50_gbps": nbytes / p50 / 1e9, "p50_ms": 1e3 * p50,
-            "p99_ms": 1e3 * float(np.percentile(lat, 99)), "n": calls}
+    from tools.bench_store import summary
+
+    return summary(nbytes * calls, wall, np.asarray(lat))
 
 
 def main() -> int:
