@@ -56,6 +56,8 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=16, help="gRPC handler threads (default 16)")
     s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls may run on at shutdown")
     s.add_argument("--no-shared", action="store_true", help="disable the same-host shared-memory fast path")
+    s.add_argument("--no-data-plane", action="store_true",
+                   help="serve Fetch over gRPC only (no plain data socket <unix socket>.data beside it)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(func=_guard(_serve))
 
@@ -167,8 +169,11 @@ def _serve(args) -> int:
                             disk_bytes=args.disk_bytes)
     listen = args.listen or [DEFAULT_LISTEN]
     server = StoreServer(store_cfg, ServerConfig(listen=listen[0], extra_listen=tuple(listen[1:]), workers=args.workers,
-                                                 grace_s=args.grace, shared=not args.no_shared)).start()
-    print(f"acre store: serving {server.store.path} ({server.store.backend}) on {', '.join(server.addrs)}", flush=True)
+                                                 grace_s=args.grace, shared=not args.no_shared,
+                                                 data_plane=not args.no_data_plane)).start()
+    planes = "".join(f" (data plane {dp.path})" for dp in server.data_planes)
+    print(f"acre store: serving {server.store.path} ({server.store.backend}) on {', '.join(server.addrs)}{planes}",
+          flush=True)
     while not stop.wait(0.5):
         pass
     print("acre store: shutting down", file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ import numpy as np
 from ._proto import store_pb2 as pb
 from ._proto import store_pb2_grpc
 from .checksum import bad_layers, crc32c
+from .dataplane import DataPlaneBroken, DataPlaneClient, data_path, unix_path
 from .embedded import StoreAPI
 from .errors import DataLoss, InvalidArgument, StoreError, StoreUnavailable, error_for_code
 from .record import TensorSpec
@@ -40,7 +41,8 @@ def normalize_addr(addr: str) -> str:
 
 class StoreClient(StoreAPI):
     def __init__(self, addr: str, timeout: float = 30.0, stream_timeout: float = 600.0, connect_timeout: float = 5.0,
-                 retries: int = 4, backoff_s: float = 0.1, shared: bool = True, writable: bool = False):
+                 retries: int = 4, backoff_s: float = 0.1, shared: bool = True, writable: bool = False,
+                 data_plane: bool = True):
         self.addr = normalize_addr(addr)
         self.timeout, self.stream_timeout = timeout, stream_timeout
         self.retries, self.backoff_s = retries, backoff_s
@@ -62,6 +64,10 @@ class StoreClient(StoreAPI):
                                    f"(no answer within {connect_timeout:g}s; is `acre store serve` running?)") from None
         # Same-host fast path (shared.py): offered over a unix socket only (the daemon is then on this host).
         self.shared = shared and self.addr.startswith("unix:")
+        # Same-host data plane (dataplane.py): Fetch over the plain socket next to the daemon's unix socket;
+        # gRPC carries Fetch when it is missing or broken.
+        path = unix_path(self.addr)
+        self._dp = DataPlaneClient(data_path(path), stream_timeout, connect_timeout) if (data_plane and path) else None
         # Leases whose chunk is done with (copied, or its mapping is garbage), ended with the next Fetch
         # (or a Release call when many pile up). A deque: the mappings' finalizers append from any thread.
         self._done_leases: collections.deque[int] = collections.deque()
@@ -189,14 +195,18 @@ class StoreClient(StoreAPI):
         delay, done = self.backoff_s, 0
         for attempt in range(self.retries + 1):
             leases: list[int] = []
-            call, complete = None, False
+            frames = None
             try:
-                call = self._fetch_raw(req, timeout=self.stream_timeout)
-                for c, arr in self._assemble(call, req, leases):
+                frames = self._frames(req, leases)
+                for c, arr in self._assemble(frames, req, leases):
                     done += 1
                     yield c, arr
-                complete = True
                 return
+            except DataPlaneBroken as e:
+                # The data socket is missing or broke before the first frame: this call (and the next
+                # second's) go over gRPC. After a frame it raises StoreUnavailable instead.
+                log.debug("data socket of %s unusable (%s); Fetch over gRPC", self.addr, e)
+                self._dp.mark_down()
             except grpc.RpcError as e:
                 # Retry only a call that yielded nothing: chunks must come once, in order.
                 if e.code() != grpc.StatusCode.UNAVAILABLE or done or attempt == self.retries:
@@ -204,31 +214,41 @@ class StoreClient(StoreAPI):
                 time.sleep(delay)
                 delay *= 2
             finally:
-                if call is not None and not complete:
-                    self._drain(call, leases)
+                if frames is not None:
+                    frames.close()  # a consumer that stopped early: the leases on their way are collected
                 self._finished(leases)
+        raise StoreUnavailable(f"store daemon at {self.addr}: Fetch failed {self.retries + 1} times")
 
-    @staticmethod
-    def _drain(call, leases: list[int]) -> None:
-        """The consumer stopped early: collect the leases of frames already on their way, then cancel."""
+    def _frames(self, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[pb.FetchFrame, object, bool]]:
+        """(frame header, payload, payload is a fresh array owned by the caller) of one Fetch call."""
+        if self._dp is not None and self._dp.usable():
+            gen = self._dp.fetch(req, leases)
+            try:
+                for f, buf in gen:
+                    yield f, buf, True
+            finally:
+                gen.close()
+            return
+        call = self._fetch_raw(req, timeout=self.stream_timeout)
+        complete = False
         try:
             for raw in call:
-                f, _ = decode_fetch_frame(raw)
-                if not f.HasField("shared"):
-                    break  # payload frames: not worth receiving
-                leases.append(f.shared.lease)
-        except grpc.RpcError:
-            pass
-        call.cancel()  # the daemon also drops the leases of frames it had not sent
+                try:
+                    f, data = decode_fetch_frame(raw)
+                except Exception as e:  # noqa: BLE001 - a frame protobuf cannot parse
+                    raise DataLoss(f"malformed Fetch frame for {req.doc_id}: {e}") from None
+                yield f, data, False
+            complete = True
+        finally:
+            if not complete:
+                self._drain(call, leases)
 
     def _assemble(self, frames, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         arr = view = None
         crcs: list[int] = []
-        for raw in frames:
-            try:
-                f, data = decode_fetch_frame(raw)
-            except Exception as e:  # noqa: BLE001 - a frame protobuf cannot parse
-                raise DataLoss(f"malformed Fetch frame for {req.doc_id}: {e}") from None
+        for f, data, owned in frames:
+            if data is None:
+                data = b""
             if f.offset == 0:
                 L = layout_from_pb(f.layout)
                 shape = (f.layer_end - f.layer_start, 2, L.n_kv_heads, f.n_tokens, L.head_dim)
@@ -250,16 +270,15 @@ class StoreClient(StoreAPI):
                     log.debug("shared read failed (%s); chunk %d over the socket", e, f.chunk_id)
                     one = pb.FetchRequest(doc_id=req.doc_id, chunk_ids=[f.chunk_id], has_layers=True,
                                           layer_start=f.layer_start, layer_end=f.layer_end, shared_ok=False)
-                    try:
-                        yield from self._assemble(self._fetch_raw(one, timeout=self.stream_timeout), one, leases)
-                    except grpc.RpcError as e2:
-                        raise self._error(e2) from None
+                    yield from self._fetch(one)
                     continue
                 # Shared files hold bytes the daemon verified when it read them from disk, and are never
                 # rewritten: no transport to check.
                 yield f.chunk_id, arr
                 continue
-            if f.offset == 0 and len(data) == f.chunk_bytes and not self.writable:
+            if f.offset == 0 and len(data) == f.chunk_bytes and owned:
+                arr = data.view(dtype).reshape(shape)  # received straight into its own array (data plane)
+            elif f.offset == 0 and len(data) == f.chunk_bytes and not self.writable:
                 arr = np.frombuffer(data, dtype).reshape(shape)  # a view of the received message
                 if not arr.flags.aligned:
                     arr = arr.copy()
@@ -332,4 +351,6 @@ class StoreClient(StoreAPI):
 
     def close(self) -> None:
         self._release(self._take_done_leases())
+        if self._dp is not None:
+            self._dp.close()
         self._channel.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .dataplane import SOCKET_PATH_MAX, DataPlaneServer, data_path, unix_path
 from .errors import StoreUnavailable
 from .service import StoreServicer, add_store_servicer
 from .store import Store, StoreConfig
@@ -22,15 +23,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "acre.store.v1.Store"
 DEFAULT_LISTEN = "unix:///tmp/acre-store.sock"
-
-
-def unix_path(addr: str) -> str | None:
-    """The socket path of a `unix:` address, else None."""
-    if addr.startswith("unix://"):
-        return addr[len("unix://"):]
-    if addr.startswith("unix:"):
-        return addr[len("unix:"):]
-    return None
 
 
 def _check_socket_path(path: str, addr: str) -> None:
@@ -64,6 +56,7 @@ class ServerConfig:
     workers: int = 16      # gRPC handler threads (each streaming call holds one)
     grace_s: float = 10.0  # how long in-flight calls may run on at shutdown
     shared: bool = True    # offer the same-host shared-memory fast path on unix sockets
+    data_plane: bool = True  # also serve Fetch on <unix socket path>.data (dataplane.py)
 
 
 class StoreServer:
@@ -91,7 +84,8 @@ class StoreServer:
                     _check_socket_path(unix_path(a), a)
             self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
                                       options=CHANNEL_OPTIONS)
-            add_store_servicer(StoreServicer(self.store, self.shared), self.server)
+            self.servicer = StoreServicer(self.store, self.shared)
+            add_store_servicer(self.servicer, self.server)
             self.health = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
             self.addrs = []
@@ -104,7 +98,23 @@ class StoreServer:
                     raise StoreUnavailable(f"cannot listen on {a} (address in use?)")
                 self.addrs.append(a[:-1] + str(port) if unix_path(a) is None and a.endswith(":0") else a)
             self.addr = self.addrs[0]
+            self.data_planes: list[DataPlaneServer] = []
+            for a in addrs if config.data_plane else ():
+                path = unix_path(a)
+                if path is None:
+                    continue
+                dpath = data_path(path)
+                if len(dpath.encode()) > SOCKET_PATH_MAX:
+                    log.warning("no data plane for %s: %s is longer than a unix socket path may be "
+                                "(Fetch goes over gRPC)", a, dpath)
+                    continue
+                _check_socket_path(dpath, "unix://" + dpath)
+                self.data_planes.append(DataPlaneServer(dpath, self.servicer))
+            self.servicer.data_planes = self.data_planes
         except BaseException:
+            for dp in getattr(self, "data_planes", ()):
+                dp.stop(0)
+                _unlink(dp.path)
             self.store.close()
             if self.shared is not None:
                 self.shared.close()
@@ -112,6 +122,8 @@ class StoreServer:
 
     def start(self) -> "StoreServer":
         self.server.start()
+        for dp in self.data_planes:
+            dp.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", self.store.path, ", ".join(self.addrs))
@@ -120,15 +132,25 @@ class StoreServer:
     def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight ones finish within the grace, close."""
         self.health.enter_graceful_shutdown()
-        self.server.stop(self.config.grace_s if grace is None else grace).wait()
+        grace = self.config.grace_s if grace is None else grace
+        stopped = self.server.stop(grace)  # gRPC and the data planes drain side by side
+        for dp in self.data_planes:
+            dp.stop(grace)
+        stopped.wait()
         self.store.close()
         if self.shared is not None:
             self.shared.close()
         for a in self.addrs:
-            path = unix_path(a)
-            if path is not None and os.path.exists(path):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            if unix_path(a) is not None:
+                _unlink(unix_path(a))
+        for dp in self.data_planes:
+            _unlink(dp.path)
         log.info("stopped")
+
+
+def _unlink(path: str) -> None:
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)
+    except OSError:
+        pass

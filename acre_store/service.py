@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from typing import Iterator
 
 import grpc
 import numpy as np
@@ -109,6 +110,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     def __init__(self, store: Store, shared=None):
         self.store = store
         self.shared = shared  # SharedArena for same-host clients, or None
+        self.data_planes: list = []  # DataPlaneServers serving fetch_chunks (set by the server)
 
     @unary
     def Put(self, request_iterator, context):
@@ -165,8 +167,10 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                 yield pb.L1Frame(name=name, offset=off, data=bytes(data[off:off + MAX_FRAME_BYTES]),
                                  spec=spec_to_pb(spec) if off == 0 else None)
 
-    @streaming
-    def Fetch(self, request, context):
+    def fetch_chunks(self, request, granted: list[int]) -> Iterator[tuple[pb.FetchFrame, memoryview]]:
+        """Per requested chunk, in order: its frame header (offset 0, layout, checksums; a SharedRef on the
+        same-host fast path) and its payload (a view of the cached bytes; empty when shared). Leases
+        granted are appended to `granted`. Shared by the gRPC Fetch and the same-host data plane."""
         if request.release and self.shared is not None:
             self.shared.release(list(request.release))
         layers = (request.layer_start, request.layer_end) if request.has_layers else None
@@ -175,29 +179,40 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         l0, l1 = layers or (0, rec.meta.layout.n_layers)
         layout_pb = layout_to_pb(rec.meta.layout)
         shared = self.shared if (request.shared_ok and self.shared is not None) else None
-        granted: list[int] = []
-        try:
-            yield from self._frames(it, rec, l0, l1, layout_pb, shared, granted)
-        finally:
-            if granted and not context.is_active():  # cancelled: unread frames' leases end now
-                shared.release(granted)
-
-    def _frames(self, it, rec, l0, l1, layout_pb, shared, granted):
         for c, view in it:
-            head = dict(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3], chunk_bytes=view.nbytes,
-                        layer_crc32c=rec.chunk_crcs[c][l0:l1], layout=layout_pb)
+            head = pb.FetchFrame(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3],
+                                 chunk_bytes=view.nbytes, layer_crc32c=rec.chunk_crcs[c][l0:l1], layout=layout_pb)
             ref = shared.lease(rec.doc_id, c, l0, l1) if shared is not None else None
             if ref is not None:
                 granted.append(ref.lease)
-                yield pb.FetchFrame(offset=0, shared=ref, **head)
-                continue
-            # Pre-encoded (wire.encode_fetch_frame): the payload is copied once, from the cache into the message.
-            data = memoryview(view.reshape(-1).view(np.uint8))
-            for off in range(0, max(len(data), 1), FETCH_FRAME_BYTES):
-                if off:
-                    head = dict(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3],
-                                chunk_bytes=view.nbytes)
-                yield encode_fetch_frame(pb.FetchFrame(offset=off, **head), data[off:off + FETCH_FRAME_BYTES])
+                head.shared.CopyFrom(ref)
+                yield head, memoryview(b"")
+            else:
+                yield head, memoryview(view.reshape(-1).view(np.uint8))
+
+    def release_unsent(self, granted: list[int]) -> None:
+        """The client went away mid-stream: the leases of this call end now."""
+        if granted and self.shared is not None:
+            self.shared.release(granted)
+
+    @streaming
+    def Fetch(self, request, context):
+        granted: list[int] = []
+        try:
+            for head, data in self.fetch_chunks(request, granted):
+                if head.HasField("shared"):
+                    yield head
+                    continue
+                # Pre-encoded (wire.encode_fetch_frame): the payload is copied once, from the cache into the message.
+                yield encode_fetch_frame(head, data[:FETCH_FRAME_BYTES])
+                for off in range(FETCH_FRAME_BYTES, len(data), FETCH_FRAME_BYTES):
+                    more = pb.FetchFrame(chunk_id=head.chunk_id, layer_start=head.layer_start,
+                                         layer_end=head.layer_end, n_tokens=head.n_tokens,
+                                         chunk_bytes=head.chunk_bytes, offset=off)
+                    yield encode_fetch_frame(more, data[off:off + FETCH_FRAME_BYTES])
+        finally:
+            if not context.is_active():  # cancelled: unread frames' leases end now
+                self.release_unsent(granted)
 
     @unary
     def Prefetch(self, request, context):
@@ -229,6 +244,10 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         stats = self.store.stats()
         if self.shared is not None:
             stats["shared"] = self.shared.stats()
+        if self.data_planes:
+            planes = [dp.stats() for dp in self.data_planes]
+            stats["data_plane"] = {"paths": [p.pop("path") for p in planes],
+                                   **{k: sum(p[k] for p in planes) for k in planes[0]}}
         return pb.StatsResponse(json=json.dumps(stats))
 
 

@@ -84,9 +84,10 @@ def client_main(rank: int, tasks, results) -> None:
         task = tasks.get()
         if task is None:
             break
-        key = (task["addr"], task["shared"], task["writable"])
+        key = (task["addr"], task["shared"], task["writable"], task["data_plane"])
         if key not in clients:
-            clients[key] = StoreClient(task["addr"], shared=task["shared"], writable=task["writable"])
+            clients[key] = StoreClient(task["addr"], shared=task["shared"], writable=task["writable"],
+                                       data_plane=task["data_plane"])
         c = clients[key]
         ids = list(range(task["n_chunks"]))
         # Warm-up (untimed): one call on this connection. The last chunk: a cold pass starts at chunk 0 and
@@ -129,7 +130,7 @@ class ClientPool:
             p.start()
 
     def run(self, n_clients: int, addr: str, shared: bool, docs: list, duration: float, one_pass: bool,
-            batch: bool = False, writable: bool = False, reps: int = 1) -> dict:
+            batch: bool = False, writable: bool = False, reps: int = 1, data_plane: bool = True) -> dict:
         """Median (throughput, p50, p99) over `reps` repetitions of the cell."""
         out = []
         for _ in range(reps):
@@ -137,7 +138,8 @@ class ClientPool:
             for r in range(n_clients):
                 doc, n = docs[r]
                 self.tasks[r].put(dict(addr=addr, shared=shared, doc=doc, n_chunks=n, duration=duration,
-                                       one_pass=one_pass, start=start, batch=batch, writable=writable))
+                                       one_pass=one_pass, start=start, batch=batch, writable=writable,
+                                       data_plane=data_plane))
             res = [self.results.get(timeout=600) for _ in range(n_clients)]
             t0, t1 = min(r[1] for r in res), max(r[2] for r in res)
             lat = np.concatenate([np.asarray(r[4]) for r in res])
@@ -296,7 +298,9 @@ def main() -> int:
     backends = args.backends.split(",")
     # fast: read-only views of the daemon's shared memory (the default); fastcopy: connect(writable=True),
     # each chunk copied into the caller's own array.
-    transports = ["unix", "tcp", "fast", "fastcopy"]
+    # unix: the same-host data plane (a plain socket beside the daemon's unix socket; bytes on the socket);
+    # grpc: the same unix socket through gRPC only (connect(data_plane=False)); tcp: gRPC over loopback.
+    transports = ["unix", "grpc", "tcp", "fast", "fastcopy"]
     clients = [1, 4]
     work = tempfile.mkdtemp(prefix="acre-bench-")
     sock_dir = tempfile.mkdtemp(prefix="acre-", dir="/tmp")
@@ -327,9 +331,10 @@ def main() -> int:
                         if temp == "hot":  # promote everything once
                             pool.run(max(clients), d.unix, True, docs[size], 0, one_pass=True)
                         for tr in transports:
-                            addr, shared = {"unix": (d.unix, False), "tcp": (d.tcp, False), "fast": (d.unix, True),
-                                            "fastcopy": (d.unix, True)}[tr]
-                            kw = dict(one_pass=(temp == "cold"), writable=(tr == "fastcopy"), reps=reps_for(size))
+                            addr, shared = {"unix": (d.unix, False), "grpc": (d.unix, False), "tcp": (d.tcp, False),
+                                            "fast": (d.unix, True), "fastcopy": (d.unix, True)}[tr]
+                            kw = dict(one_pass=(temp == "cold"), writable=(tr == "fastcopy"), reps=reps_for(size),
+                                      data_plane=(tr != "grpc"))
                             for n in clients:
                                 r = pool.run(n, addr, shared, docs[size], duration, **kw)
                                 rows.append(dict(backend=backend, temp=temp, transport=tr, clients=n,
@@ -388,6 +393,7 @@ def main() -> int:
         direct = base[(b, "direct", HEADLINE_MIB)]["gbps"]
         head[b] = {
             "ram_hot_unix_gbps": round(cell(b, "hot", "unix"), 3),
+            "ram_hot_grpc_unix_gbps": round(cell(b, "hot", "grpc"), 3),
             "ram_hot_tcp_gbps": round(cell(b, "hot", "tcp"), 3),
             "ram_hot_fast_gbps": round(cell(b, "hot", "fast"), 3),
             "ram_hot_fast_4clients_gbps": round(cell(b, "hot", "fast", 4), 3),
@@ -410,7 +416,8 @@ def main() -> int:
             # other processes on a shared machine take (wall-clock figures above include them).
             "p50": {
                 "ram_hot_unix_gbps": round(cell(b, "hot", "unix", key="p50_gbps"), 3),
-                "ram_hot_unix_vs_bare_grpc": round(cell(b, "hot", "unix", key="p50_gbps")
+                "ram_hot_grpc_unix_gbps": round(cell(b, "hot", "grpc", key="p50_gbps"), 3),
+                "ram_hot_grpc_unix_vs_bare_grpc": round(cell(b, "hot", "grpc", key="p50_gbps")
                                                    / base[("grpc_bare", HEADLINE_MIB)]["p50_gbps"], 3),
                 "ram_hot_fast_gbps": round(cell(b, "hot", "fast", key="p50_gbps"), 3),
                 "memcpy_gbps": round(base[("memcpy", HEADLINE_MIB)]["p50_gbps"], 3),
