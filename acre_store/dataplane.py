@@ -170,7 +170,6 @@ class DataPlaneServer:
             conn.close()
 
     def _call(self, conn: socket.socket, head: bytes) -> None:
-        granted: list[int] = []
         with self._lock:
             self.calls += 1
         try:
@@ -178,15 +177,18 @@ class DataPlaneServer:
                 request = pb.FetchRequest.FromString(head)
             except Exception as e:  # noqa: BLE001 - a request protobuf cannot parse
                 raise ProtocolError(f"malformed FetchRequest: {e}") from None
-            for frame, data in self.servicer.fetch_chunks(request, granted):
+            for frame, data in self.servicer.fetch_chunks(request):
                 h = frame.SerializeToString()
-                _send(conn, [REC.pack(K_FRAME, len(h), len(data)), h, data])
+                try:
+                    _send(conn, [REC.pack(K_FRAME, len(h), len(data)), h, data])
+                except OSError:
+                    self.servicer.unsent(frame)  # the client went away: this frame's lease ends now
+                    raise
                 with self._lock:
                     self.chunks += 1
                     self.bytes += len(data)
             _send(conn, [REC.pack(K_END, 0, 0)])
         except OSError:
-            self.servicer.release_unsent(granted)  # the client went away mid-call
             raise
         except (StoreError, ProtocolError) as e:
             with self._lock:

@@ -167,10 +167,10 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                 yield pb.L1Frame(name=name, offset=off, data=bytes(data[off:off + MAX_FRAME_BYTES]),
                                  spec=spec_to_pb(spec) if off == 0 else None)
 
-    def fetch_chunks(self, request, granted: list[int]) -> Iterator[tuple[pb.FetchFrame, memoryview]]:
-        """Per requested chunk, in order: its frame header (offset 0, layout, checksums; a SharedRef on the
-        same-host fast path) and its payload (a view of the cached bytes; empty when shared). Leases
-        granted are appended to `granted`. Shared by the gRPC Fetch and the same-host data plane."""
+    def fetch_chunks(self, request) -> Iterator[tuple[pb.FetchFrame, memoryview]]:
+        """Per requested chunk, in order: its frame header (offset 0, layout, checksums; a SharedRef with a
+        fresh lease on the same-host fast path) and its payload (a view of the cached bytes; empty when
+        shared). Shared by the gRPC Fetch and the same-host data plane."""
         if request.release and self.shared is not None:
             self.shared.release(list(request.release))
         layers = (request.layer_start, request.layer_end) if request.has_layers else None
@@ -184,35 +184,30 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                                  chunk_bytes=view.nbytes, layer_crc32c=rec.chunk_crcs[c][l0:l1], layout=layout_pb)
             ref = shared.lease(rec.doc_id, c, l0, l1) if shared is not None else None
             if ref is not None:
-                granted.append(ref.lease)
                 head.shared.CopyFrom(ref)
                 yield head, memoryview(b"")
             else:
                 yield head, memoryview(view.reshape(-1).view(np.uint8))
 
-    def release_unsent(self, granted: list[int]) -> None:
-        """The client went away mid-stream: the leases of this call end now."""
-        if granted and self.shared is not None:
-            self.shared.release(granted)
+    def unsent(self, frame: pb.FetchFrame) -> None:
+        """`frame` never reached the client: its lease ends now. (A lease whose frame went out but may not
+        have arrived is left to expire: the client may be reading that file.)"""
+        if frame.HasField("shared") and self.shared is not None:
+            self.shared.release([frame.shared.lease])
 
     @streaming
     def Fetch(self, request, context):
-        granted: list[int] = []
-        try:
-            for head, data in self.fetch_chunks(request, granted):
-                if head.HasField("shared"):
-                    yield head
-                    continue
-                # Pre-encoded (wire.encode_fetch_frame): the payload is copied once, from the cache into the message.
-                yield encode_fetch_frame(head, data[:FETCH_FRAME_BYTES])
-                for off in range(FETCH_FRAME_BYTES, len(data), FETCH_FRAME_BYTES):
-                    more = pb.FetchFrame(chunk_id=head.chunk_id, layer_start=head.layer_start,
-                                         layer_end=head.layer_end, n_tokens=head.n_tokens,
-                                         chunk_bytes=head.chunk_bytes, offset=off)
-                    yield encode_fetch_frame(more, data[off:off + FETCH_FRAME_BYTES])
-        finally:
-            if not context.is_active():  # cancelled: unread frames' leases end now
-                self.release_unsent(granted)
+        for head, data in self.fetch_chunks(request):
+            if head.HasField("shared"):
+                yield head
+                continue
+            # Pre-encoded (wire.encode_fetch_frame): the payload is copied once, from the cache into the message.
+            yield encode_fetch_frame(head, data[:FETCH_FRAME_BYTES])
+            for off in range(FETCH_FRAME_BYTES, len(data), FETCH_FRAME_BYTES):
+                more = pb.FetchFrame(chunk_id=head.chunk_id, layer_start=head.layer_start,
+                                     layer_end=head.layer_end, n_tokens=head.n_tokens,
+                                     chunk_bytes=head.chunk_bytes, offset=off)
+                yield encode_fetch_frame(more, data[off:off + FETCH_FRAME_BYTES])
 
     @unary
     def Prefetch(self, request, context):

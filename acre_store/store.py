@@ -432,6 +432,13 @@ class Store:
         l0, l1 = self.check_chunks(rec, chunk_ids, layers)
 
         def gen():
+            if len(chunk_ids) > 1:  # let the disk read the missing ones while the first are verified and sent
+                missing = [c for c in chunk_ids if not self.ram.contains((rec.doc_id, c))]
+                if missing:
+                    try:
+                        self.disk.will_need(rec, missing)
+                    except Exception as e:  # noqa: BLE001 - a hint only; the reads report real problems
+                        log.debug("readahead hint failed: %s", e)
             for c in chunk_ids:
                 view = self.chunk(rec, c)[l0:l1]
                 with self._lock:

@@ -65,6 +65,10 @@ class DiskTier(ABC):
         arr = self.read_chunk(record, c)
         yield memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
 
+    def will_need(self, record: DocRecord, chunk_ids: list[int]) -> None:
+        """A hint that these chunks are about to be read: tiers start the OS reading them from disk in the
+        background (readahead), so the disk works while earlier chunks are verified and sent. No-op here."""
+
     @abstractmethod
     def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:
         """One L1 part as stored (unverified)."""

@@ -12,6 +12,9 @@ MDB_MAP_FULL (LMDB requires no open transaction in the process while it grows: `
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import mmap
 import os
 import threading
 import uuid
@@ -25,6 +28,23 @@ from ..errors import ResourceExhausted
 from ..record import DocRecord, TensorSpec
 from ..types import DocLayout
 from .base import DiskTier, Staging
+
+MADV_WILLNEED = 3
+
+
+def _libc_madvise():
+    """madvise(2) from libc (None where there is none): readahead hints on ranges of LMDB's map."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_madvise = _libc_madvise()
 
 _BATCH_BYTES = 64 << 20  # staged writes are grouped into transactions of about this size
 
@@ -188,6 +208,17 @@ class LmdbTier(DiskTier):
             if data is None:
                 raise FileNotFoundError(f"chunk {c} of {record.doc_id} is missing")
             yield memoryview(data)
+
+    def will_need(self, record: DocRecord, chunk_ids: list[int]) -> None:
+        if _madvise is None:
+            return
+        with self._gate.shared(), self.env.begin(buffers=True) as txn:
+            for c in chunk_ids:
+                data = txn.get(f"d/{record.token}/c/{c:08d}".encode())
+                if data is not None and len(data):
+                    addr = np.frombuffer(data, np.uint8).ctypes.data
+                    start = addr - addr % mmap.PAGESIZE
+                    _madvise(start, len(data) + addr - start, MADV_WILLNEED)
 
     def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:
         data = self._get(f"d/{record.token}/l/{spec.name}".encode())

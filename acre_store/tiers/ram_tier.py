@@ -19,8 +19,9 @@ class Allocator(Protocol):
     def alloc(self, key: Hashable, arr: np.ndarray) -> np.ndarray:
         """A copy of arr in the allocator's memory (or arr itself if it cannot place it)."""
 
-    def free(self, key: Hashable, arr: np.ndarray) -> None:
-        """Called once when an array it returned leaves the tier."""
+    def free(self, key: Hashable, arr: np.ndarray, reusable: bool = True) -> None:
+        """Called once when an array it returned leaves the tier; reusable=False: its document was deleted
+        (the memory must not be handed to another entry with the old bytes kept around)."""
 
 
 @dataclass
@@ -129,13 +130,13 @@ class RamTier:
             for k, v in dropped:
                 self.used -= v.nbytes
                 self._leases.pop(k, None)
-        self._notify(dropped)
+        self._notify(dropped, reusable=False)
         return len(dropped)
 
     def clear(self) -> None:
         self.drop(lambda k: True)
 
-    def _notify(self, entries) -> None:
+    def _notify(self, entries, reusable: bool = True) -> None:
         if self.allocator is not None:
             for k, v in entries:
-                self.allocator.free(k, v)
+                self.allocator.free(k, v, reusable)

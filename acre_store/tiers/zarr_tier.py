@@ -177,6 +177,17 @@ class ZarrTier(DiskTier):
             raise ValueError(f"chunk file holds {size} bytes, expected {nbytes}")
         yield view.toreadonly()
 
+    def will_need(self, record: DocRecord, chunk_ids: list[int]) -> None:
+        for c in chunk_ids:
+            try:
+                fd = os.open(self.chunk_path(record.doc_id, c), os.O_RDONLY)
+            except OSError:
+                continue  # the read itself reports it
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
     def read_l1(self, record: DocRecord, spec: TensorSpec) -> np.ndarray:
         a = zarr.open_array(os.path.join(self.doc_dir(record.doc_id), "l1", spec.name), mode="r")
         return np.require(a[...], dtype=spec.np_dtype, requirements="C")

@@ -185,3 +185,22 @@ def test_lmdb_map_grows(tmp_path):
     with EmbeddedStore(str(tmp_path / "s"), backend="lmdb", lmdb_map_size=1 << 20) as s:
         s.put(doc.meta, doc.l1, doc.chunks)
         assert_doc_equal(s, doc)
+
+
+def test_readahead_hint_is_harmless(tmp_path, backend):
+    """`will_need` (issued for the missing chunks of a multi-chunk fetch) touches nothing it should not:
+    chunks come back byte-exact, and an unknown chunk id in the hint is ignored."""
+    from acre_store.store import Store, StoreConfig
+
+    doc = make_doc(TINY)
+    with EmbeddedStore(str(tmp_path), backend=backend, ram_bytes=0) as s:
+        s.put(doc.meta, doc.l1, doc.chunks)
+    st = Store(StoreConfig(path=str(tmp_path), ram_bytes=1 << 20))
+    try:
+        rec = st.record(doc.doc_id)
+        st.disk.will_need(rec, [0, 2, TINY.n_chunks + 5])
+        got = dict(st.fetch(doc.doc_id, range(TINY.n_chunks)))
+        assert all(got[c].tobytes() == doc.chunks[c].tobytes() for c in range(TINY.n_chunks))
+        assert st.counters.disk_reads == TINY.n_chunks
+    finally:
+        st.close()

@@ -133,7 +133,7 @@ class _Heap:
     def alloc(self, key, arr):
         return arr.copy()
 
-    def free(self, key, arr):
+    def free(self, key, arr, reusable=True):
         self.freed.append(key)
 
 
@@ -169,4 +169,57 @@ def test_expired_leases_are_reaped(tmp_path, monkeypatch):
     assert ram._leases == {} and arena.stats()["leases_expired"] == 1
     ram.clear()
     assert os.listdir(arena.dir) == []
+    arena.close()
+
+
+def _arena_with_room_for(tmp_path, n_entries: int, nbytes: int = 4096):
+    arena = SharedArena(root=str(tmp_path))
+    ram = RamTier(n_entries * nbytes, allocator=arena)
+    arena.ram = ram
+    return arena, ram
+
+
+def _block(i: int, nbytes: int = 4096) -> np.ndarray:
+    return np.full(nbytes // 4, i, np.float32).reshape(4, -1)
+
+
+def test_evicted_files_are_reused_under_new_names(tmp_path):
+    arena, ram = _arena_with_room_for(tmp_path, 2)
+    paths = []
+    for i in range(6):  # each insert after the second evicts the oldest; its file comes back for the next one
+        assert ram.put(("d" * 16, i), _block(i))
+        ref = arena.lease("d" * 16, i, 0, 4)
+        paths.append(ref.path)
+        arena.release([ref.lease])
+    st = arena.stats()
+    assert st["reused"] == 3 and st["files"] == 2 and st["pool_files"] == 1
+    assert len(set(paths)) == 6  # a path always names the same bytes
+    for i in (4, 5):
+        assert np.array_equal(ram.get(("d" * 16, i)), _block(i))
+    assert len(os.listdir(arena.dir)) == 3  # two entries and one pooled file
+    arena.close()
+
+
+def test_a_file_that_may_be_read_is_never_rewritten(tmp_path):
+    """Leased (the entry is pinned), expired lease (a client may still map it), a view the daemon still
+    holds (a send in progress), a deleted document: none of these files is handed to another chunk."""
+    arena, ram = _arena_with_room_for(tmp_path, 1)
+    ram.put(("a" * 16, 0), _block(1))
+    ref = arena.lease("a" * 16, 0, 0, 4)
+    with open(ref.path, "rb") as f:  # a client reading under the lease
+        assert not ram.put(("a" * 16, 1), _block(2))  # pinned: no room, the new chunk is not cached
+        arena._reap_leases(time.monotonic() + 3600)  # the lease expires: the file is tainted
+        assert ram.put(("a" * 16, 2), _block(3))  # evicts it: unlinked, not pooled
+        assert arena.stats()["pool_files"] == 0
+        assert ram.put(("a" * 16, 3), _block(4))
+        assert np.array_equal(np.frombuffer(f.read(), np.float32), _block(1).ravel())  # still the old bytes
+    view = ram.get(("a" * 16, 3))[1:]  # the daemon sending from the entry
+    assert ram.put(("a" * 16, 4), _block(5))  # evicts chunk 3's entry, whose bytes are still being read
+    assert arena.stats()["pool_files"] == 0 and np.array_equal(view, _block(4)[1:])
+    del view
+    gc.collect()
+    assert arena.stats()["pool_files"] == 1  # now nobody reads it: pooled
+    ram.drop(lambda k: True)  # the document is deleted: its bytes are not kept in the pool
+    assert arena.stats()["pool_files"] == 1 and arena.stats()["files"] == 0
+    assert sorted(os.listdir(arena.dir)) == [n for n in os.listdir(arena.dir) if n.startswith("pool-")]
     arena.close()
