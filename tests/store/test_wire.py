@@ -9,7 +9,7 @@ from acre_store._proto import store_pb2 as pb
 from acre_store._proto import store_pb2_grpc
 from acre_store.checksum import crc32c
 from acre_store.record import TensorSpec
-from acre_store.wire import CHANNEL_OPTIONS, MAX_FRAME_BYTES, meta_to_pb, spec_to_pb
+from acre_store.wire import MAX_FRAME_BYTES, meta_to_pb, spec_to_pb
 
 from .support import TINY, assert_doc_equal, make_doc
 
