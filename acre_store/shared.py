@@ -64,6 +64,13 @@ class _File:
         self.freed = False     # it left the RAM tier
 
 
+class _Placing:
+    __slots__ = ("path", "fd", "nbytes")
+
+    def __init__(self, path: str, fd: int, nbytes: int):
+        self.path, self.fd, self.nbytes = path, fd, nbytes
+
+
 class SharedArena:
     POOL_FILES = 4            # freed files kept for reuse (outside the RAM tier's byte cap) ...
     POOL_BYTES = 64 << 20     # ... up to this many bytes in all
@@ -99,41 +106,64 @@ class SharedArena:
 
     def place(self, key: Hashable, buf, shape: tuple[int, ...], dtype) -> np.ndarray | None:
         """A read-only array of `buf`'s bytes (already verified) in a shared file; `free` retires it.
-        None if there is no room.
+        None if there is no room. (`begin` / `write` / `finish` do the same in pieces.)"""
+        mv = memoryview(buf).cast("B")
+        placing = self.begin(key, len(mv))
+        if placing is None:
+            return None
+        try:
+            self.write(placing, mv, 0)
+        except OSError as e:
+            self.abort(placing)
+            with self._lock:
+                self.unplaced += 1
+            log.warning("shared memory full (%s): chunk stays on the heap", e)
+            return None
+        return self.finish(placing, shape, dtype)
+
+    def begin(self, key: Hashable, nbytes: int) -> "_Placing | None":
+        """Start placing `nbytes` for `key` in a shared file.
 
         The file is a pooled one of the same size when there is one (a file that left the RAM tier with
-        every lease on it ended, so no client can be reading it; its pages exist, so the write runs at
+        every lease on it ended, so no client can be reading it; its pages exist, so writing runs at
         memory speed: 0.4 ms for 4 MiB against 2.1 ms for a new tmpfs file on the dev machine), else a new
-        one. Either way it gets a new name, so a path in a SharedRef always means the same bytes. The bytes
-        are written with write(2): a full /dev/shm is an ENOSPC here, never a SIGBUS. The daemon maps the
-        file lazily (only socket clients read it)."""
-        mv = memoryview(buf).cast("B")
-        nbytes = len(mv)
+        one. Either way it gets a new name, so a path in a SharedRef always means the same bytes. Bytes
+        go in with pwrite(2) (`write`, from any thread): a full /dev/shm is an ENOSPC there, never a SIGBUS.
+        None if no file can be made."""
         if len(key) != 2 or nbytes == 0:
             return None
         path = os.path.join(self.dir, f"{key[0][:16]}-{key[1]}-{next(self._ids)}")
-        f = self._take_pooled(nbytes, path)
+        pooled = self._take_pooled(nbytes, path)
         try:
-            fd = os.open(path, os.O_RDWR) if f else os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_RDWR) if pooled else os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
             log.warning("cannot create a shared file (%s): chunk stays on the heap", e)
             with self._lock:
                 self.unplaced += 1
             return None
+        return _Placing(path, fd, nbytes)
+
+    @staticmethod
+    def write(placing: "_Placing", data, offset: int) -> None:
+        mv = memoryview(data).cast("B")
+        done = 0
+        while done < len(mv):
+            done += os.pwrite(placing.fd, mv[done:], offset + done)
+
+    def abort(self, placing: "_Placing") -> None:
+        os.close(placing.fd)
+        _unlink(placing.path)
+
+    def finish(self, placing: "_Placing", shape: tuple[int, ...], dtype) -> np.ndarray | None:
+        """The placed bytes as a read-only array (mapped lazily: only socket clients read it here)."""
         try:
-            done = 0
-            while done < nbytes:
-                done += os.pwrite(fd, mv[done:], done)
-            mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            mm = mmap.mmap(placing.fd, placing.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         except OSError as e:
-            os.close(fd)
-            _unlink(path)
-            with self._lock:
-                self.unplaced += 1
-            log.warning("shared memory full (%s): chunk stays on the heap", e)
+            self.abort(placing)
+            log.warning("cannot map a shared file (%s): chunk stays on the heap", e)
             return None
-        os.close(fd)
-        f = _File(path, nbytes)
+        os.close(placing.fd)
+        f = _File(placing.path, placing.nbytes)
         out = np.frombuffer(mm, dtype).reshape(shape)
         with self._lock:
             self._files[id(out)] = f

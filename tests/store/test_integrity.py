@@ -31,7 +31,7 @@ def damage(data_dir: str, backend: str, doc_id: str, part: str, how: str = "flip
             f.truncate()
             f.write(data)
         return
-    env = lmdb.open(os.path.join(data_dir, "lmdb"), subdir=True)
+    env = lmdb.open(os.path.join(data_dir, "lmdb"), subdir=True, map_size=1 << 30)
     with env.begin(write=True) as txn:
         import json
         token = json.loads(txn.get(b"m/" + doc_id.encode()))["token"]
@@ -97,3 +97,25 @@ def test_damaged_chunk_over_the_daemon(daemon_factory, backend):
         # The damaged read landed in a fresh shared file (cold reads go there directly): it is gone again.
         assert st["shared"]["files"] == 1 == len(os.listdir(st["shared"]["dir"]))
         assert np.array_equal(dict(c.fetch(doc.doc_id, [5]))[5], doc.chunks[5])
+
+
+def test_damaged_large_chunk_over_the_daemon(daemon_factory, backend):
+    """A chunk of the real layout (2.9 MiB) is verified and copied into shared memory in two halves at once;
+    a flipped byte in the helper thread's half (the middle layer) is caught all the same."""
+    from .support import REAL
+
+    doc = make_doc(REAL)
+    d = daemon_factory(backend)
+    with d.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+    d.stop()
+    damage(d.data, backend, doc.doc_id, "2")
+    d.start()
+    with d.client() as c:
+        with pytest.raises(DataLoss, match="chunk 2"):
+            list(c.fetch(doc.doc_id, [2]))
+        got = dict(c.fetch(doc.doc_id, [0, 1, 3]))  # split-path reads of good chunks are byte-exact
+        assert all(got[i].tobytes() == doc.chunks[i].tobytes() for i in (0, 1, 3))
+        st = c.stats()
+        assert st["disk"]["checksum_failures"] == 1
+        assert st["shared"]["files"] == 3 == len(os.listdir(st["shared"]["dir"]))  # no file for chunk 2
