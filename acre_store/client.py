@@ -192,7 +192,7 @@ class StoreClient(StoreAPI):
         return self._fetch(req)
 
     def _fetch(self, req: pb.FetchRequest) -> Iterator[tuple[int, np.ndarray]]:
-        delay, done = self.backoff_s, 0
+        delay, done, fallback = self.backoff_s, 0, False
         for attempt in range(self.retries + 1):
             leases: list[int] = []
             frames = None
@@ -203,10 +203,11 @@ class StoreClient(StoreAPI):
                     yield c, arr
                 return
             except DataPlaneBroken as e:
-                # The data socket is missing or broke before the first frame: this call (and the next
-                # second's) go over gRPC. After a frame it raises StoreUnavailable instead.
+                # The data socket is missing or broke before the first frame (so nothing was yielded): this
+                # call, and the next second's, go over gRPC. After a frame it raises StoreUnavailable instead.
                 log.debug("data socket of %s unusable (%s); Fetch over gRPC", self.addr, e)
                 self._dp.mark_down()
+                fallback = True
             except grpc.RpcError as e:
                 # Retry only a call that yielded nothing: chunks must come once, in order.
                 if e.code() != grpc.StatusCode.UNAVAILABLE or done or attempt == self.retries:
@@ -217,6 +218,9 @@ class StoreClient(StoreAPI):
                 if frames is not None:
                     frames.close()  # a consumer that stopped early: the leases on their way are collected
                 self._finished(leases)
+            if fallback:  # over gRPC, with all its retries
+                yield from self._fetch(req)
+                return
         raise StoreUnavailable(f"store daemon at {self.addr}: Fetch failed {self.retries + 1} times")
 
     def _frames(self, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[pb.FetchFrame, object, bool]]:
@@ -304,6 +308,12 @@ class StoreClient(StoreAPI):
                                  chunk_ids=[] if chunk_ids is None else [int(c) for c in chunk_ids])
         self._call(self._stub.Prefetch, req)
 
+    def release_leases(self) -> None:
+        """End now the same-host leases of chunks already done with (copied, or whose mappings are garbage).
+        They end with the next Fetch anyway; a client that goes idle calls this so that they do not pin the
+        daemon's RAM entries meanwhile (they would expire after 60 s)."""
+        self._release(self._take_done_leases())
+
     def _take_done_leases(self) -> list[int]:
         out = []
         try:
@@ -350,7 +360,7 @@ class StoreClient(StoreAPI):
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def close(self) -> None:
-        self._release(self._take_done_leases())
+        self.release_leases()
         if self._dp is not None:
             self._dp.close()
         self._channel.close()

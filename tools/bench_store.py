@@ -122,6 +122,7 @@ def client_main(rank: int, tasks, results) -> None:
             if (task["one_pass"] and i == len(ids)) or (not task["one_pass"] and time.perf_counter() > end and i >= 3):
                 break
         results.put((rank, t0, time.perf_counter(), nbytes, lat, chunks))
+        c.release_leases()  # the last chunk's lease must not pin RAM entries in the next cell
     for c in clients.values():
         c.close()
 
@@ -368,36 +369,39 @@ def main() -> int:
                     base[(backend, "direct_cold", size)] = direct_read_baseline(
                         data, backend, docs[size], reps_for(size), before_rep=drop_page_cache)
             for temp in temps:
-                # pcache/cold: a RAM cap of a few of the largest chunks (one per client, leased while it is
-                # read, and one more), far below the clients' documents, so a sequential pass misses every time
-                ram = 4 << 30 if temp == "hot" else int((max(clients) + 1) * max(sizes) * MiB) + MiB
-                d = Daemon(data, backend, ram, sock_dir)
-                try:
-                    before = d.stats()["ram"]
-                    for size in sizes:
-                        if temp == "hot":  # promote everything once
-                            pool.run(max(clients), d.unix, True, docs[size], 0, one_pass=True)
-                        for tr in transports:
-                            addr, shared = {"unix": (d.unix, False), "grpc": (d.unix, False), "tcp": (d.tcp, False),
-                                            "fast": (d.unix, True), "fastcopy": (d.unix, True)}[tr]
-                            kw = dict(one_pass=(temp != "hot"), writable=(tr == "fastcopy"), reps=reps_for(size),
-                                      data_plane=(tr != "grpc"),
-                                      before_rep=drop_page_cache if temp == "cold" else None)
-                            for n in clients:
-                                r = pool.run(n, addr, shared, docs[size], duration, **kw)
-                                rows.append(dict(backend=backend, temp=temp, transport=tr, clients=n,
-                                                 size_mib=size, calls="1 chunk", **r))
-                            # How the engine fetches: one call for all the chunks it selected.
-                            r = pool.run(1, addr, shared, docs[size], duration, batch=True, **kw)
-                            rows.append(dict(backend=backend, temp=temp, transport=tr, clients=1, size_mib=size,
-                                             calls="all", **r))
-                    after = d.stats()["ram"]
-                    if temp != "hot":
-                        hits = after["hits"] - before["hits"]
-                        misses = after["misses"] - before["misses"]
-                        base[(backend, f"{temp}_hit_rate")] = hits / max(1, hits + misses)
-                finally:
-                    d.stop()
+                hits = misses = 0
+                # hot: one daemon with room for everything; pcache/cold: one daemon per chunk size, with a RAM
+                # cap of one chunk per client (leased while it is read) and one more, far below the clients'
+                # documents, so a sequential pass misses every time
+                for group in ([sizes] if temp == "hot" else [[size] for size in sizes]):
+                    ram = 4 << 30 if temp == "hot" else int((max(clients) + 1) * group[0] * MiB) + MiB
+                    d = Daemon(data, backend, ram, sock_dir)
+                    try:
+                        before = d.stats()["ram"]
+                        for size in group:
+                            if temp == "hot":  # promote everything once
+                                pool.run(max(clients), d.unix, True, docs[size], 0, one_pass=True)
+                            for tr in transports:
+                                addr, shared = {"unix": (d.unix, False), "grpc": (d.unix, False), "tcp": (d.tcp, False),
+                                                "fast": (d.unix, True), "fastcopy": (d.unix, True)}[tr]
+                                kw = dict(one_pass=(temp != "hot"), writable=(tr == "fastcopy"), reps=reps_for(size),
+                                          data_plane=(tr != "grpc"),
+                                          before_rep=drop_page_cache if temp == "cold" else None)
+                                for n in clients:
+                                    r = pool.run(n, addr, shared, docs[size], duration, **kw)
+                                    rows.append(dict(backend=backend, temp=temp, transport=tr, clients=n,
+                                                     size_mib=size, calls="1 chunk", **r))
+                                # How the engine fetches: one call for all the chunks it selected.
+                                r = pool.run(1, addr, shared, docs[size], duration, batch=True, **kw)
+                                rows.append(dict(backend=backend, temp=temp, transport=tr, clients=1, size_mib=size,
+                                                 calls="all", **r))
+                        after = d.stats()["ram"]
+                        hits += after["hits"] - before["hits"]
+                        misses += after["misses"] - before["misses"]
+                    finally:
+                        d.stop()
+                if temp != "hot":
+                    base[(backend, f"{temp}_hit_rate")] = hits / max(1, hits + misses)
             shutil.rmtree(data, ignore_errors=True)
     finally:
         pool.close()
