@@ -16,8 +16,8 @@ and yields a view (`map_shared`), or `preadv`s the bytes into its own array (`re
   lease ever granted on it was released (not expired) and the daemon holds no view of it; else it is
   unlinked, and clients that still map it keep its pages. So a reader holding a lease, or a mapping it
   got under one, always sees the verified bytes: a lease's file is never rewritten while it may be read.
-- Files are filled with write(2), so a full /dev/shm is an ENOSPC, meaning "not shared" (the entry
-  stays on the heap and goes over the socket), never SIGBUS.
+- New files are filled with pwrite(2), so a full /dev/shm is an ENOSPC, meaning "not shared" (the entry
+  stays on the heap and goes over the socket), never SIGBUS; reused files already have their pages.
 """
 from __future__ import annotations
 
@@ -64,14 +64,6 @@ class _File:
         self.freed = False     # it left the RAM tier
 
 
-class _Placing:
-    __slots__ = ("path", "fd", "nbytes", "mm")
-
-    def __init__(self, path: str, fd: int, nbytes: int, mm: mmap.mmap | None = None):
-        self.path, self.fd, self.nbytes = path, fd, nbytes
-        self.mm = mm  # a pooled file: written through this writable mapping of its existing pages
-
-
 class SharedArena:
     POOL_FILES = 4            # freed files kept for reuse (outside the RAM tier's byte cap) ...
     POOL_BYTES = 64 << 20     # ... up to this many bytes in all
@@ -107,80 +99,44 @@ class SharedArena:
 
     def place(self, key: Hashable, buf, shape: tuple[int, ...], dtype) -> np.ndarray | None:
         """A read-only array of `buf`'s bytes (already verified) in a shared file; `free` retires it.
-        None if there is no room. (`begin` / `write` / `finish` do the same in pieces.)"""
-        mv = memoryview(buf).cast("B")
-        placing = self.begin(key, len(mv))
-        if placing is None:
-            return None
-        try:
-            self.write(placing, mv, 0)
-        except OSError as e:
-            self.abort(placing)
-            with self._lock:
-                self.unplaced += 1
-            log.warning("shared memory full (%s): chunk stays on the heap", e)
-            return None
-        return self.finish(placing, shape, dtype)
-
-    def begin(self, key: Hashable, nbytes: int) -> "_Placing | None":
-        """Start placing `nbytes` for `key` in a shared file.
+        None if there is no room.
 
         The file is a pooled one of the same size when there is one (a file that left the RAM tier with
         every lease on it ended, so no client can be reading it), else a new one. Either way it gets a new
         name, so a path in a SharedRef always means the same bytes. A pooled file's pages exist: it is
         mapped writable (MAP_POPULATE) and the bytes are copied in (measured on the dev machine, 4 MiB
         into one of 6 files: 0.9 ms, against 2.0 ms with pwrite(2), tmpfs's per-page write path, and 2.1 ms
-        into a new file). A new file is filled with pwrite(2): a full /dev/shm is an ENOSPC there, never a
-        SIGBUS. None if no file can be made."""
+        into a new file), and that mapping is the daemon's view. A new file is filled with pwrite(2) (a full
+        /dev/shm is an ENOSPC there, never a SIGBUS) and mapped lazily (only socket clients read it here)."""
+        mv = memoryview(buf).cast("B")
+        nbytes = len(mv)
         if len(key) != 2 or nbytes == 0:
             return None
         path = os.path.join(self.dir, f"{key[0][:16]}-{key[1]}-{next(self._ids)}")
         pooled = self._take_pooled(nbytes, path)
+        fd = -1
         try:
-            fd = os.open(path, os.O_RDWR) if pooled else os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as e:
-            log.warning("cannot create a shared file (%s): chunk stays on the heap", e)
-            with self._lock:
-                self.unplaced += 1
-            return None
-        mm = None
-        if pooled:
-            try:
+            if pooled:
+                fd = os.open(path, os.O_RDWR)
                 mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            except OSError:
-                mm = None  # pwrite instead
-        return _Placing(path, fd, nbytes, mm)
-
-    @staticmethod
-    def write(placing: "_Placing", data, offset: int) -> None:
-        mv = memoryview(data).cast("B")
-        if placing.mm is not None:
-            placing.mm[offset:offset + len(mv)] = mv
-            return
-        done = 0
-        while done < len(mv):
-            done += os.pwrite(placing.fd, mv[done:], offset + done)
-
-    def abort(self, placing: "_Placing") -> None:
-        if placing.mm is not None:
-            placing.mm.close()
-        os.close(placing.fd)
-        _unlink(placing.path)
-
-    def finish(self, placing: "_Placing", shape: tuple[int, ...], dtype) -> np.ndarray | None:
-        """The placed bytes as a read-only array (a new file is mapped lazily: only socket clients read it
-        here; a pooled one keeps the mapping it was written through)."""
-        mm = placing.mm
-        if mm is None:
-            try:
-                mm = mmap.mmap(placing.fd, placing.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            except OSError as e:
-                self.abort(placing)
-                log.warning("cannot map a shared file (%s): chunk stays on the heap", e)
-                return None
-        os.close(placing.fd)
-        f = _File(placing.path, placing.nbytes)
+                mm[:] = mv
+            else:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                done = 0
+                while done < nbytes:
+                    done += os.pwrite(fd, mv[done:], done)
+                mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        except OSError as e:
+            _unlink(path)
+            with self._lock:
+                self.unplaced += 1
+            log.warning("shared memory full or unusable (%s): chunk stays on the heap", e)
+            return None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        f = _File(path, nbytes)
         out = np.frombuffer(mm, dtype).reshape(shape)
         out.flags.writeable = False
         with self._lock:

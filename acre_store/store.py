@@ -392,20 +392,14 @@ class Store:
                 if len(buf) != L.chunk_nbytes(c):
                     raise ValueError(f"chunk holds {len(buf)} bytes, expected {L.chunk_nbytes(c)}")
                 view = np.frombuffer(buf, L.np_dtype).reshape(L.chunk_shape(c))
-                arr = self._verify_and_place(rec, c, key, view)
+                self._verify_chunk(rec, c, view)
+                arr = place(key, buf, view.shape, view.dtype)
                 if arr is None:  # no room in shared memory: a heap copy
                     arr = view.copy()
                     self.ram.put(key, arr)
                     return arr
         self.ram.put(key, arr, placed=True)
         return arr
-
-    def _verify_and_place(self, rec: DocRecord, c: int, key, view: np.ndarray) -> np.ndarray | None:
-        """Verify `view` (the stored bytes, where the disk tier holds them), then write it once into a shared
-        file; DataLoss (and no file) if it fails its checksum; None if shared memory has no room.
-        (Verifying in two halves on two threads at once measured no faster on the 2-core dev machine.)"""
-        self._verify_chunk(rec, c, view)
-        return self.ram.allocator.place(key, view.reshape(-1).view(np.uint8), view.shape, view.dtype)
 
     @contextmanager
     def _disk_errors(self, rec: DocRecord, what: str):

@@ -12,7 +12,7 @@ from acre_store.dataplane import HELLO, K_END, K_ERROR, K_FETCH, K_FRAME, REC, d
 from acre_store._proto import store_pb2 as pb
 
 from .support import REAL, TINY, assert_doc_equal, make_doc
-from .test_integrity import damage
+from .test_integrity import daemon_with_damaged_chunk
 
 
 def plane_stats(client) -> dict:
@@ -56,12 +56,7 @@ def test_errors_come_back_as_the_same_exceptions(daemon):
 
 def test_damaged_chunk_is_data_loss_mid_stream(daemon_factory, backend):
     doc = make_doc(TINY)
-    d = daemon_factory(backend)
-    with d.client(shared=False) as c:
-        c.put(doc.meta, doc.l1, doc.chunks)
-    d.stop()
-    damage(d.data, backend, doc.doc_id, "4")
-    d.start()
+    d = daemon_with_damaged_chunk(daemon_factory, backend, doc, "4")
     with d.client(shared=False) as c:
         got = []
         with pytest.raises(DataLoss, match="chunk 4"):

@@ -78,14 +78,19 @@ def test_damaged_l1_is_refused(tmp_path, backend):
             s.get_l1(doc.doc_id)
 
 
-def test_damaged_chunk_over_the_daemon(daemon_factory, backend):
-    doc = make_doc(TINY)
+def daemon_with_damaged_chunk(daemon_factory, backend: str, doc, part: str):
+    """A running daemon whose store holds `doc` with chunk `part` damaged on disk (by `damage`)."""
     d = daemon_factory(backend)
     with d.client() as c:
         c.put(doc.meta, doc.l1, doc.chunks)
     d.stop()
-    damage(d.data, backend, doc.doc_id, "4")
-    d.start()
+    damage(d.data, backend, doc.doc_id, part)
+    return d.start()
+
+
+def test_damaged_chunk_over_the_daemon(daemon_factory, backend):
+    doc = make_doc(TINY)
+    d = daemon_with_damaged_chunk(daemon_factory, backend, doc, "4")
     with d.client() as c:
         got = []
         with pytest.raises(DataLoss, match="chunk 4"):
@@ -100,21 +105,16 @@ def test_damaged_chunk_over_the_daemon(daemon_factory, backend):
 
 
 def test_damaged_large_chunk_over_the_daemon(daemon_factory, backend):
-    """A chunk of the real layout (2.9 MiB) is verified and copied into shared memory in two halves at once;
-    a flipped byte in the helper thread's half (the middle layer) is caught all the same."""
+    """A chunk of the real layout (2.9 MiB, one flipped byte in its middle layer) is refused; the good
+    chunks around it come back byte-exact, and the damaged one gets no shared file."""
     from .support import REAL
 
     doc = make_doc(REAL)
-    d = daemon_factory(backend)
-    with d.client() as c:
-        c.put(doc.meta, doc.l1, doc.chunks)
-    d.stop()
-    damage(d.data, backend, doc.doc_id, "2")
-    d.start()
+    d = daemon_with_damaged_chunk(daemon_factory, backend, doc, "2")
     with d.client() as c:
         with pytest.raises(DataLoss, match="chunk 2"):
             list(c.fetch(doc.doc_id, [2]))
-        got = dict(c.fetch(doc.doc_id, [0, 1, 3]))  # split-path reads of good chunks are byte-exact
+        got = dict(c.fetch(doc.doc_id, [0, 1, 3]))
         assert all(got[i].tobytes() == doc.chunks[i].tobytes() for i in (0, 1, 3))
         st = c.stats()
         assert st["disk"]["checksum_failures"] == 1
