@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .checksum import bad_layers, crc32c, layer_crcs
+from .checksum import crc32c, layer_crcs
 from .errors import (DataLoss, DocumentNotFound, InvalidArgument, LayoutMismatch, ResourceExhausted,
                      StoreError, StoreUnavailable)
 from .record import DocRecord, TensorSpec
@@ -377,28 +377,37 @@ class Store:
         return arr
 
     def _load_and_promote(self, rec: DocRecord, c: int) -> np.ndarray:
-        """Read chunk c from disk, verify it, put it in the RAM tier. With an allocator that can place
-        bytes (the daemon's shared files), the stored bytes are verified where the disk tier holds them
-        (LMDB's map, a reused read buffer) and copied once, into the shared file."""
+        """Read chunk c from disk, verify it, put it in the RAM tier. The bytes are read straight into their
+        RAM home (a shared file of the daemon's arena, else a new array), layer by layer, each layer checked
+        against its CRC as soon as it lands: one pass over the bytes, overlapped with the disk read."""
         key = (rec.doc_id, c)
         L = rec.meta.layout
+        shape, nbytes = L.chunk_shape(c), L.chunk_nbytes(c)
+        crcs, step = rec.chunk_crcs[c], nbytes // L.n_layers
+
+        def fill(out: memoryview) -> None:
+            bad = []
+
+            def check(i: int) -> None:
+                if crc32c(out[i * step:(i + 1) * step]) != crcs[i]:
+                    bad.append(i)
+
+            with self._disk_errors(rec, f"chunk {c}"):
+                self.disk.read_into(rec, c, out, check)
+            if bad:
+                self._checksum_failed()
+                raise DataLoss(f"chunk {c} of document {rec.doc_id} failed its checksum (layers {bad}); "
+                               "refusing to return it")
+
         place = getattr(self.ram.allocator, "place", None)
-        if place is None or L.chunk_nbytes(c) > self.ram.capacity:
-            arr = self._load_chunk(rec, c)
+        arr = place(key, shape, L.np_dtype, fill) if place is not None and nbytes <= self.ram.capacity else None
+        if arr is None:  # no allocator, or no room in shared memory: a heap array
+            arr = np.empty(shape, L.np_dtype)
+            fill(memoryview(arr.reshape(-1).view(np.uint8)))
+            arr.flags.writeable = False
             self.ram.put(key, arr)
-            return arr
-        with self._disk_errors(rec, f"chunk {c}"):
-            with self.disk.chunk_bytes(rec, c) as buf:
-                if len(buf) != L.chunk_nbytes(c):
-                    raise ValueError(f"chunk holds {len(buf)} bytes, expected {L.chunk_nbytes(c)}")
-                view = np.frombuffer(buf, L.np_dtype).reshape(L.chunk_shape(c))
-                self._verify_chunk(rec, c, view)
-                arr = place(key, buf, view.shape, view.dtype)
-                if arr is None:  # no room in shared memory: a heap copy
-                    arr = view.copy()
-                    self.ram.put(key, arr)
-                    return arr
-        self.ram.put(key, arr, placed=True)
+        else:
+            self.ram.put(key, arr, placed=True)
         return arr
 
     @contextmanager
@@ -416,13 +425,6 @@ class Store:
         except ValueError as e:  # wrong size
             self._checksum_failed()
             raise DataLoss(f"{what} of document {rec.doc_id} is damaged on disk: {e}") from None
-
-    def _verify_chunk(self, rec: DocRecord, c: int, arr: np.ndarray) -> None:
-        bad = bad_layers(arr, rec.chunk_crcs[c])
-        if bad:
-            self._checksum_failed()
-            raise DataLoss(f"chunk {c} of document {rec.doc_id} failed its checksum (layers {bad}); "
-                           "refusing to return it")
 
     def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
               ) -> Iterator[tuple[int, np.ndarray]]:
@@ -446,13 +448,6 @@ class Store:
                     self.counters.fetched_bytes += view.nbytes
                 yield c, view
         return gen()
-
-    def _load_chunk(self, rec: DocRecord, c: int) -> np.ndarray:
-        """Chunk c from disk, verified; DataLoss if it fails its checksum."""
-        with self._disk_errors(rec, f"chunk {c}"):
-            arr = self.disk.read_chunk(rec, c)
-        self._verify_chunk(rec, c, arr)
-        return arr
 
     def l1(self, doc_id: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Verified, read-only L1 parts (all of them by default)."""

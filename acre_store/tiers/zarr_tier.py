@@ -13,7 +13,7 @@ Publishing is `rename(staging/<doc_id>.<token>, docs/<doc_id>)` after every file
 on POSIX, so a crash leaves the document absent or complete.
 
 NOTE: writes go through the zarr library (so the folder is a plain Zarr v3 group any zarr reader can
-open), but `read_chunk` reads the chunk file directly: with the fixed `bytes` codec and `/` chunk key
+open), but `read_chunk` and `read_into` read the chunk file directly: with the fixed `bytes` codec and `/` chunk key
 encoding its path and content are known, and skipping zarr's per-call machinery makes a cold read
 about 2x faster (1.5 ms -> 0.6 ms for a 2.8 MiB chunk on the dev machine).
 """
@@ -22,10 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import uuid
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import zarr
@@ -107,7 +104,6 @@ class ZarrTier(DiskTier):
     name = "zarr"
 
     def __init__(self, root: str):
-        self._buffers = threading.local()  # chunk_bytes: one reusable read buffer per thread
         self.root = root
         self.docs_dir = os.path.join(root, "docs")
         self.staging_dir = os.path.join(root, "staging")
@@ -158,24 +154,25 @@ class ZarrTier(DiskTier):
         n_c = L.chunk_len(c)
         return out if n_c == L.chunk_size else np.ascontiguousarray(out[:, :, :, :n_c])
 
-    @contextmanager
-    def chunk_bytes(self, record: DocRecord, c: int) -> Iterator[memoryview]:
+    def read_into(self, record: DocRecord, c: int, out: memoryview, on_layer) -> None:
         L = record.meta.layout
         if L.chunk_len(c) != L.chunk_size:  # the short last chunk is stored padded: gather it
-            with super().chunk_bytes(record, c) as mv:
-                yield mv
-            return
-        nbytes = L.chunk_nbytes(c)
-        buf = getattr(self._buffers, "buf", None)  # one reused buffer per thread: warm pages, no allocation
-        if buf is None or buf.nbytes < nbytes:
-            buf = self._buffers.buf = np.empty(nbytes, np.uint8)
-        view = memoryview(buf)[:nbytes]
+            return super().read_into(record, c, out, on_layer)
+        step = len(out) // L.n_layers
         with open(self.chunk_path(record.doc_id, c), "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            n = f.readinto(view) if size == nbytes else -1
-        if n != nbytes:
-            raise ValueError(f"chunk file holds {size} bytes, expected {nbytes}")
-        yield view.toreadonly()
+            fd = f.fileno()
+            size = os.fstat(fd).st_size
+            if size != len(out):
+                raise ValueError(f"chunk file holds {size} bytes, expected {len(out)}")
+            # one read per layer: the kernel's readahead keeps the disk busy while a layer is verified
+            for i in range(L.n_layers):
+                done = 0
+                while done < step:
+                    n = os.preadv(fd, [out[i * step + done:(i + 1) * step]], i * step + done)
+                    if n <= 0:
+                        raise ValueError(f"chunk file ended at {i * step + done} bytes, expected {len(out)}")
+                    done += n
+                on_layer(i)
 
     def will_need(self, record: DocRecord, chunk_ids: list[int]) -> None:
         for c in chunk_ids:

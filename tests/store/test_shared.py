@@ -190,6 +190,8 @@ def test_evicted_files_are_reused_under_new_names(tmp_path):
         assert ram.put(("d" * 16, i), _block(i))
         ref = arena.lease("d" * 16, i, 0, 4)
         paths.append(ref.path)
+        with open(ref.path, "rb") as f:  # the path a client gets names this chunk's bytes
+            assert f.read() == _block(i).tobytes()
         arena.release([ref.lease])
     st = arena.stats()
     assert st["reused"] == 3 and st["files"] == 2 and st["pool_files"] == 1
@@ -222,4 +224,28 @@ def test_a_file_that_may_be_read_is_never_rewritten(tmp_path):
     ram.drop(lambda k: True)  # the document is deleted: its bytes are not kept in the pool
     assert arena.stats()["pool_files"] == 1 and arena.stats()["files"] == 0
     assert sorted(os.listdir(arena.dir)) == [n for n in os.listdir(arena.dir) if n.startswith("pool-")]
+    arena.close()
+
+
+def test_a_failed_fill_leaves_no_file(tmp_path):
+    """`place` hands `fill` the file's writable mapping (a cold read lands there directly); if `fill` fails
+    (a checksum mismatch), the file, new or pooled, is discarded and nothing is cached."""
+    arena, ram = _arena_with_room_for(tmp_path, 1)
+
+    def bad(out):
+        out[:8] = b"partial!"
+        raise ValueError("checksum mismatch")
+
+    with pytest.raises(ValueError, match="checksum"):  # a new file
+        arena.place(("b" * 16, 0), (4, 256), np.float32, bad)
+    assert os.listdir(arena.dir) == [] and arena.stats()["files"] == 0
+    ram.put(("b" * 16, 1), _block(1))
+    ram.put(("b" * 16, 2), _block(2))  # chunk 1's file goes to the pool
+    gc.collect()
+    assert arena.stats()["pool_files"] == 1
+    with pytest.raises(ValueError, match="checksum"):  # the pooled file
+        arena.place(("b" * 16, 3), (4, 256), np.float32, bad)
+    assert arena.stats()["pool_files"] == 0 and len(os.listdir(arena.dir)) == 1  # only chunk 2's file
+    good = arena.place(("b" * 16, 4), (4, 256), np.float32, lambda out: out.__setitem__(slice(None), _block(4).tobytes()))
+    assert np.array_equal(good, _block(4)) and not good.flags.writeable
     arena.close()
