@@ -247,6 +247,20 @@ class StoreClient(StoreAPI):
             if not complete:
                 self._drain(call, leases)
 
+    @staticmethod
+    def _drain(call, leases: list[int]) -> None:
+        """A gRPC Fetch that ended early (the consumer stopped, or an error): collect the leases of shared
+        frames already on their way, then cancel (the daemon also ends the leases of frames it had not sent)."""
+        try:
+            for raw in call:
+                f, _ = decode_fetch_frame(raw)
+                if not f.HasField("shared"):
+                    break  # payload frames: not worth receiving
+                leases.append(f.shared.lease)
+        except grpc.RpcError:
+            pass
+        call.cancel()
+
     def _assemble(self, frames, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         arr = view = None
         crcs: list[int] = []

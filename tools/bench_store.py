@@ -84,6 +84,7 @@ def build_data(path: str, backend: str, sizes: list[float], doc_mib: float, n_cl
 
 def client_main(rank: int, tasks, results) -> None:
     from acre_store.client import StoreClient
+    from acre_store.errors import InvalidArgument
 
     clients = {}
     while True:
@@ -96,9 +97,12 @@ def client_main(rank: int, tasks, results) -> None:
                                        data_plane=task["data_plane"])
         c = clients[key]
         ids = list(range(task["n_chunks"]))
-        # Warm-up (untimed): one call on this connection. The last chunk: a cold pass starts at chunk 0 and
-        # evicts it long before it gets there.
-        for _ in c.fetch(task["doc"], [ids[-1]]):
+        # Warm-up (untimed): one call on this connection that reads no data (a chunk id out of range), so it
+        # leaves nothing in the daemon's RAM or the page cache.
+        try:
+            for _ in c.fetch(task["doc"], [len(ids)]):
+                pass
+        except InvalidArgument:
             pass
         if task["batch"]:  # one call streams the whole document; latency = per call / chunks
             ids = [ids]
@@ -139,15 +143,16 @@ class ClientPool:
 
     def run(self, n_clients: int, addr: str, shared: bool, docs: list, duration: float, one_pass: bool,
             batch: bool = False, writable: bool = False, reps: int = 1, data_plane: bool = True,
-            before_rep=None) -> dict:
-        """Median (throughput, p50, p99) over `reps` repetitions of the cell; `before_rep()` runs before each."""
+            before_rep=None, rotate: bool = False) -> dict:
+        """Median (throughput, p50, p99) over `reps` repetitions of the cell; `before_rep()` runs before each.
+        Client r fetches docs[r]; with rotate, docs[r + rep] (another document each repetition)."""
         out = []
-        for _ in range(reps):
+        for rep in range(reps):
             if before_rep is not None:
                 before_rep()
             start = time.time() + 0.2
             for r in range(n_clients):
-                doc, n = docs[r]
+                doc, n = docs[(r + rep) % len(docs) if rotate else r]
                 self.tasks[r].put(dict(addr=addr, shared=shared, doc=doc, n_chunks=n, duration=duration,
                                        one_pass=one_pass, start=start, batch=batch, writable=writable,
                                        data_plane=data_plane))
@@ -370,11 +375,19 @@ def main() -> int:
                         data, backend, docs[size], reps_for(size), before_rep=drop_page_cache)
             for temp in temps:
                 hits = misses = 0
-                # hot: one daemon with room for everything; pcache/cold: one daemon per chunk size, with a RAM
-                # cap of one chunk per client (leased while it is read) and one more, far below the clients'
-                # documents, so a sequential pass misses every time
-                for group in ([sizes] if temp == "hot" else [[size] for size in sizes]):
-                    ram = 4 << 30 if temp == "hot" else int((max(clients) + 1) * group[0] * MiB) + MiB
+                # hot: one daemon with room for everything. pcache/cold, per chunk size: for single-chunk calls, a
+                # daemon with a RAM cap of one chunk per client (leased while it is read) and one more, far below
+                # the clients' documents, so a sequential pass misses every time; for whole-document calls, a
+                # daemon with room for one document and one chunk (a call's chunks stay leased until the next
+                # call: with less room the last ones would not fit and would travel over the socket), each
+                # repetition on another client's document, so none of it is in RAM when the call starts.
+                if temp == "hot":
+                    runs = [(sizes, 4 << 30, ("1 chunk", "all"))]
+                else:
+                    runs = [r for size in sizes for r in (
+                        ([size], int((max(clients) + 1) * size * MiB) + MiB, ("1 chunk",)),
+                        ([size], int((docs[size][0][1] + 1) * size * MiB) + MiB, ("all",)))]
+                for group, ram, calls in runs:
                     d = Daemon(data, backend, ram, sock_dir)
                     try:
                         before = d.stats()["ram"]
@@ -387,14 +400,16 @@ def main() -> int:
                                 kw = dict(one_pass=(temp != "hot"), writable=(tr == "fastcopy"), reps=reps_for(size),
                                           data_plane=(tr != "grpc"),
                                           before_rep=drop_page_cache if temp == "cold" else None)
-                                for n in clients:
-                                    r = pool.run(n, addr, shared, docs[size], duration, **kw)
-                                    rows.append(dict(backend=backend, temp=temp, transport=tr, clients=n,
-                                                     size_mib=size, calls="1 chunk", **r))
-                                # How the engine fetches: one call for all the chunks it selected.
-                                r = pool.run(1, addr, shared, docs[size], duration, batch=True, **kw)
-                                rows.append(dict(backend=backend, temp=temp, transport=tr, clients=1, size_mib=size,
-                                                 calls="all", **r))
+                                if "1 chunk" in calls:
+                                    for n in clients:
+                                        r = pool.run(n, addr, shared, docs[size], duration, **kw)
+                                        rows.append(dict(backend=backend, temp=temp, transport=tr, clients=n,
+                                                         size_mib=size, calls="1 chunk", **r))
+                                if "all" in calls:  # how the engine fetches: one call for all the chunks it selected
+                                    r = pool.run(1, addr, shared, docs[size], duration, batch=True,
+                                                 rotate=(temp != "hot"), **kw)
+                                    rows.append(dict(backend=backend, temp=temp, transport=tr, clients=1,
+                                                     size_mib=size, calls="all", **r))
                         after = d.stats()["ram"]
                         hits += after["hits"] - before["hits"]
                         misses += after["misses"] - before["misses"]

@@ -39,9 +39,10 @@ def test_fetch_goes_over_the_data_plane_byte_exact(daemon):
         assert_doc_equal(c, doc)
 
 
-def test_errors_come_back_as_the_same_exceptions(daemon):
+@pytest.mark.parametrize("plane", [True, False], ids=["data-plane", "grpc"])
+def test_errors_come_back_as_the_same_exceptions(daemon, plane):
     doc = make_doc(TINY)
-    with daemon.client(shared=False) as c:
+    with daemon.client(shared=False, data_plane=plane) as c:
         c.put(doc.meta, doc.l1, doc.chunks)
         with pytest.raises(DocumentNotFound):
             list(c.fetch("0" * 64, [0]))
@@ -49,7 +50,7 @@ def test_errors_come_back_as_the_same_exceptions(daemon):
             list(c.fetch(doc.doc_id, [TINY.n_chunks]))
         with pytest.raises(InvalidArgument):
             list(c.fetch(doc.doc_id, [0], layers=(2, 9)))
-        assert plane_stats(c)["errors"] == 3
+        assert plane_stats(c)["errors"] == (3 if plane else 0)
         # the connection is still in step after errors
         assert [cid for cid, _ in c.fetch(doc.doc_id, [1, 0])] == [1, 0]
 
@@ -67,16 +68,17 @@ def test_damaged_chunk_is_data_loss_mid_stream(daemon_factory, backend):
         assert np.array_equal(dict(c.fetch(doc.doc_id, [5]))[5], doc.chunks[5])
 
 
-def test_stopping_early_keeps_the_connection_usable(daemon):
+@pytest.mark.parametrize("plane", [True, False], ids=["data-plane", "grpc"])
+def test_stopping_early_keeps_the_connection_usable(daemon, plane):
     doc = make_doc(REAL)
-    with daemon.client(shared=False) as c:
+    with daemon.client(shared=False, data_plane=plane) as c:
         c.put(doc.meta, doc.l1, doc.chunks)
         for _ in range(3):
             it = c.fetch(doc.doc_id, range(REAL.n_chunks))
             next(it)
             it.close()  # payload frames still on their way: the connection is dropped, not reused
         assert_doc_equal(c, doc)
-    with daemon.client() as c:  # shared refs still on their way are drained: their leases come back
+    with daemon.client(data_plane=plane) as c:  # shared refs still on their way are drained: their leases come back
         list(c.fetch(doc.doc_id, range(REAL.n_chunks)))  # promote
         it = c.fetch(doc.doc_id, range(REAL.n_chunks))
         next(it)
