@@ -204,3 +204,35 @@ def test_readahead_hint_is_harmless(tmp_path, backend):
         assert st.counters.disk_reads == TINY.n_chunks
     finally:
         st.close()
+
+
+def test_read_into_fills_layer_by_layer(tmp_path, backend):
+    """`DiskTier.read_into` (how a cold chunk is read into its RAM home) writes the stored bytes into the
+    caller's buffer and reports each layer, in order, once its bytes are there; the short last chunk
+    (stored padded by Zarr) too; a buffer of the wrong size is a ValueError, not a partial read."""
+    from acre_store.store import Store, StoreConfig
+
+    doc = make_doc(TINY)
+    with EmbeddedStore(str(tmp_path), backend=backend, ram_bytes=0) as s:
+        s.put(doc.meta, doc.l1, doc.chunks)
+    st = Store(StoreConfig(path=str(tmp_path), ram_bytes=0))
+    try:
+        rec = st.record(doc.doc_id)
+        assert TINY.chunk_len(TINY.n_chunks - 1) < TINY.chunk_size  # the layout has a short last chunk
+        for c in (0, TINY.n_chunks - 1):
+            want = doc.chunks[c].reshape(-1).view(np.uint8)
+            out = np.zeros(want.size, np.uint8)
+            step = want.size // TINY.n_layers
+            seen = []
+
+            def on_layer(i):  # layer i has landed; later layers have not
+                assert out[i * step:(i + 1) * step].tobytes() == want[i * step:(i + 1) * step].tobytes()
+                assert not out[(i + 1) * step:].any()
+                seen.append(i)
+
+            st.disk.read_into(rec, c, memoryview(out), on_layer)
+            assert seen == list(range(TINY.n_layers)) and out.tobytes() == want.tobytes()
+        with pytest.raises(ValueError):
+            st.disk.read_into(rec, 0, memoryview(np.zeros(want.size + 8, np.uint8)), lambda i: None)
+    finally:
+        st.close()
