@@ -487,8 +487,8 @@ def main() -> int:
         direct = base[(b, "direct", HEADLINE_MIB)]
         direct_cold = base[(b, "direct_cold" if drop else "direct", HEADLINE_MIB)]
 
-        def ratio(temp, tr, limit, key="gbps", calls="1 chunk"):
-            return round(cell(b, temp, tr, calls=calls, key=key) / limit[key], 3)
+        def ratio(temp, tr, limit, key="gbps", calls="1 chunk", limit_key=None):
+            return round(cell(b, temp, tr, calls=calls, key=key) / limit[limit_key or key], 3)
 
         head[b] = {
             "ram_hot_unix_gbps": round(cell(b, "hot", "unix"), 3),
@@ -533,7 +533,10 @@ def main() -> int:
                     for w in ("before", "after")} if drop else {}),
                 "disk_cold_vs_direct": ratio(cold, "fast", direct_cold, "p50_gbps"),
                 "disk_cold_fastcopy_vs_direct": ratio(cold, "fastcopy", direct_cold, "p50_gbps"),
-                "disk_cold_batched_vs_direct": ratio(cold, "fast", direct_cold, "p50_gbps", calls="all"),
+                # A whole-document call against a direct read of the whole document (both timed from the first
+                # byte to the last; the direct read's per-chunk median would leave out its slow first chunks).
+                "disk_cold_batched_vs_direct": ratio(cold, "fast", direct_cold, "p50_gbps", calls="all",
+                                                     limit_key="gbps"),
                 "page_cache_vs_direct": ratio("pcache", "fast", direct, "p50_gbps"),
             },
         }
