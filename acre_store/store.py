@@ -401,13 +401,11 @@ class Store:
 
         place = getattr(self.ram.allocator, "place", None)
         arr = place(key, shape, L.np_dtype, fill) if place is not None and nbytes <= self.ram.capacity else None
-        if arr is None:  # no allocator, or no room in shared memory: a heap array
+        if arr is None:  # no allocator, or no room in shared memory: a heap array (not offered to it again)
             arr = np.empty(shape, L.np_dtype)
             fill(memoryview(arr.reshape(-1).view(np.uint8)))
             arr.flags.writeable = False
-            self.ram.put(key, arr)
-        else:
-            self.ram.put(key, arr, placed=True)
+        self.ram.put(key, arr, placed=True)
         return arr
 
     @contextmanager

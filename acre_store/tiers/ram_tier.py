@@ -20,8 +20,9 @@ class Allocator(Protocol):
         """A copy of arr in the allocator's memory (or arr itself if it cannot place it)."""
 
     def free(self, key: Hashable, arr: np.ndarray, reusable: bool = True) -> None:
-        """Called once when an array it returned leaves the tier; reusable=False: its document was deleted
-        (the memory must not be handed to another entry with the old bytes kept around)."""
+        """Called once when an array leaves the tier (arrays it did not place are ignored); reusable=False:
+        its document was deleted (the memory must not be handed to another entry with the old bytes kept
+        around)."""
 
 
 @dataclass
@@ -72,8 +73,9 @@ class RamTier:
     def put(self, key: Hashable, arr: np.ndarray, placed: bool = False) -> bool:
         """Insert (evicting least recently used unleased entries); False if not stored (present, or no room).
 
-        placed: arr already lives in the allocator's memory (from `allocator.new`); it is not copied, and
-        it is handed to `allocator.free` if it is not stored."""
+        placed: arr stays where it is (the allocator placed it already, or had no room for it): it is not
+        handed to `allocator.alloc`; it is handed to `allocator.free` if it is not stored (and whenever it
+        leaves), which ignores arrays the allocator did not place."""
         n = arr.nbytes
         with self._lock:
             refused = key in self._lru or n > self.capacity

@@ -249,3 +249,35 @@ def test_a_failed_fill_leaves_no_file(tmp_path):
     good = arena.place(("b" * 16, 4), (4, 256), np.float32, lambda out: out.__setitem__(slice(None), _block(4).tobytes()))
     assert np.array_equal(good, _block(4)) and not good.flags.writeable
     arena.close()
+
+
+def test_full_shared_memory_keeps_chunks_on_the_heap(tmp_path, monkeypatch):
+    """/dev/shm full (ENOSPC from the write of a new file): the chunk is read onto the heap, cached there and
+    served byte-exact; no file is left behind, and the arena is asked once per chunk, not again by the RAM
+    tier."""
+    import errno
+
+    from acre_store import EmbeddedStore
+    from acre_store import shared as shared_mod
+    from acre_store.store import Store, StoreConfig
+
+    doc = make_doc(TINY)
+    with EmbeddedStore(str(tmp_path / "s"), ram_bytes=0) as s:
+        s.put(doc.meta, doc.l1, doc.chunks)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shared_mod.os, "pwrite", full)
+    arena = SharedArena(root=str(tmp_path))
+    st = Store(StoreConfig(path=str(tmp_path / "s"), ram_bytes=1 << 20), allocator=arena)
+    arena.ram = st.ram
+    try:
+        got = dict(st.fetch(doc.doc_id, range(TINY.n_chunks)))
+        assert all(got[c].tobytes() == doc.chunks[c].tobytes() for c in range(TINY.n_chunks))
+        assert arena.stats()["unplaced"] == TINY.n_chunks and arena.stats()["files"] == 0
+        assert os.listdir(arena.dir) == [] and len(st.ram) == TINY.n_chunks  # cached on the heap
+        assert arena.lease(doc.doc_id, 0, 0, TINY.n_layers) is None  # so it goes over the socket
+    finally:
+        st.close()
+        arena.close()
