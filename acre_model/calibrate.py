@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .doc_state import LayoutConfig
+from .doc_state import DocState, LayoutConfig
 from .errors import AcreError
+from .ingest import build_l1_parts, prefill_document
+from .locator import max_per_chunk
+from .pass1 import run_pass1
+from .synth import make_probe_doc
 
 RESULT_FILE = "retrieval_heads.json"
 
@@ -50,47 +53,27 @@ def load_retrieval_heads(model_path: Path, fingerprint: str) -> list[tuple[int, 
                     f"run `acre model calibrate {model_path}`")
 
 
-def needle_token_span(tokenizer, doc_text: str, char_span: tuple[int, int]) -> tuple[int, int]:
-    """Token range [a, b) of the document ids (`tokenizer.document_ids`) covering a char span of the text."""
-    text = doc_text.rstrip()
-    head = tokenizer.apply_chat_template([{"role": "user", "content": text + "\x00"}]).split("\x00")[0]
-    start = len(head) - len(text)
-    enc = tokenizer.tk.encode(head, add_special_tokens=False)
-    s, e = start + char_span[0], start + char_span[1]
-    toks = [i for i, (a, b) in enumerate(enc.offsets) if a < e and b > s]
-    return toks[0], toks[-1] + 1
-
-
 def head_chunk_scores(queries: torch.Tensor, keys: torch.Tensor, n_tokens: int, chunk_size: int) -> torch.Tensor:
     """queries [R, D] (one KV head's group, all question tokens), keys [n, D] rotated -> [n_chunks] max rule."""
-    from .locator import _max_per_chunk
-
     p = (queries @ keys.T / math.sqrt(keys.shape[-1])).softmax(-1).amax(0)
-    return _max_per_chunk(p, n_tokens, chunk_size)
+    return max_per_chunk(p, n_tokens, chunk_size)
 
 
 def probe_head_ranks(engine, doc, layout: LayoutConfig) -> tuple[torch.Tensor, list[int]]:
     """Rank [n_layers, n_kv_heads] of the needle's chunk under each KV head alone (0 = top), + needle chunks."""
-    from .doc_state import DocState
-    from .ingest import build_l1_parts, prefill_document
-    from .locator import run_pass1
-
     tok, model, cfg = engine.tokenizer, engine.model, engine.cfg
-    ids = tok.document_ids(doc.text.rstrip())
-    a, b = needle_token_span(tok, doc.text, doc.needle_char_span)
-    needle_chunks = sorted({i // layout.chunk_size for i in range(a, b)})
+    ids = tok.document_ids(doc.text)
     pf = prefill_document(model, ids, layout)
     parts = build_l1_parts(pf, layout, [])
     ds = DocState.from_parts("probe", {}, parts, len(ids), layout.chunk_size, model.dtype, model.device)
-    from .documents import QUESTION_SEPARATOR
-
-    q = torch.tensor(tok.question_ids(QUESTION_SEPARATOR + doc.question, doc.answer_prefix))
-    p1 = run_pass1(model, ds, q, list(range(cfg.num_hidden_layers)), want_queries=True, want_probs=False)
+    needle_chunks = ds.chunks_of(tok.document_token_span(doc.text, doc.needle_char_span))
+    q = torch.tensor(tok.question_ids(doc.question, doc.answer_prefix))
+    probe = run_pass1(model, ds, q, list(range(cfg.num_hidden_layers)), want_queries=True, want_probs=False)
     L, G, r = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.n_rep
     ranks = torch.zeros(L, G)
     for l in range(L):
         for g in range(G):
-            qs = p1.probe.queries[l][g * r:(g + 1) * r].reshape(-1, cfg.head_dim)
+            qs = probe.queries[l][g * r:(g + 1) * r].reshape(-1, cfg.head_dim)
             s = head_chunk_scores(qs, pf.keys_rot[l][g].float(), len(ids), layout.chunk_size)
             best_needle = max(float(s[c]) for c in needle_chunks)
             ranks[l, g] = int((s > best_needle).sum())
@@ -99,8 +82,6 @@ def probe_head_ranks(engine, doc, layout: LayoutConfig) -> tuple[torch.Tensor, l
 
 def calibrate(engine, n_probes: int = 12, lengths: tuple[int, ...] = (1024, 2048), n_heads: int = 4,
               layout: LayoutConfig | None = None, seed: int = 0, log=print) -> dict:
-    from .synth import make_probe_doc
-
     layout = layout or LayoutConfig()
     tokenize = engine.tokenizer.encode
     all_ranks = []
@@ -124,19 +105,3 @@ def calibrate(engine, n_probes: int = 12, lengths: tuple[int, ...] = (1024, 2048
     return {"model": engine.path.name, "fingerprint": engine.fingerprint, "heads": [list(h) for h in heads],
             "top_heads": top, "n_probes": n_probes, "lengths": list(lengths), "chunk_size": layout.chunk_size,
             "seconds": time.perf_counter() - t0}
-
-
-def calibrate_cli(args) -> int:
-    from .engine import Engine
-
-    eng = Engine.from_pretrained(args.name, device=args.device)
-    lengths = tuple(int(x) for x in str(args.lengths).split(",") if x)
-    log = (lambda *a: None) if args.json else (lambda m: print(m, file=sys.stderr))
-    res = calibrate(eng, n_probes=args.n_probes, lengths=lengths, n_heads=args.n_heads, log=log)
-    out = Path(args.out) if args.out else eng.path / RESULT_FILE
-    out.write_text(json.dumps(res, indent=2))
-    if args.json:
-        print(json.dumps({**res, "path": str(out)}))
-    else:
-        print(f"retrieval heads (layer, kv_head): {res['heads']}  ->  {out}")
-    return 0

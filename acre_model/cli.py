@@ -37,9 +37,19 @@ def cmd_model_prepare(args) -> int:
 
 
 def cmd_model_calibrate(args) -> int:
-    from .calibrate import calibrate_cli
+    from pathlib import Path
 
-    return calibrate_cli(args)
+    from .calibrate import RESULT_FILE, calibrate
+    from .engine import Engine
+
+    eng = Engine.from_pretrained(args.name, device=args.device)
+    lengths = tuple(int(x) for x in str(args.lengths).split(",") if x)
+    log = (lambda *a: None) if args.json else (lambda m: print(m, file=sys.stderr))
+    res = calibrate(eng, n_probes=args.n_probes, lengths=lengths, n_heads=args.n_heads, log=log)
+    out = Path(args.out) if args.out else eng.path / RESULT_FILE
+    out.write_text(json.dumps(res, indent=2))
+    _print(args, {**res, "path": str(out)}, f"retrieval heads (layer, kv_head): {res['heads']}  ->  {out}")
+    return 0
 
 
 def cmd_generate(args) -> int:
@@ -51,16 +61,54 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_ingest(args) -> int:
-    from .cli_acre import ingest
+def read_document(path: str) -> str:
+    """The text of a file (or of standard input for "-"), as UTF-8."""
+    from .errors import InputError
 
-    return ingest(args)
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        where = "standard input"
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path}: is a directory") from None
+        where = path
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: not UTF-8 text (byte {e.start})") from None
+
+
+def cmd_ingest(args) -> int:
+    text = read_document(args.file)
+    eng = _engine(args)
+    info = eng.ingest(text, store=args.store, name=args.name or None,
+                      progress=not args.no_progress and sys.stderr.isatty())
+    state = "already stored" if info.existed else f"ingested in {info.seconds:.1f}s"
+    _print(args, info.to_dict(), f"doc_id   {info.doc_id}\nn_tokens {info.n_tokens}\nn_chunks {info.n_chunks}\n"
+                                 f"n_l1     {info.n_l1}\nseconds  {info.seconds:.2f} ({state})")
+    return 0
 
 
 def cmd_ask(args) -> int:
-    from .cli_acre import ask
+    from acre_store import resolve_doc_id
 
-    return ask(args)
+    eng = _engine(args)
+    store = eng.open_store(args.store)
+    doc_id = resolve_doc_id(store, args.doc)
+    a = eng.ask(doc_id, args.question, policy=args.policy, answer_prefix=args.answer_prefix, store=store,
+                max_new_tokens=args.max_new_tokens, mode=args.mode, k_min=args.k_min, k_max=args.k_max,
+                neighbors=args.neighbors)
+    _print(args, a.to_dict(), a.answer)
+    if not args.json:
+        print(f"[{a.policy}, {a.mode} positions: KV ratio {a.kv_ratio:.3f} ({a.n_active}/{a.n_tokens} entries), "
+              f"{len(a.refilled_chunks)} chunks refilled, TTFT {a.ttft_s:.2f}s, total {a.total_s:.2f}s]",
+              file=sys.stderr)
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -116,17 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     pi.set_defaults(func=cmd_ingest)
 
     pa = sub.add_parser("ask", help="answer a question on an ingested document")
-    pa.add_argument("doc", help="document id (or a unique prefix of it)")
+    pa.add_argument("doc", help="document id (or a unique prefix of it, or its name)")
     pa.add_argument("question")
     pa.add_argument("--store", default=None)
-    pa.add_argument("--policy", default="acre", help="acre, acre-l1, full, streaming, h2o, snapkv, "
-                    "l1-only, random, fixed-k")
+    pa.add_argument("--policy", default="acre", help="acre, acre-l1, fixed-k, full, l1-only, random, "
+                    "streaming, h2o, snapkv")
     pa.add_argument("--answer-prefix", default="")
     pa.add_argument("--max-new-tokens", type=int, default=64)
-    pa.add_argument("--mode", choices=["exact", "focus"], default=None, help="position mode")
-    pa.add_argument("--k-min", type=int, default=None)
-    pa.add_argument("--k-max", type=int, default=None)
-    pa.add_argument("--neighbors", type=int, default=None)
+    pa.add_argument("--mode", choices=["exact", "focus"], default=None,
+                    help="position mode (chunk policies and l1-only)")
+    pa.add_argument("--k-min", type=int, default=None, help="fewest chunks (acre, acre-l1, random)")
+    pa.add_argument("--k-max", type=int, default=None, help="most chunks (acre, acre-l1, random)")
+    pa.add_argument("--neighbors", type=int, default=None, help="neighbours per chosen chunk (chunk policies)")
     _add_model_args(pa)
     pa.set_defaults(func=cmd_ask)
 

@@ -64,11 +64,6 @@ class ModelConfig:
         """Query heads per KV head (grouped-query attention)."""
         return self.num_attention_heads // self.num_key_value_heads
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """fp32 bytes of K and V for one token over all layers."""
-        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * 4
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         mt = d.get("model_type", "llama")

@@ -87,6 +87,12 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x / scale[..., None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
+def chunks_of(token_span: tuple[int, int], chunk_size: int) -> list[int]:
+    """The chunks of `chunk_size` tokens that hold tokens [a, b), ascending."""
+    a, b = token_span
+    return list(range(a // chunk_size, (b - 1) // chunk_size + 1))
+
+
 @dataclass
 class DocState:
     doc_id: str
@@ -101,8 +107,14 @@ class DocState:
     index_keys: torch.Tensor | None  # [n_index_heads, n_tokens, D] fp32, rotated
     h2o_scores: torch.Tensor | None
     snapkv_scores: torch.Tensor | None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # the document's metadata extras (layout, heads, n_l1, ...)
     index_nbytes: int = 0  # stored bytes of the locator index
+    kv_nbytes: int = 0  # stored bytes of the document's full KV (all L2 chunks)
+
+    @property
+    def layout(self) -> LayoutConfig:
+        """How the document was split (from its metadata; the defaults for a document that has none)."""
+        return LayoutConfig(**self.extra.get("layout", {}))
 
     @property
     def n_chunks(self) -> int:
@@ -112,9 +124,20 @@ class DocState:
     def n_l1(self) -> int:
         return int(self.l1_pos.numel())
 
+    def chunk_len(self, c: int) -> int:
+        """Tokens in chunk c (the last chunk may be shorter)."""
+        return min(self.chunk_size, self.n_tokens - c * self.chunk_size)
+
+    def chunks_of(self, token_span: tuple[int, int]) -> list[int]:
+        """The chunks holding tokens [a, b) of the document, ascending."""
+        a, b = token_span
+        if not 0 <= a < b <= self.n_tokens:
+            raise ValueError(f"token span {token_span} is not inside the document's {self.n_tokens} tokens")
+        return chunks_of(token_span, self.chunk_size)
+
     @classmethod
     def from_parts(cls, doc_id: str, meta_extra: dict, parts: dict[str, np.ndarray], n_tokens: int,
-                   chunk_size: int, dtype: torch.dtype, device) -> "DocState":
+                   chunk_size: int, dtype: torch.dtype, device, kv_nbytes: int = 0) -> "DocState":
         def t(name, dt=None):
             if name not in parts:
                 return None
@@ -139,5 +162,5 @@ class DocState:
             index_heads=[tuple(h) for h in meta_extra.get("index_heads", [])],
             index_keys=idx,
             h2o_scores=t("h2o_scores", torch.float32), snapkv_scores=t("snapkv_scores", torch.float32),
-            extra=meta_extra, index_nbytes=index_nbytes,
+            extra=meta_extra, index_nbytes=index_nbytes, kv_nbytes=kv_nbytes,
         )

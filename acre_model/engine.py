@@ -1,22 +1,49 @@
-"""The engine: one loaded model + tokenizer, and the user-facing operations on it.
+"""The engine: one loaded model + tokenizer, and everything a worker does with it.
 
-`generate` is plain chat completion with the full model. `ingest` and `ask` (the bi-layer cache and
-query-guided refill) live in `acre_model.acre`, attached here so that users see one object.
+`generate` is plain chat completion with the full model. `ingest` prefills a document once and writes
+its L1 + L2 to a store; `ask` answers a question on it with a KV policy (the bi-layer cache and
+query-guided refill). `prepare` is `ask` without the decoding, for exactness checks and benchmarks.
+
+The engine's state is declared here: the documents whose L1 is loaded on the device, the device chunk
+cache, and the stores it opened. Both caches are safe to share between threads; one `prepare`/`ask`
+runs its forward passes on its own KV cache.
 """
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from acre_store import DocLayout, DocMeta, DocumentNotFound, EmbeddedStore, connect
+from acre_store.embedded import StoreAPI
+
+from .active_layout import ActiveLayout
+from .calibrate import load_retrieval_heads
+from .chunk_fetcher import ChunkFetcher
 from .convert import resolve
-from .documents import Answer, DocInfo, DocumentsMixin  # noqa: F401  (re-exported)
-from .errors import InputError
+from .device_chunk_cache import DeviceChunkCache
+from .doc_state import DocState, LayoutConfig
+from .errors import DocumentError, InputError
+from .fingerprint import model_fingerprint
 from .generation import SamplingParams, decode
+from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
+from .kv_cache import KVCache
+from .policies import PlanContext, Policy, make_policy
+from .results import Answer, DocInfo, Generation, Prepared
 from .tokenizer import Tokenizer
 from .weights import load_model
+
+__all__ = ["Engine", "Answer", "DocInfo", "Generation", "Prepared"]
+
+RESERVED_TOKENS = 256  # room for a question and an answer after the longest accepted document
+MAX_OPEN_DOCS = 16  # documents whose L1 stays loaded on the device (LRU)
+DEFAULT_DEVICE_CACHE_BYTES = 512 << 20
 
 
 def default_device() -> torch.device:
@@ -28,23 +55,21 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-@dataclass
-class Generation:
-    text: str
-    tokens: list[int]
-    n_prompt_tokens: int
-    ttft_s: float
-    total_s: float
-    ms_per_token: float
-    stopped: bool
-
-
-class Engine(DocumentsMixin):
-    def __init__(self, model, tokenizer: Tokenizer, path: Path):
+class Engine:
+    def __init__(self, model, tokenizer: Tokenizer, path: Path, device_cache_bytes: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
         self.cfg = model.cfg
+        self.fingerprint: str = model_fingerprint(model)
+        # L1 of recently used documents on the device, by document id (a content address: the same id
+        # is the same bytes in every store), least recently used first.
+        self.docs: OrderedDict[str, DocState] = OrderedDict()
+        if device_cache_bytes is None:
+            device_cache_bytes = int(os.environ.get("ACRE_DEVICE_CACHE_BYTES", DEFAULT_DEVICE_CACHE_BYTES))
+        self.chunk_cache = DeviceChunkCache(device_cache_bytes)  # the "GPU tier"
+        self.stores: dict[str, StoreAPI] = {}  # stores this engine opened: "" (embedded default) or an address
+        self._lock = threading.Lock()  # guards docs and stores
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device: str | torch.device | None = None,
@@ -60,6 +85,10 @@ class Engine(DocumentsMixin):
         return self.model.device
 
     @property
+    def dtype_name(self) -> str:
+        return str(self.model.dtype).replace("torch.", "")
+
+    @property
     def max_context(self) -> int:
         return self.cfg.max_position_embeddings
 
@@ -69,8 +98,85 @@ class Engine(DocumentsMixin):
                 f"{what} is {n_tokens} tokens; with {max_new_tokens} new tokens that exceeds the model's "
                 f"context of {self.max_context} tokens")
 
+    # ---- stores and caches ---------------------------------------------------------------------
+
+    def open_store(self, store: StoreAPI | str | None = None) -> StoreAPI:
+        """None -> the embedded store under $ACRE_HOME; a string -> a daemon at that address; a store
+        object is used as it is. Stores opened here stay open until `close()`."""
+        if store is not None and not isinstance(store, str):
+            return store
+        key = store or ""
+        with self._lock:
+            if key not in self.stores:
+                self.stores[key] = connect(store) if store else EmbeddedStore()
+            return self.stores[key]
+
+    def load_document(self, doc_id: str, store: StoreAPI | str | None = None) -> DocState:
+        """The document's L1 on this engine's device (read from the store on first use, then cached).
+        Refuses a document made with another model or head layout."""
+        with self._lock:
+            if doc_id in self.docs:
+                self.docs.move_to_end(doc_id)
+                return self.docs[doc_id]
+        st = self.open_store(store)
+        try:
+            meta = st.info(doc_id)
+        except DocumentNotFound:
+            raise DocumentError(f"unknown document {doc_id}") from None
+        lay = meta.layout
+        if meta.model_fingerprint != self.fingerprint:
+            raise DocumentError(f"document {doc_id[:12]} was made with another model "
+                                f"(fingerprint {meta.model_fingerprint[:12]}, this model {self.fingerprint[:12]})")
+        mine = (self.cfg.num_hidden_layers, self.cfg.num_key_value_heads, self.cfg.head_dim, self.dtype_name)
+        theirs = (lay.n_layers, lay.n_kv_heads, lay.head_dim, lay.dtype)
+        if mine != theirs:
+            raise DocumentError(f"document {doc_id[:12]} has layout (layers, kv heads, head_dim, dtype) {theirs}; "
+                                f"this worker's model has {mine}")
+        parts = st.get_l1(doc_id)
+        # First use on this worker: ask the store to promote the document's chunks to its RAM tier now,
+        # so later refills of this document are RAM-hot (returns at once; the store works in the background).
+        st.prefetch(doc_id)
+        ds = DocState.from_parts(doc_id, meta.extra, parts, lay.n_tokens, lay.chunk_size, self.model.dtype,
+                                 self.device, kv_nbytes=lay.kv_nbytes)
+        with self._lock:
+            self.docs[doc_id] = ds
+            while len(self.docs) > MAX_OPEN_DOCS:
+                self.docs.popitem(last=False)
+        return ds
+
+    def forget(self, doc_id: str) -> None:
+        """Drop a document's L1 and refilled chunks from this engine (after it was deleted, say)."""
+        with self._lock:
+            self.docs.pop(doc_id, None)
+        self.chunk_cache.drop_doc(doc_id)
+
+    def reset_caches(self) -> None:
+        """Empty the loaded-L1 and device chunk caches: the next question starts cold."""
+        with self._lock:
+            self.docs.clear()
+        self.chunk_cache.clear()
+
+    def close(self) -> None:
+        """Close the stores this engine opened."""
+        with self._lock:
+            stores, self.stores = list(self.stores.values()), {}
+        for st in stores:
+            st.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def retrieval_heads(self) -> list[tuple[int, int]]:
+        return load_retrieval_heads(self.path, self.fingerprint)
+
+    # ---- the three operations ------------------------------------------------------------------
+
     def generate(self, prompt: str, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, chat: bool = True) -> Generation:
+        """Plain completion with the full model (no document)."""
         if not prompt or not prompt.strip():
             raise InputError("empty prompt")
         params = SamplingParams(max_new_tokens, temperature, top_p, seed)
@@ -83,3 +189,108 @@ class Engine(DocumentsMixin):
         d = decode(self.model, cache, logits, params, self.tokenizer.stop_ids)
         return Generation(self.tokenizer.decode(d.tokens), d.tokens, len(ids), ttft,
                           time.perf_counter() - t0, d.ms_per_token, d.stopped)
+
+    def ingest(self, text: str, store: StoreAPI | str | None = None, name: str | None = None,
+               layout: LayoutConfig | None = None, progress: bool = False) -> DocInfo:
+        """Tokenize, prefill once, write L1 + L2 + proxy map to the store. Re-ingesting is a no-op."""
+        if text is None or not text.strip():
+            raise InputError("empty document")
+        layout = layout or LayoutConfig()
+        st = self.open_store(store)
+        t0 = time.perf_counter()
+        ids = self.tokenizer.document_ids(text)
+        limit = self.max_context - RESERVED_TOKENS
+        if len(ids) > limit:
+            raise InputError(f"document is {len(ids)} tokens; this model accepts at most {limit} "
+                             f"({self.max_context} context minus {RESERVED_TOKENS} for question and answer)")
+        heads = self.retrieval_heads()
+        doc_id = document_id(self.fingerprint, layout, heads, self.dtype_name, ids)
+        try:
+            meta = st.info(doc_id)
+            return DocInfo(doc_id, meta.layout.n_tokens, meta.layout.n_chunks, int(meta.extra.get("n_l1", 0)),
+                           time.perf_counter() - t0, True, meta.name)
+        except DocumentNotFound:
+            pass
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(ids), unit="tok", desc="prefill", file=sys.stderr, leave=False)
+        try:
+            pf = prefill_document(self.model, ids, layout, bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        parts = build_l1_parts(pf, layout, heads)
+        lay = DocLayout(self.cfg.num_hidden_layers, self.cfg.num_key_value_heads, self.cfg.head_dim,
+                        layout.chunk_size, self.dtype_name, len(ids))
+        n_l1 = int(parts["l1_pos"].shape[0])
+        extra = {"layout": asdict(layout), "index_heads": [list(h) for h in heads], "n_l1": n_l1,
+                 "model": self.path.name, "prefill_s": time.perf_counter() - t0}
+        meta = DocMeta(doc_id, self.fingerprint, lay, name=name or "", extra=extra)
+        st.put(meta, parts, iter_chunks(pf, layout.chunk_size))
+        return DocInfo(doc_id, len(ids), lay.n_chunks, n_l1, time.perf_counter() - t0, False, name or "")
+
+    def prepare(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
+                store: StoreAPI | str | None = None, max_new_tokens: int = 1, **knobs) -> Prepared:
+        """Run a question over its active cache, up to the first answer token's logits.
+
+        `knobs` are the policy's own (e.g. k_max=4 for acre); None values mean "the default"."""
+        if not question or not question.strip():
+            raise InputError("empty question")
+        knobs = {k: v for k, v in knobs.items() if v is not None}
+        if isinstance(policy, Policy):
+            if knobs:
+                raise InputError("pass knobs inside the policy object, not beside it")
+            pol = policy
+        else:
+            pol = make_policy(policy, **knobs)
+        st = self.open_store(store)
+        # 1. the document's L1 (attend set, locator index, proxy map) on the device
+        doc = self.load_document(doc_id, st)
+        # 2. the question's ids: separator, question, end of the user turn, assistant header, prefix
+        q_ids = torch.tensor(self.tokenizer.question_ids(question, answer_prefix))
+        # 3. the plan: pass 1 over L1, the locator, the refill volume, the chosen chunks (policies/)
+        plan = pol.plan(PlanContext(self.model, doc, q_ids))
+        # 4. the active layout: entries each layer attends and their positions (exact or focus)
+        layout = ActiveLayout.build(plan, doc, self.cfg.num_hidden_layers)
+        cache = self.model.new_cache(capacity=max(layout.n_active, default=0) + len(q_ids) + max_new_tokens)
+        # 5. fetch the chunks (device cache first, then the store, layer groups in the background) ...
+        with ChunkFetcher(st, doc_id, layout.chunks_needed, self.cfg.num_hidden_layers, self.chunk_cache,
+                          self.model.dtype, self.device) as fetcher:
+            def install(layer: int, kv: KVCache) -> None:
+                entries = layout.assemble(layer, doc, fetcher.chunk_layer)
+                if entries is not None:
+                    k, v, pos = entries
+                    kv.append(layer, self.model.rope.rotate(k, pos), v, pos)
+
+            # 6. ... while pass 2 runs the question over the active cache, installing each layer first
+            logits = self.model.forward(q_ids, cache, layout.question_positions(len(q_ids)),
+                                        before_layer=install)
+        return Prepared(pol, doc, plan, layout, cache, logits, fetcher.stats, len(q_ids))
+
+    def first_token_logits(self, doc_id: str, question: str, policy: str | Policy = "acre",
+                           answer_prefix: str = "", store: StoreAPI | str | None = None, **knobs) -> torch.Tensor:
+        """Logits [vocab] of the first answer token under a policy (for exactness checks)."""
+        return self.prepare(doc_id, question, policy, answer_prefix, store, 1, **knobs).logits
+
+    def ask(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
+            store: StoreAPI | str | None = None, max_new_tokens: int = 64, **knobs) -> Answer:
+        """Answer a question on an ingested document with a KV policy (see `policies/`).
+
+        The stored document is never changed: every question starts from the same cached state.
+        """
+        t0 = time.perf_counter()
+        # 1-6. L1, question ids, plan, layout, fetch + pass 2 (see `prepare`)
+        p = self.prepare(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
+        ttft = time.perf_counter() - t0
+        # 7. decode on the same cache
+        d = decode(self.model, p.cache, p.logits, SamplingParams(max_new_tokens), self.tokenizer.stop_ids)
+        # 8. the answer and what it cost
+        return Answer(
+            answer=self.tokenizer.decode(d.tokens).strip(), policy=p.policy.name, kv_ratio=p.layout.kv_ratio,
+            refilled_chunks=list(p.plan.chunks), entropy=p.plan.entropy, k=p.plan.k, mode=p.plan.mode,
+            ttft_s=ttft, total_s=time.perf_counter() - t0, decode_ms_per_token=d.ms_per_token,
+            n_tokens=p.doc.n_tokens, n_active=max(p.layout.n_active, default=0), n_new_tokens=len(d.tokens),
+            fetch_s=p.fetch.fetch_s, fetch_wait_s=p.fetch.wait_s, fetched_bytes=p.fetch.fetched_bytes,
+            index_share=p.doc.index_nbytes / (p.doc.kv_nbytes or 1), doc_id=doc_id)

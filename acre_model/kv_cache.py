@@ -113,11 +113,6 @@ class KVCache:
             raise ValueError("this cache does not keep pre-RoPE keys (keep_raw=False)")
         return lay.k_raw[:, : lay.n]
 
-    def truncate(self, n: int) -> None:
-        """Drop every entry past the first `n` in each layer (undo a question on a shared prefix)."""
-        for lay in self.layers:
-            lay.n = min(lay.n, n)
-
     def nbytes(self) -> int:
         """Bytes of the live entries (k, v; k_raw if kept)."""
         per = self.n_kv_heads * self.head_dim * torch.empty(0, dtype=self.dtype).element_size()

@@ -13,7 +13,3 @@ def acre_home() -> Path:
 
 def models_dir() -> Path:
     return acre_home() / "models"
-
-
-def store_dir() -> Path:
-    return acre_home() / "store"

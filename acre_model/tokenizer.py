@@ -11,6 +11,9 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from .errors import ModelLoadError
 
+# Between the cached document and a question, inside the same user turn.
+QUESTION_SEPARATOR = "\n\n"
+
 
 @dataclass
 class ChatTurnIds:
@@ -96,7 +99,26 @@ class Tokenizer:
         return ChatTurnIds(self.encode(head), self.encode(question + tail + answer_prefix))
 
     def document_ids(self, document: str) -> list[int]:
-        return self.split_chat(document, "").prefix
+        """Ids of the cached part of an ask prompt: the chat template up to the document's (stripped) end."""
+        return self.split_chat(document.rstrip(), "").prefix
 
     def question_ids(self, question: str, answer_prefix: str = "") -> list[int]:
-        return self.split_chat("", question, answer_prefix).suffix
+        """Ids of what follows the document at ask time: separator, question, end of the user turn,
+        assistant header and the answer prefix."""
+        return self.split_chat("", QUESTION_SEPARATOR + question.strip(), answer_prefix).suffix
+
+    def prompt_ids(self, document: str, question: str, answer_prefix: str = "") -> ChatTurnIds:
+        """The whole ask prompt as `document_ids` + `question_ids` (what a full re-prefill would run)."""
+        return ChatTurnIds(self.document_ids(document), self.question_ids(question, answer_prefix))
+
+    def document_token_span(self, document: str, char_span: tuple[int, int]) -> tuple[int, int]:
+        """Token range [a, b) of `document_ids(document)` covering characters [s, e) of the document."""
+        text = document.rstrip()
+        head = self.apply_chat_template([{"role": "user", "content": text + "\x00"}]).split("\x00")[0]
+        start = len(head) - len(text)
+        enc = self.tk.encode(head, add_special_tokens=False)
+        s, e = start + char_span[0], start + char_span[1]
+        toks = [i for i, (a, b) in enumerate(enc.offsets) if a < e and b > s]
+        if not toks:
+            raise ValueError(f"character span {char_span} covers no token of the document")
+        return toks[0], toks[-1] + 1

@@ -44,8 +44,6 @@ def main(argv=None) -> int:
                          "(default: an embedded store in a temp dir)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    from acre_model.calibrate import needle_token_span
-    from acre_model.documents import QUESTION_SEPARATOR
     from acre_model.engine import Engine
     from acre_model.synth import make_needle_doc
     from acre_store import EmbeddedStore
@@ -66,11 +64,10 @@ def main(argv=None) -> int:
         for i in range(n_docs):
             d = make_needle_doc(eng.tokenizer.encode, n, depth=(i + 0.5) / n_docs, seed=30_000 + i)
             info = eng.ingest(d.text, store=store)
-            a0, b0 = needle_token_span(eng.tokenizer, d.text, d.needle_char_span)
-            C = -(-info.n_tokens // info.n_chunks)
-            need = {t // C for t in range(a0, b0)}
-            eng.chunk_cache().__init__(eng.chunk_cache().capacity)  # cold device chunk cache
-            eng.__dict__.pop("_docs", None)  # cold L1
+            eng.reset_caches()  # cold L1 and device chunk cache
+            span = eng.tokenizer.document_token_span(d.text, d.needle_char_span)
+            need = set(eng.load_document(info.doc_id, store).chunks_of(span))
+            eng.reset_caches()
             cold = eng.ask(info.doc_id, d.question, answer_prefix=d.answer_prefix, store=store, max_new_tokens=10)
             warm = eng.ask(info.doc_id, d.question, answer_prefix=d.answer_prefix, store=store, max_new_tokens=10)
             full = eng.ask(info.doc_id, d.question, policy="full", answer_prefix=d.answer_prefix, store=store,
@@ -78,15 +75,13 @@ def main(argv=None) -> int:
             seed = eng.ask(info.doc_id, d.question, policy="acre-l1", answer_prefix=d.answer_prefix, store=store,
                            max_new_tokens=1)
             # re-prefill from scratch: document + question in one prefill, as without a KV store
-            parts = eng.tokenizer.split_chat(d.text.rstrip(), QUESTION_SEPARATOR + d.question, d.answer_prefix)
+            parts = eng.tokenizer.prompt_ids(d.text, d.question, d.answer_prefix)
             ids = torch.tensor(parts.prefix + parts.suffix)
             t0 = time.perf_counter()
             eng.model.prefill(ids, eng.model.new_cache(capacity=len(ids) + steps + 2))
             acc["ttft_reprefill"].append(time.perf_counter() - t0)
-            _, _, rf_a, _, _ = eng._prepare(info.doc_id, d.question, "acre", d.answer_prefix, store, steps + 2, {})
-            rf_a.finish()
-            _, _, rf_f, _, _ = eng._prepare(info.doc_id, d.question, "full", d.answer_prefix, store, steps + 2, {})
-            rf_f.finish()
+            rf_a = eng.prepare(info.doc_id, d.question, "acre", d.answer_prefix, store, steps + 2)
+            rf_f = eng.prepare(info.doc_id, d.question, "full", d.answer_prefix, store, steps + 2)
             acc["kv_bytes_acre"].append(rf_a.cache.nbytes())
             acc["kv_bytes_full"].append(rf_f.cache.nbytes())
             acc["dec_acre"].append(decode_ms(eng.model, rf_a.cache, steps))

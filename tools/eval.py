@@ -56,14 +56,15 @@ def main_methods() -> list[Method]:
 
 
 def sweep_methods() -> list[Method]:
-    from acre_model.policies import AskParams
+    from acre_model.policies import make_policy
 
+    budget, acre, fixed = make_policy("streaming").budget, make_policy("acre"), make_policy("fixed-k")
     ms = [Method(f"{p}@{b:g}", p, {"budget": b}, curve=p, sweep=True)
-          for p in ("streaming", "h2o", "snapkv") for b in SWEEP_BUDGETS if b != AskParams().budget]
-    ms += [Method(f"acre@k{k}", "acre", {"k_max": k, "k_min": min(k, AskParams().k_min)}, curve="acre", sweep=True)
-           for k in SWEEP_K_MAX if k != AskParams().k_max]
+          for p in ("streaming", "h2o", "snapkv") for b in SWEEP_BUDGETS if b != budget]
+    ms += [Method(f"acre@k{k}", "acre", {"k_max": k, "k_min": min(k, acre.k_min)}, curve="acre", sweep=True)
+           for k in SWEEP_K_MAX if k != acre.k_max]
     ms += [Method(f"fixed-k@k{k}", "fixed-k", {"fixed_k": k}, curve="fixed-k", sweep=True)
-           for k in SWEEP_FIXED_K if k != AskParams().fixed_k]
+           for k in SWEEP_FIXED_K if k != fixed.fixed_k]
     return ms
 
 
@@ -71,9 +72,9 @@ def resolved(m: Method) -> str:
     """What the engine will run: two methods with equal keys give the same answer (greedy), asked once."""
     from dataclasses import asdict
 
-    from acre_model.policies import AskParams
+    from acre_model.policies import make_policy
 
-    return json.dumps([m.policy, asdict(AskParams(**m.params))], sort_keys=True, default=str)
+    return json.dumps([m.policy, asdict(make_policy(m.policy, **m.params))], sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -130,13 +131,11 @@ def in_sweep(task, sweeps: list[tuple[set, set]]) -> bool:
     return any(task.family in fams and task.n_tokens_target in lens for fams, lens in sweeps)
 
 
-def needle_chunks(tokenizer, task, chunk_size: int) -> set[int]:
-    from acre_model.calibrate import needle_token_span
-
+def needle_chunks(tokenizer, task, doc) -> set[int]:
+    """The chunks of a loaded document (DocState) that hold the task's needles."""
     out: set[int] = set()
     for span in task.needle_spans:
-        a, b = needle_token_span(tokenizer, task.doc_text, span)
-        out |= set(range(a // chunk_size, (b - 1) // chunk_size + 1))
+        out |= set(doc.chunks_of(tokenizer.document_token_span(task.doc_text, span)))
     return out
 
 
@@ -177,9 +176,8 @@ def run(args, tasks, methods_for, out: Path) -> float:
                 bar.update(len(ms))
                 continue
             # NOTE: load the document's L1 before timing, so the first method's TTFT is not the L1 load.
-            eng._doc_state(info.doc_id, store)
-            C = store.info(info.doc_id).layout.chunk_size
-            need = needle_chunks(eng.tokenizer, task, C) if task.needle_spans else set()
+            doc = eng.load_document(info.doc_id, store)
+            need = needle_chunks(eng.tokenizer, task, doc) if task.needle_spans else set()
             answers: dict[str, object] = {}
             for m in ms:
                 key = resolved(m)
@@ -220,15 +218,16 @@ def engine_defaults() -> str:
     from dataclasses import asdict
 
     from acre_model.doc_state import LayoutConfig
-    from acre_model.policies import AskParams
+    from acre_model.policies import make_policy
 
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parents[1], timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev = "?"
-    prm = {k: v for k, v in asdict(AskParams()).items() if k in ("k_min", "k_max", "neighbors", "mode", "budget",
-                                                                   "fixed_k")}
+    acre = asdict(make_policy("acre"))
+    prm = {k: acre[k] for k in ("k_min", "k_max", "neighbors", "mode")}
+    prm.update(budget=make_policy("streaming").budget, fixed_k=make_policy("fixed-k").fixed_k)
     return f"commit {rev or '?'}; ask defaults {prm}; chunk_size {LayoutConfig().chunk_size}"
 
 

@@ -30,12 +30,10 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-sizes", default="32,64")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    from acre_model.calibrate import needle_token_span
     from acre_model.doc_state import DocState, LayoutConfig
-    from acre_model.documents import QUESTION_SEPARATOR
     from acre_model.engine import Engine
     from acre_model.ingest import build_l1_parts, prefill_document
-    from acre_model.policies.base import AskContext, AskParams
+    from acre_model.policies import AcreL1Policy, AcrePolicy, PlanContext
     from acre_model.synth import make_needle_doc
 
     eng = Engine.from_pretrained()
@@ -48,21 +46,21 @@ def main(argv=None) -> int:
     for n in lengths:
         for i in range(n_docs):
             d = make_needle_doc(eng.tokenizer.encode, n, depth=(i + 0.5) / n_docs, seed=10_000 + i)
-            ids = eng.tokenizer.document_ids(d.text.rstrip())
-            a, b = needle_token_span(eng.tokenizer, d.text, d.needle_char_span)
+            ids = eng.tokenizer.document_ids(d.text)
+            span = eng.tokenizer.document_token_span(d.text, d.needle_char_span)
             pf = prefill_document(eng.model, ids, LayoutConfig())
-            q = torch.tensor(eng.tokenizer.question_ids(QUESTION_SEPARATOR + d.question, d.answer_prefix))
+            q = torch.tensor(eng.tokenizer.question_ids(d.question, d.answer_prefix))
             for C in sizes:
                 for rep_mode in ("attention", "uniform"):
                     lay = replace(LayoutConfig(), chunk_size=C, rep_mode=rep_mode)
                     parts = build_l1_parts(pf, lay, heads)
                     ds = DocState.from_parts("x", {"index_heads": heads, "layout": {}}, parts, len(ids), C,
                                              eng.model.dtype, eng.device)
-                    ctx = AskContext(ds, q, eng.model, AskParams())
-                    targets = sorted({t // C for t in range(a, b)})
+                    ctx = PlanContext(eng.model, ds, q)
+                    targets = ds.chunks_of(span)
                     if rep_mode == "attention":
-                        ranks.setdefault((n, C, "index"), []).append(rank_of(ctx.index_p(), targets))
-                    ranks.setdefault((n, C, f"l1-{rep_mode}"), []).append(rank_of(ctx.l1_p(), targets))
+                        ranks.setdefault((n, C, "index"), []).append(rank_of(AcrePolicy().locate(ctx), targets))
+                    ranks.setdefault((n, C, f"l1-{rep_mode}"), []).append(rank_of(AcreL1Policy().locate(ctx), targets))
             print(f"  {n} tokens doc {i + 1}/{n_docs} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     print(f"{'tokens':>6} {'C':>4} {'locator':<14} {'top1':>5} {'top2':>5} {'top4':>5} {'top8':>5}  ranks")
     summary = {}

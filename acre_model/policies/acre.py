@@ -1,12 +1,11 @@
 """`acre`: the locator index picks chunks, entropy sets how many, neighbours come along."""
 from __future__ import annotations
 
-from .base import AskContext, Plan, Policy, register
+from dataclasses import dataclass
+
+from .chunk_policy import EntropyVolumePolicy
 
 
-@register
-class AcrePolicy(Policy):
+@dataclass
+class AcrePolicy(EntropyVolumePolicy):
     name = "acre"
-
-    def plan(self, ctx: AskContext) -> Plan:
-        return self.entropy_plan(ctx, ctx.index_p())

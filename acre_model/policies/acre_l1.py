@@ -1,12 +1,28 @@
 """`acre-l1`: the seed's locator (attention mass on the sparse attend set); an ablation."""
 from __future__ import annotations
 
-from .base import AskContext, Plan, Policy, register
+from dataclasses import dataclass
+
+import torch
+
+from .. import locator
+from ..pass1 import run_pass1
+from .base import PlanContext
+from .chunk_policy import EntropyVolumePolicy
 
 
-@register
-class AcreL1Policy(Policy):
+@dataclass
+class AcreL1Policy(EntropyVolumePolicy):
     name = "acre-l1"
 
-    def plan(self, ctx: AskContext) -> Plan:
-        return self.entropy_plan(ctx, ctx.l1_p())
+    l1_layers: tuple[int, ...] | None = None  # layers whose attention is summed (None: the middle 40%)
+
+    def locate(self, ctx: PlanContext) -> torch.Tensor:
+        """p from pass 1's attention probabilities on the attend set, summed per chunk."""
+        if self.l1_layers is not None:
+            layers = list(self.l1_layers)
+        else:
+            L = ctx.cfg.num_hidden_layers
+            layers = list(range(int(L * 0.4), int(L * 0.8)))
+        probe = run_pass1(ctx.model, ctx.doc, ctx.q_ids, layers, want_queries=False, want_probs=True)
+        return locator.to_distribution(locator.l1_chunk_scores(ctx.doc, probe), self.p_power)

@@ -1,12 +1,15 @@
 """`full`: every chunk at its original position: exactly full attention over the document."""
 from __future__ import annotations
 
-from .base import AskContext, Plan, Policy, register
+from dataclasses import dataclass
+
+from ..plan import Plan
+from .base import PlanContext, Policy
 
 
-@register
+@dataclass
 class FullPolicy(Policy):
     name = "full"
 
-    def plan(self, ctx: AskContext) -> Plan:
+    def plan(self, ctx: PlanContext) -> Plan:
         return Plan(list(range(ctx.doc.n_chunks)), use_l1=False, mode="exact")

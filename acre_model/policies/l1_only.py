@@ -1,12 +1,20 @@
 """`l1-only`: the attend set alone, no refill; an ablation (what refill adds)."""
 from __future__ import annotations
 
-from .base import AskContext, Plan, Policy, register
+from dataclasses import dataclass
+
+from ..plan import Plan
+from .base import PlanContext, Policy
 
 
-@register
+@dataclass
 class L1OnlyPolicy(Policy):
     name = "l1-only"
 
-    def plan(self, ctx: AskContext) -> Plan:
-        return Plan([], use_l1=True, mode=ctx.params.mode)
+    mode: str = "focus"
+
+    def __post_init__(self) -> None:
+        self.check_mode(self.mode)
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        return Plan([], use_l1=True, mode=self.mode)

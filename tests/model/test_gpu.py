@@ -16,7 +16,6 @@ def test_generate_on_cuda_bf16(default_model_path):
 
 
 def test_full_policy_matches_plain_forward_on_cuda(default_model_path, tmp_path):
-    from acre_model.documents import QUESTION_SEPARATOR
     from acre_model.engine import Engine
     from acre_model.synth import make_needle_doc
     from acre_store import EmbeddedStore
@@ -27,7 +26,7 @@ def test_full_policy_matches_plain_forward_on_cuda(default_model_path, tmp_path)
         info = eng.ingest(d.text, store=st)
         got = eng.first_token_logits(info.doc_id, d.question, policy="full", answer_prefix=d.answer_prefix,
                                      store=st)
-        parts = eng.tokenizer.split_chat(d.text.rstrip(), QUESTION_SEPARATOR + d.question, d.answer_prefix)
+        parts = eng.tokenizer.prompt_ids(d.text, d.question, d.answer_prefix)
         ref = eng.model.prefill(torch.tensor(parts.prefix + parts.suffix), eng.model.new_cache())
         assert torch.equal(got.argmax(), ref.argmax())
         assert (got - ref).abs().max().item() < 0.5  # bf16: same computation, different summation order

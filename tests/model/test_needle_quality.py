@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from acre_model.calibrate import needle_token_span
 from acre_model.synth import make_needle_doc
 
 N_DOCS = 20
@@ -23,20 +22,18 @@ def needle_docs(engine, tmp_path_factory):
         n = 2048 if i % 2 == 0 else 3072 + 512 * (i % 4 == 1)
         d = make_needle_doc(engine.tokenizer.encode, n, depth=(i * 0.31 + 0.07) % 1.0, seed=500 + i)
         info = engine.ingest(d.text, store=store)
-        a, b = needle_token_span(engine.tokenizer, d.text, d.needle_char_span)
-        docs.append((d, info, a, b))
+        docs.append((d, info, engine.tokenizer.document_token_span(d.text, d.needle_char_span)))
     yield store, docs
     store.close()
 
 
 def _recall(engine, store, docs, policy):
     hits = 0
-    for d, info, a, b in docs:
+    for d, info, span in docs:
         ans = engine.ask(info.doc_id, d.question, policy=policy, answer_prefix=d.answer_prefix, store=store,
                          max_new_tokens=1)
-        C = store.info(info.doc_id).layout.chunk_size
-        need = {t // C for t in range(a, b)}
-        hits += bool(need & set(ans.refilled_chunks))
+        need = engine.load_document(info.doc_id, store).chunks_of(span)
+        hits += bool(set(need) & set(ans.refilled_chunks))
     return hits / len(docs)
 
 
@@ -53,7 +50,7 @@ def test_locator_index_finds_the_needle_chunk(engine, needle_docs, record_proper
 def test_acre_answers_as_well_as_full_at_small_kv_ratio(engine, needle_docs):
     store, docs = needle_docs
     right = {"acre": 0, "full": 0}
-    for d, info, _, _ in docs[:6]:
+    for d, info, _ in docs[:6]:
         for pol in right:
             a = engine.ask(info.doc_id, d.question, policy=pol, answer_prefix=d.answer_prefix, store=store,
                            max_new_tokens=10)

@@ -1,13 +1,12 @@
 """Refill mechanics: the device chunk cache (LRU by bytes) and layer-group pipelining of fetches."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 import torch
 
-from acre_model.refill import DeviceChunkCache
+from acre_model.device_chunk_cache import DeviceChunkCache
 from tests.model.tiny import DOC, make_tiny_folder
 
 
@@ -57,21 +56,23 @@ def tiny_store(tmp_path_factory, default_model_path):
 
 def test_layer_groups_overlap_fetch_and_compute(tiny_store, monkeypatch):
     """Layer 0 computes while later layer groups are still in flight."""
-    from acre_model import refill
+    from acre_model import chunk_fetcher
+    from acre_model.active_layout import ActiveLayout
 
     eng, store = tiny_store
     info = eng.ingest(DOC, store=store)
     slow = SlowStore(store, delay=0.3)
     installed: dict[int, float] = {}
-    orig = refill.Refill.before_layer
+    orig = ActiveLayout.assemble
 
-    def spy(self, layer, cache):
-        orig(self, layer, cache)
+    def spy(self, layer, doc, chunk_layer):
+        out = orig(self, layer, doc, chunk_layer)
         installed[layer] = time.perf_counter()
+        return out
 
-    monkeypatch.setattr(refill.Refill, "before_layer", spy)
-    monkeypatch.setattr(refill, "GROUP_LAYERS", 1)
-    eng._cc = None  # cold device cache: everything comes from the (slow) store
+    monkeypatch.setattr(ActiveLayout, "assemble", spy)
+    monkeypatch.setattr(chunk_fetcher, "GROUP_LAYERS", 1)
+    eng.reset_caches()  # cold device cache: everything comes from the (slow) store
     a = eng.ask(info.doc_id, "What colour is the sea?", policy="full", store=slow, max_new_tokens=2)
     assert len(slow.arrivals) == eng.cfg.num_hidden_layers  # one fetch per layer group
     last_arrival = slow.arrivals[-1][1]

@@ -1,0 +1,103 @@
+"""`ChunkFetcher`: brings one question's chunks onto the device while pass 2 computes.
+
+Chunks already in the worker's device chunk cache are used at once. The others are fetched from the
+store by a background thread in layer groups (`GROUP_LAYERS` layers per call), in layer order, so that
+while layer l computes, the bytes of later layers are in flight. `chunk_layer(c, layer)` waits (only if
+needed) for its layer's group. As a context manager it always ends the fetch: on exit it stops the
+thread, re-raises a fetch error, and puts completely fetched chunks into the device chunk cache.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .device_chunk_cache import DeviceChunkCache
+from .doc_state import from_numpy
+
+GROUP_LAYERS = 5  # layers per fetch: small enough to overlap, large enough to amortise a call
+
+
+@dataclass
+class FetchStats:
+    fetch_s: float = 0.0  # time the fetch thread spent (0 when every chunk was on the device)
+    wait_s: float = 0.0  # time the forward pass waited for bytes
+    fetched_bytes: int = 0  # bytes brought from the store
+    device_hits: int = 0  # chunks found in the device chunk cache
+
+
+class ChunkFetcher:
+    def __init__(self, store, doc_id: str, chunks: list[int], n_layers: int, chunk_cache: DeviceChunkCache,
+                 dtype: torch.dtype, device: torch.device, group_layers: int | None = None):
+        self.store, self.doc_id, self.cc = store, doc_id, chunk_cache
+        self.dtype, self.device = dtype, device
+        self.local: dict[int, torch.Tensor] = {}  # chunk -> [n_layers, 2, Hkv, len, D] from the device cache
+        self.missing: list[int] = []
+        for c in chunks:
+            t = chunk_cache.get(doc_id, c)
+            if t is None:
+                self.missing.append(c)
+            else:
+                self.local[c] = t
+        self.group_size = group_layers or GROUP_LAYERS
+        self.groups = [(s, min(n_layers, s + self.group_size)) for s in range(0, n_layers, self.group_size)]
+        self.group_data: list[dict[int, torch.Tensor]] = [{} for _ in self.groups]
+        self.group_ready = [threading.Event() for _ in self.groups]
+        self.stats = FetchStats(device_hits=len(self.local))
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "ChunkFetcher":
+        if self.missing:
+            self._thread = threading.Thread(target=self._fetch_all, name="acre-refill", daemon=True)
+            self._thread.start()
+        else:
+            for e in self.group_ready:
+                e.set()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._stop.set()  # the forward pass failed: fetch no further group
+        if self._thread is not None:
+            self._thread.join()
+        if exc_type is not None:
+            return  # the forward pass's own error wins
+        if self.error is not None:
+            raise self.error
+        for c in self.missing:
+            if all(c in d for d in self.group_data):
+                self.cc.put(self.doc_id, c, torch.cat([d[c] for d in self.group_data], 0))
+
+    def _fetch_all(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            for g, (l0, l1) in enumerate(self.groups):
+                if self._stop.is_set():
+                    break
+                for c, arr in self.store.fetch(self.doc_id, self.missing, layers=(l0, l1)):
+                    self.stats.fetched_bytes += arr.nbytes
+                    self.group_data[g][c] = from_numpy(arr, self.dtype, self.device)
+                self.group_ready[g].set()
+        except BaseException as e:  # re-raised in the compute thread, which owns error reporting
+            self.error = e
+        finally:
+            self.stats.fetch_s = time.perf_counter() - t0
+            for ev in self.group_ready:  # wake a waiting layer whatever happened
+                ev.set()
+
+    def chunk_layer(self, c: int, layer: int) -> torch.Tensor:
+        """[2, n_kv_heads, len_c, head_dim] of chunk c at `layer` (pre-RoPE keys)."""
+        if c in self.local:
+            return self.local[c][layer]
+        g = layer // self.group_size
+        if not self.group_ready[g].is_set():
+            t0 = time.perf_counter()
+            self.group_ready[g].wait()
+            self.stats.wait_s += time.perf_counter() - t0
+        if self.error is not None:
+            raise self.error
+        return self.group_data[g][c][layer - self.groups[g][0]]
