@@ -132,6 +132,26 @@ def test_multi_fact_doc():
         make_multi_fact_doc(whitespace_tokenize, 1000, facts=[(0.5, "nope")])
 
 
+@pytest.mark.parametrize("kind", synth.FACT_KINDS)
+def test_every_fact_kind(kind):
+    m = make_multi_fact_doc(whitespace_tokenize, 800, facts=[(0.3, kind), (0.7, kind)], seed=0)
+    for f in m.facts:
+        a, b = f.char_span
+        assert f.kind == kind and m.text[a:b] == f.sentence and m.text.count(f.sentence) == 1
+        assert f.answer in f.sentence and f.answer not in f.question and f.question.endswith("?")
+    assert m.facts[0].sentence != m.facts[1].sentence
+
+
+def test_needle_template_kinds_are_checked():
+    templates = (*EVAL_TEMPLATES.values(), *PROBE_TEMPLATES.values())
+    assert set(synth.KEY_KINDS) == {t.key_kind for t in templates}  # every drawer in use
+    assert set(synth.VALUE_KINDS) == {t.value_kind for t in templates}
+    with pytest.raises(ValueError):
+        synth.NeedleTemplate("x", "{key} {value}.", "{key}?", "{key}", "adj-noun", "number8")
+    with pytest.raises(ValueError):
+        synth.NeedleTemplate("x", "{key} {value}.", "{key}?", "{key}", "colour", "uuid")
+
+
 def test_plant_keeps_order_and_rejects_bad_depths():
     p = plant_sentences(whitespace_tokenize, 500, [(0.5, "Alpha one."), (0.5, "Beta two.")],
                         seeded_rng("eval", 0), "prose")
