@@ -1,6 +1,7 @@
 """acre_model.synth: deterministic haystacks, lengths on target, needles where asked, probes apart."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -131,6 +132,26 @@ def test_multi_fact_doc():
         make_multi_fact_doc(whitespace_tokenize, 1000, facts=[(0.5, "nope")])
 
 
+@pytest.mark.parametrize("kind", synth.FACT_KINDS)
+def test_every_fact_kind(kind):
+    m = make_multi_fact_doc(whitespace_tokenize, 800, facts=[(0.3, kind), (0.7, kind)], seed=0)
+    for f in m.facts:
+        a, b = f.char_span
+        assert f.kind == kind and m.text[a:b] == f.sentence and m.text.count(f.sentence) == 1
+        assert f.answer in f.sentence and f.answer not in f.question and f.question.endswith("?")
+    assert m.facts[0].sentence != m.facts[1].sentence
+
+
+def test_needle_template_kinds_are_checked():
+    templates = (*EVAL_TEMPLATES.values(), *PROBE_TEMPLATES.values())
+    assert set(synth.KEY_KINDS) == {t.key_kind for t in templates}  # every drawer in use
+    assert set(synth.VALUE_KINDS) == {t.value_kind for t in templates}
+    with pytest.raises(ValueError):
+        synth.NeedleTemplate("x", "{key} {value}.", "{key}?", "{key}", "adj-noun", "number8")
+    with pytest.raises(ValueError):
+        synth.NeedleTemplate("x", "{key} {value}.", "{key}?", "{key}", "colour", "uuid")
+
+
 def test_plant_keeps_order_and_rejects_bad_depths():
     p = plant_sentences(whitespace_tokenize, 500, [(0.5, "Alpha one."), (0.5, "Beta two.")],
                         seeded_rng("eval", 0), "prose")
@@ -160,3 +181,52 @@ def test_real_tokenizer():
             d = make_needle_doc(tk.encode, n, 0.3, seed=0, haystack=haystack)
             assert abs(d.n_tokens - n) <= 0.02 * n
             assert abs(token_depth(tk.encode, d.text, d.needle_char_span[0]) - 0.3) <= 0.05
+
+
+
+# Exact outputs pinned by sha256, computed before acre_model.synth became a package: the evaluation's
+# documents (and so its results) depend on every character, so a change that alters any generator's
+# text for a given seed must fail here, and then be a deliberate, documented change of the suite.
+def _doc_text(d) -> str:
+    return "\x00".join((d.text, d.question, d.answer_prefix, d.answer))
+
+
+def _multi_text(m) -> str:
+    return "\x00".join([m.text] + [f"{f.question}\x00{f.answer_prefix}\x00{f.answer}" for f in m.facts])
+
+
+def _prose_text() -> str:
+    g = synth.ProseGenerator(seeded_rng("eval", 4, "pin"))
+    return "\n".join(f"{g.sentence()} {g.paragraph_length()}" for _ in range(300))
+
+
+ALL_FACT_KINDS = [(0.05, "magic"), (0.3, "fruit"), (0.5, "password"), (0.7, "coins"), (0.95, "birthplace")]
+
+PINNED = [
+    pytest.param(lambda: _doc_text(make_needle_doc(whitespace_tokenize, 2000, 0.3, seed=7)),
+                 "ee68b0b4de20efa9419b35ada3ccd2090c17640f346fa4eadc3128c61e9e92dd", id="needle-ruler-prose"),
+    pytest.param(lambda: _doc_text(make_needle_doc(byte_tokenize, 3000, 0.8, seed="s", template="ruler_uuid",
+                                                   haystack="noise")),
+                 "f213031b5438a58ee3bd515dcbc63796d69190a2d3e41d6d79823bbd7bf6bf5a", id="needle-uuid-noise"),
+    pytest.param(lambda: _doc_text(make_probe_doc(whitespace_tokenize, 1000, 0.5, seed=1, template="secret_code")),
+                 "7e881ce8b03cf072489596773e96e9bb1ccad8a71fd3c8e960f5936d6182eafe", id="probe-secret-code"),
+    pytest.param(lambda: _doc_text(make_probe_doc(byte_tokenize, 4000, 0.1, seed=2)),
+                 "ee7263f14a188b435fe7e29428e36ede6a5c19c69d4df91d5efc6edf2cfc6054", id="probe-platform"),
+    pytest.param(lambda: _doc_text(make_probe_doc(whitespace_tokenize, 1000, 0.9, seed=3, template="hiding_place")),
+                 "455f4fd5bba7cb1d09a87c8ddfdbbd960dab2b6c5e6de6ac5e9f079500de43a8", id="probe-hiding-place"),
+    pytest.param(lambda: _multi_text(make_multi_fact_doc(whitespace_tokenize, 3000, seed=5)),
+                 "17d248941f0a45e191921a67e463995b19f6b24c328d4791e660a1ccd0ce3eae", id="multi-fact-default"),
+    pytest.param(lambda: _multi_text(make_multi_fact_doc(byte_tokenize, 6000, ALL_FACT_KINDS, seed="x",
+                                                         haystack="noise")),
+                 "045c7f7b0241295eddfabfad0c1707ea8091da90f80fe7076be9c6151f11cf04", id="multi-fact-all-kinds"),
+    pytest.param(_prose_text,
+                 "0e2f448ffd52d7ffa694c2beef8787e0204cdda2486cbebe57c62dd8cd1a39b4", id="prose-sentences"),
+    pytest.param(lambda: plant_sentences(whitespace_tokenize, 700, [(0.0, "First."), (0.5, "Middle."), (1.0, "Last.")],
+                                         seeded_rng("eval", 8)).text,
+                 "a93dbdda554ecae3be2677ecd61f02cfab200beed81cb7b6256e5c24a69a6236", id="plant-sentences"),
+]
+
+
+@pytest.mark.parametrize("make, sha256", PINNED)
+def test_pinned_output(make, sha256):
+    assert hashlib.sha256(make().encode()).hexdigest() == sha256
