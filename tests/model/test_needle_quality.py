@@ -59,3 +59,6 @@ def test_acre_answers_as_well_as_full_at_small_kv_ratio(engine, needle_docs):
                 assert a.kv_ratio <= 0.2, (a.kv_ratio, info.n_tokens)
     print(f"\ncorrect on 6 documents: {right}")
     assert right["acre"] >= right["full"]
+    # An absolute floor as well: the comparison alone also passes at 0 of 6 vs 0 of 6. Measured: acre 6,
+    # full 5 (CPU, fp32, greedy).
+    assert right["acre"] >= 5
