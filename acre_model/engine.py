@@ -29,7 +29,7 @@ from .chunk_fetcher import ChunkFetcher
 from .convert import resolve
 from .device_chunk_cache import DeviceChunkCache
 from .doc_state import DocState, LayoutConfig
-from .errors import DocumentError, InputError
+from .errors import DocumentError, InputError, UnknownDocument
 from .fingerprint import model_fingerprint
 from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
@@ -122,7 +122,7 @@ class Engine:
         try:
             meta = st.info(doc_id)
         except DocumentNotFound:
-            raise DocumentError(f"unknown document {doc_id}") from None
+            raise UnknownDocument(f"unknown document {doc_id}") from None
         lay = meta.layout
         if meta.model_fingerprint != self.fingerprint:
             raise DocumentError(f"document {doc_id[:12]} was made with another model "

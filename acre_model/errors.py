@@ -15,3 +15,7 @@ class InputError(AcreError):
 
 class DocumentError(AcreError):
     """A cached document is unknown or incompatible with the loaded model."""
+
+
+class UnknownDocument(DocumentError):
+    """No document with this id (or prefix, or name) in the store."""
