@@ -118,7 +118,8 @@ def cmd_demo(args) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model name or HF-style folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=None, help="HF-style folder, hub id (org/name[@revision]) in the local "
+                   "Hugging Face cache, or SmolLM2-135M-Instruct (the default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
