@@ -123,23 +123,22 @@ def _stats(args) -> int:
     with open_store(args.store) as store:
         st = store.stats()
     if args.json:
-        print(json.dumps(st))
+        print(json.dumps(st.to_dict()))
         return 0
-    ram, disk = st["ram"], st["disk"]
+    ram, disk, ops = st.ram, st.disk, st.ops
 
     def rate(h, m):
         return f"{100 * h / (h + m):.1f}%" if h + m else "-"
 
     cap = lambda n: _fmt_bytes(n) if n else "no cap"  # noqa: E731
-    print(f"store     {st['path']} ({st['backend']}), {st['n_docs']} documents, {st['n_pinned']} pinned")
-    print(f"ram       {_fmt_bytes(ram['used_bytes'])} of {cap(ram['capacity_bytes'])}, {ram['entries']} entries, "
-          f"hit rate {rate(ram['hits'], ram['misses'])} ({ram['hits']} hits, {ram['misses']} misses), "
-          f"{ram['evictions']} evictions")
-    print(f"disk      {_fmt_bytes(disk['used_bytes'])} of {cap(disk['capacity_bytes'])}, {disk['reads']} reads, "
-          f"{disk['evictions']} evictions, {disk['checksum_failures']} checksum failures")
-    ops = st["ops"]
-    print(f"ops       {ops['puts']} puts ({ops['put_noops']} no-op, {ops['put_aborts']} aborted), "
-          f"{ops['fetched_chunks']} chunks fetched ({_fmt_bytes(ops['fetched_bytes'])}), {ops['deletes']} deletes")
+    print(f"store     {st.path} ({st.backend}), {st.n_docs} documents, {st.n_pinned} pinned")
+    print(f"ram       {_fmt_bytes(ram.used_bytes)} of {cap(ram.capacity_bytes)}, {ram.entries} entries, "
+          f"hit rate {rate(ram.hits, ram.misses)} ({ram.hits} hits, {ram.misses} misses), "
+          f"{ram.evictions} evictions")
+    print(f"disk      {_fmt_bytes(disk.used_bytes)} of {cap(disk.capacity_bytes)}, {disk.reads} reads, "
+          f"{disk.evictions} evictions, {disk.checksum_failures} checksum failures")
+    print(f"ops       {ops.puts} puts ({ops.put_noops} no-op, {ops.put_aborts} aborted), "
+          f"{ops.fetched_chunks} chunks fetched ({_fmt_bytes(ops.fetched_bytes)}), {ops.deletes} deletes")
     return 0
 
 

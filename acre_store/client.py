@@ -20,11 +20,12 @@ import numpy as np
 from ._proto import store_pb2 as pb
 from ._proto import store_pb2_grpc
 from .checksum import bad_layers, crc32c
+from .api import StoreAPI
 from .dataplane import DataPlaneBroken, DataPlaneClient, data_path, unix_path
-from .embedded import StoreAPI
 from .errors import DataLoss, InvalidArgument, StoreError, StoreUnavailable, error_for_code
 from .record import TensorSpec
 from .shared import SharedGone, map_shared, read_shared
+from .stats import StoreStats
 from .types import DocMeta
 from .wire import (CHANNEL_OPTIONS, MAX_FRAME_BYTES, decode_fetch_frame, layout_from_pb, meta_from_pb, meta_to_pb,
                    spec_from_pb, spec_to_pb)
@@ -365,8 +366,8 @@ class StoreClient(StoreAPI):
     def pin(self, doc_id: str, pinned: bool = True) -> None:
         self._call(self._stub.Pin, pb.PinRequest(doc_id=doc_id, pinned=pinned))
 
-    def stats(self) -> dict:
-        return json.loads(self._call(self._stub.Stats, pb.StatsRequest()).json)
+    def stats(self) -> StoreStats:
+        return StoreStats.from_dict(json.loads(self._call(self._stub.Stats, pb.StatsRequest()).json))
 
     def health(self) -> str:
         """'SERVING' or 'NOT_SERVING' (grpc.health.v1)."""

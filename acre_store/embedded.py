@@ -11,8 +11,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .fetch_handle import FetchHandle
+from .api import StoreAPI
 from .record import TensorSpec
+from .stats import StoreStats
 from .store import DEFAULT_RAM_BYTES, Store, StoreConfig
 from .types import DocMeta
 
@@ -21,29 +22,6 @@ def default_store_path() -> str:
     """$ACRE_HOME/store, default ~/.cache/acre/store."""
     home = os.environ.get("ACRE_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "acre")
     return os.path.join(home, "store")
-
-
-class StoreAPI:
-    """What `EmbeddedStore` and `StoreClient` share: the async fetch and context management."""
-
-    def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
-              ) -> Iterator[tuple[int, np.ndarray]]:
-        raise NotImplementedError
-
-    def fetch_async(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
-                    ) -> FetchHandle:
-        """Start the fetch now (request validated first), transfer in a background thread."""
-        it = self.fetch(doc_id, chunk_ids, layers)
-        return FetchHandle(lambda: it)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class EmbeddedStore(StoreAPI):
@@ -74,7 +52,8 @@ class EmbeddedStore(StoreAPI):
     def get_l1(self, doc_id: str) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._store.l1(doc_id).items()}
 
-    def fetch(self, doc_id, chunk_ids, layers=None):
+    def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
+              ) -> Iterator[tuple[int, np.ndarray]]:
         it = self._store.fetch(doc_id, chunk_ids, layers)
         return ((c, a.copy()) for c, a in it)
 
@@ -90,7 +69,7 @@ class EmbeddedStore(StoreAPI):
     def pin(self, doc_id: str, pinned: bool = True) -> None:
         self._store.pin(doc_id, pinned)
 
-    def stats(self) -> dict:
+    def stats(self) -> StoreStats:
         return self._store.stats()
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from .checksum import crc32c, layer_crcs
 from .errors import (DataLoss, DocumentNotFound, InvalidArgument, LayoutMismatch, ResourceExhausted,
                      StoreError, StoreUnavailable)
 from .record import DocRecord, TensorSpec
+from .stats import DiskTierStats, OpStats, RamTierStats, StoreStats
 from .tiers.base import DiskTier, Staging
 from .tiers.ram_tier import RamTier
 from .types import FORMAT_VERSION, DocMeta, check_doc_id
@@ -507,26 +508,22 @@ class Store:
 
     # -- accounting -----------------------------------------------------------------------------
 
-    def stats(self) -> dict:
+    def stats(self) -> StoreStats:
         r = self.ram.stats
         with self._lock:
             c = self.counters
-            return {
-                "backend": self.backend,
-                "path": self.path,
-                "format_version": FORMAT_VERSION,
-                "n_docs": len(self._docs),
-                "n_pinned": sum(1 for x in self._docs.values() if x.meta.pinned),
-                "ram": {"used_bytes": self.ram.used, "capacity_bytes": self.ram.capacity, "entries": len(self.ram),
-                        "hits": r.hits, "misses": r.misses, "evictions": r.evictions, "inserts": r.inserts,
-                        "skipped": r.skipped},
-                "disk": {"used_bytes": self._used, "capacity_bytes": self.config.disk_bytes,
-                         "reserved_bytes": self._reserved, "reads": c.disk_reads, "evictions": c.disk_evictions,
-                         "checksum_failures": c.checksum_failures},
-                "ops": {"puts": c.puts, "put_noops": c.put_noops, "put_aborts": c.put_aborts,
-                        "fetched_chunks": c.fetched_chunks, "fetched_bytes": c.fetched_bytes,
-                        "deletes": c.deletes, "discarded_at_start": self.discarded_at_start},
-            }
+            return StoreStats(
+                backend=self.backend, path=self.path, format_version=FORMAT_VERSION,
+                n_docs=len(self._docs), n_pinned=sum(1 for x in self._docs.values() if x.meta.pinned),
+                ram=RamTierStats(used_bytes=self.ram.used, capacity_bytes=self.ram.capacity, entries=len(self.ram),
+                                 hits=r.hits, misses=r.misses, evictions=r.evictions, inserts=r.inserts,
+                                 skipped=r.skipped),
+                disk=DiskTierStats(used_bytes=self._used, capacity_bytes=self.config.disk_bytes,
+                                   reserved_bytes=self._reserved, reads=c.disk_reads, evictions=c.disk_evictions,
+                                   checksum_failures=c.checksum_failures),
+                ops=OpStats(puts=c.puts, put_noops=c.put_noops, put_aborts=c.put_aborts,
+                            fetched_chunks=c.fetched_chunks, fetched_bytes=c.fetched_bytes, deletes=c.deletes,
+                            discarded_at_start=self.discarded_at_start))
 
     def close(self) -> None:
         if self._closed:
