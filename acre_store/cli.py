@@ -157,7 +157,7 @@ def _serve(args) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .server import DEFAULT_LISTEN, ServerConfig, StoreServer
-    from .store import DEFAULT_RAM_BYTES, StoreConfig
+    from .config import DEFAULT_RAM_BYTES, StoreConfig
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,9 +12,10 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .api import StoreAPI
+from .config import DEFAULT_RAM_BYTES, StoreConfig
 from .record import TensorSpec
 from .stats import StoreStats
-from .store import DEFAULT_RAM_BYTES, Store, StoreConfig
+from .store import Store
 from .types import DocMeta
 
 
@@ -71,6 +72,10 @@ class EmbeddedStore(StoreAPI):
 
     def stats(self) -> StoreStats:
         return self._store.stats()
+
+    def wait_idle(self) -> None:
+        """Return once every prefetch started so far has finished."""
+        self._store.wait_idle()
 
     def close(self) -> None:
         self._store.close()

@@ -16,8 +16,9 @@ import numpy as np
 from ._proto import store_pb2 as pb
 from ._proto import store_pb2_grpc
 from .errors import InvalidArgument, StoreError
+from .put_session import PutSession
 from .record import TensorSpec
-from .store import PutSession, Store
+from .store import Store
 from .wire import (FETCH_FRAME_BYTES, MAX_FRAME_BYTES, encode_fetch_frame, layout_to_pb, meta_from_pb, meta_to_pb,
                    spec_from_pb, spec_to_pb)
 

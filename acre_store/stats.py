@@ -1,4 +1,4 @@
-"""`StoreStats`: the typed snapshot a store's `stats()` returns.
+"""What a store counts, and `StoreStats`, the typed snapshot `stats()` returns.
 
 `StoreStats.to_dict()` is the JSON the daemon sends in `StatsResponse` and `acre store stats --json`
 prints (key order included); `StoreStats.from_dict` reads it back on the client. The two daemon-only
@@ -7,7 +7,8 @@ sections (`shared`, `data_plane`) stay plain dicts: they are reports of the daem
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import threading
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 
@@ -81,3 +82,31 @@ def _known(cls, d: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in d.items() if k in names}
 
+
+@dataclass
+class StoreCounters:
+    """Running totals of a `Store` since it opened. Read the fields directly; `add` is thread-safe."""
+
+    disk_reads: int = 0
+    disk_evictions: int = 0
+    checksum_failures: int = 0
+    puts: int = 0
+    put_noops: int = 0
+    put_aborts: int = 0
+    fetched_chunks: int = 0
+    fetched_bytes: int = 0
+    deletes: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **deltas: int) -> None:
+        """Add to counters by name: `add(puts=1)`."""
+        with self._lock:
+            for name, n in deltas.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def snapshot(self) -> "StoreCounters":
+        """A copy taken at one instant (no `add` half-counted)."""
+        with self._lock:
+            return replace(self)

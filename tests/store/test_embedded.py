@@ -170,7 +170,7 @@ def test_prefetch_promotes_to_ram(store):
     store.put(doc.meta, doc.l1, doc.chunks)
     store.prefetch(doc.doc_id, [1, 2])
     store.prefetch(doc.doc_id)
-    store._store._prefetcher.submit(lambda: None).result()  # wait for the background promotion
+    store.wait_idle()  # wait for the background promotion
     before = store.stats().ram
     assert before.entries == TINY.n_chunks
     list(store.fetch(doc.doc_id, range(TINY.n_chunks)))
