@@ -31,6 +31,12 @@ class EmbeddedStore(StoreAPI):
         self._store = Store(StoreConfig(path or default_store_path(), backend, ram_bytes, disk_bytes, **kw))
         self.path = self._store.path
 
+    @property
+    def store(self) -> Store:
+        """The `Store` underneath (its tiers and counters), for tests and tools that look inside. Arrays it
+        hands out are the RAM tier's own, read-only: copy before writing."""
+        return self._store
+
     def put(self, meta: DocMeta, l1: Mapping[str, np.ndarray], chunks: Iterable[np.ndarray]) -> DocMeta:
         """Write a document atomically; chunks: [n_layers, 2, n_kv_heads, len_c, head_dim], in order."""
         specs = [TensorSpec.of(name, arr) for name, arr in l1.items()]

@@ -55,6 +55,16 @@ class RamTier:
     def __len__(self) -> int:
         return len(self._lru)
 
+    def keys(self) -> list[Hashable]:
+        """The cached keys, least recently used first (the order eviction takes them in)."""
+        with self._lock:
+            return list(self._lru)
+
+    def leases(self) -> dict[Hashable, int]:
+        """The leased keys, each with how many leases it holds."""
+        with self._lock:
+            return dict(self._leases)
+
     def get(self, key: Hashable) -> np.ndarray | None:
         """The cached array (most recently used now), or None; counts a hit or a miss."""
         with self._lock:

@@ -11,7 +11,7 @@ CHUNK = TINY.chunk_nbytes(0)  # 4096 bytes
 
 
 def ram_keys(store) -> list:
-    return list(store._store.ram._lru)
+    return store.store.ram.keys()
 
 
 def test_ram_tier_lru_order_cap_and_counters(tmp_path, backend):

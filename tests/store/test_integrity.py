@@ -64,7 +64,7 @@ def test_damaged_chunk_is_refused_embedded(tmp_path, backend, how):
         with pytest.raises(DataLoss):
             next(it)
         st = s.stats()
-        assert st.disk.checksum_failures == 3 and (doc.doc_id, 2) not in s._store.ram._lru
+        assert st.disk.checksum_failures == 3 and (doc.doc_id, 2) not in s.store.ram.keys()
 
 
 def test_damaged_l1_is_refused(tmp_path, backend):

@@ -144,13 +144,13 @@ def test_leased_entries_are_not_evicted():
         assert ram.put(k, np.zeros(100, np.uint8))
     assert ram.lease("a") is not None  # the oldest, but leased
     assert ram.put("d", np.zeros(100, np.uint8))
-    assert list(ram._lru) == ["a", "c", "d"] and heap.freed == ["b"]
+    assert ram.keys() == ["a", "c", "d"] and heap.freed == ["b"]
     ram.lease("c")
     ram.lease("d")
     assert not ram.put("e", np.zeros(100, np.uint8))  # no room without evicting a leased entry
     assert heap.freed == ["b", "e"] and ram.stats.skipped == 1
     ram.release("a")
-    assert ram.put("e", np.zeros(100, np.uint8)) and "a" not in ram._lru
+    assert ram.put("e", np.zeros(100, np.uint8)) and "a" not in ram.keys()
     assert ram.used == 300
 
 
@@ -164,9 +164,9 @@ def test_expired_leases_are_reaped(tmp_path, monkeypatch):
     with open(ref.path, "rb") as f:
         f.seek(ref.offset)
         assert np.array_equal(np.frombuffer(f.read(ref.length), np.float32), np.arange(16, 48, dtype=np.float32))
-    assert ram._leases == {("d" * 16, 0): 1}
-    arena._reap_leases(time.monotonic() + 3600)
-    assert ram._leases == {} and arena.stats()["leases_expired"] == 1
+    assert ram.leases() == {("d" * 16, 0): 1}
+    arena.reap_leases(time.monotonic() + 3600)
+    assert ram.leases() == {} and arena.stats()["leases_expired"] == 1
     ram.clear()
     assert os.listdir(arena.dir) == []
     arena.close()
@@ -210,7 +210,7 @@ def test_a_file_that_may_be_read_is_never_rewritten(tmp_path):
     ref = arena.lease("a" * 16, 0, 0, 4)
     with open(ref.path, "rb") as f:  # a client reading under the lease
         assert not ram.put(("a" * 16, 1), _block(2))  # pinned: no room, the new chunk is not cached
-        arena._reap_leases(time.monotonic() + 3600)  # the lease expires: the file is tainted
+        arena.reap_leases(time.monotonic() + 3600)  # the lease expires: the file is tainted
         assert ram.put(("a" * 16, 2), _block(3))  # evicts it: unlinked, not pooled
         assert arena.stats()["pool_files"] == 0
         assert ram.put(("a" * 16, 3), _block(4))
