@@ -7,9 +7,10 @@
         ...
 
 Both implement `StoreAPI`: put, info, get_l1, fetch, fetch_async, prefetch, list, delete, pin, stats (a
-`StoreStats`), close.
+`StoreStats`), close. `resolve_doc_id(store, ref)` turns an id, a unique id prefix or a name into an id.
 """
 from .api import StoreAPI
+from .doc_ref import resolve_doc_id
 from .embedded import EmbeddedStore, default_store_path
 from .errors import (DataLoss, DocumentNotFound, InvalidArgument, LayoutMismatch, ResourceExhausted, StoreError,
                      StoreUnavailable)
@@ -23,6 +24,6 @@ def connect(addr: str, timeout: float = 30.0, **kw):
     return StoreClient(addr, timeout=timeout, **kw)
 
 
-__all__ = ["StoreAPI", "StoreStats", "EmbeddedStore", "connect", "default_store_path",
+__all__ = ["StoreAPI", "StoreStats", "EmbeddedStore", "connect", "default_store_path", "resolve_doc_id",
            "DocLayout", "DocMeta", "StoreError", "DocumentNotFound", "InvalidArgument", "LayoutMismatch",
            "ResourceExhausted", "DataLoss", "StoreUnavailable"]

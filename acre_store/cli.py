@@ -65,7 +65,7 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
         _common(q)
         q.set_defaults(func=_guard(_ls if name == "ls" else _stats))
     r = sub.add_parser("rm", help="delete a document", description="Delete a document from the store.")
-    r.add_argument("doc", metavar="DOC", help="document id (or a unique prefix of it, or its name)")
+    r.add_argument("doc", metavar="DOC", help="document id (or a unique prefix of it, 4+ characters, or its name)")
     _common(r)
     r.set_defaults(func=_guard(_rm))
     return p
@@ -85,21 +85,6 @@ def open_store(addr: str | None):
         return connect(addr, timeout=30.0)
     from . import EmbeddedStore
     return EmbeddedStore()
-
-
-def _resolve(store, doc: str) -> str:
-    from .errors import DocumentNotFound, InvalidArgument
-
-    docs = store.list()
-    exact = [m.doc_id for m in docs if m.doc_id == doc]
-    if exact:
-        return exact[0]
-    matches = [m.doc_id for m in docs if m.doc_id.startswith(doc.lower()) or (m.name and m.name == doc)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise InvalidArgument(f"{doc!r} matches {len(matches)} documents; give more of the id")
-    raise DocumentNotFound(f"unknown document {doc}")
 
 
 def _ls(args) -> int:
@@ -143,8 +128,10 @@ def _stats(args) -> int:
 
 
 def _rm(args) -> int:
+    from .doc_ref import resolve_doc_id
+
     with open_store(args.store) as store:
-        doc_id = _resolve(store, args.doc)
+        doc_id = resolve_doc_id(store, args.doc)
         store.delete(doc_id)
     if args.json:
         print(json.dumps({"deleted": doc_id}))
