@@ -69,15 +69,18 @@ class Attention(nn.Module):
             b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]).detach()
         self._fused = (w, b)
 
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, hidden] -> q [T, Hq*D], k and v [T, Hkv*D]."""
+        if self._fused is not None:
+            qkv = F.linear(x, *self._fused)
+            return qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
     def forward(self, x: torch.Tensor, layer: int, cache: KVCache, positions: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, probe: AttnProbe | None) -> torch.Tensor:
         # x: [T, hidden]; positions/cos/sin: [T] / [T, hd]
         t = x.shape[0]
-        if self._fused is not None:
-            qkv = F.linear(x, *self._fused)
-            q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self._project(x)
         q = q.view(t, self.n_heads, self.hd).transpose(0, 1)  # [Hq, T, D]
         k_raw = k.view(t, self.n_kv, self.hd).transpose(0, 1)  # [Hkv, T, D]
         v = v.view(t, self.n_kv, self.hd).transpose(0, 1)
@@ -114,11 +117,7 @@ class Attention(nn.Module):
         """One new token per row, each appended to its own cache. x: [R, hidden]; positions/cos/sin:
         [R] / [R, hd]; rows past len(caches) are padding (their output is zero before o_proj)."""
         r = x.shape[0]
-        if self._fused is not None:
-            qkv = F.linear(x, *self._fused)
-            q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self._project(x)
         # Elementwise RoPE over all rows at once gives each row the numbers it gets alone.
         q = Rope.apply(q.view(r, self.n_heads, self.hd).transpose(0, 1), cos, sin)  # [Hq, R, D]
         k_raw = k.view(r, self.n_kv, self.hd).transpose(0, 1)  # [Hkv, R, D]
