@@ -1,0 +1,58 @@
+"""Server-sent events: one `data: <json>` event per message, `data: [DONE]` at the end (OpenAI's framing)."""
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+from starlette.responses import StreamingResponse
+
+from .errors import ApiError
+from .bridge import LiveStream
+
+DONE = "data: [DONE]\n\n"
+
+
+def event(obj) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[str]):
+        # no-cache and no proxy buffering: each event must reach the client when it is made
+        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def framed(live: LiveStream, on_event, on_done=None) -> AsyncIterator[str]:
+    """The SSE text of a live stream: `on_event(ev)` -> the objects to send for each event; an error
+    after the response started becomes an `{"error": ...}` event; then [DONE]."""
+    try:
+        async for ev in live:
+            for obj in on_event(ev):
+                yield event(obj)
+        for obj in (on_done() if on_done else ()):
+            yield event(obj)
+    except ApiError as e:
+        yield event(e.body())
+    yield DONE
+
+
+class TrimmedDeltas:
+    """Token text deltas whose concatenation equals the stripped answer (Answer.answer is stripped):
+    leading whitespace is dropped, trailing whitespace is held back until more text follows."""
+
+    def __init__(self):
+        self.started = False
+        self.held = ""
+
+    def __call__(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.started = True
+        body = text.rstrip()
+        out = self.held + body if body else ""
+        self.held = (self.held if not body else "") + text[len(body):]
+        return out
