@@ -23,7 +23,7 @@ from acre_store.errors import StoreError
 from .config import ServeConfig
 from .errors import ApiError, classify, invalid_fields
 from .metrics import Metrics
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, WorkerHeaderMiddleware
 from .routes import ask, chat, documents, ops
 
 log = logging.getLogger("acre_serve")
@@ -95,4 +95,5 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=cfg.max_body_bytes)
     if cfg.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+    app.add_middleware(WorkerHeaderMiddleware)
     return app

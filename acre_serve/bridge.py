@@ -37,12 +37,13 @@ async def in_thread(fn, *args):
 def _failed(worker: Worker, policy: str, exc: BaseException) -> ApiError:
     err = classify(exc)
     worker.metrics.failed(policy, outcome(err))
+    worker.refresh_metrics()
     return err
 
 
 def _answered(worker: Worker, answer) -> None:
     worker.metrics.answered(answer)
-    worker.metrics.chunk_cache(worker.engine.chunk_cache.stats())
+    worker.refresh_metrics()
 
 
 async def submit(worker: Worker, ask: AskIn, question_field: str = "question"):

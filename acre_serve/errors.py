@@ -5,6 +5,7 @@
 
 | raised | status | type |
 |---|---|---|
+| the scheduler is closed (the worker is shutting down) | 503 | shutting_down |
 | acre_model InputError, store InvalidArgument | 400 | invalid_request |
 | UnknownDocument, store DocumentNotFound | 404 | not_found |
 | other DocumentError, store LayoutMismatch (another model's document) | 409 | conflict |
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 
 from acre_model.errors import DocumentError, InputError, UnknownDocument
+from acre_model.scheduler import SchedulerClosed
 from acre_store.errors import DocumentNotFound, InvalidArgument, LayoutMismatch, StoreUnavailable
 
 log = logging.getLogger("acre_serve")
@@ -37,6 +39,7 @@ def bad_request(field: str, message: str) -> ApiError:
 
 _CLASSES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
     ((UnknownDocument, DocumentNotFound), 404, "not_found"),
+    ((SchedulerClosed,), 503, "shutting_down"),
     ((InputError, InvalidArgument), 400, "invalid_request"),
     ((DocumentError, LayoutMismatch), 409, "conflict"),
     ((StoreUnavailable,), 503, "store_unavailable"),

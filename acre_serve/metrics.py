@@ -112,10 +112,14 @@ class Metrics:
     # scheduler listener (on_step / on_done / on_error)
 
     def on_step(self, batch_size: int, queue_depth: int) -> None:
-        self.batch_size.set(batch_size)
-        self.queue_depth.set(queue_depth)
+        self.load(batch_size, queue_depth)
         if batch_size:
             self.batch_steps.observe(batch_size)
+
+    def load(self, batch_size: int, queue_depth: int) -> None:
+        """The scheduler's load now (also set outside decode steps: an idle scheduler takes none)."""
+        self.batch_size.set(batch_size)
+        self.queue_depth.set(queue_depth)
 
     def on_done(self, answer) -> None:
         pass  # the HTTP layer records answers (it also knows about cancellations)

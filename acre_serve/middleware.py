@@ -6,6 +6,7 @@ a client's disconnect still reaches the route that streams to it.
 from __future__ import annotations
 
 import hmac
+import os
 
 from starlette.responses import JSONResponse
 
@@ -73,3 +74,23 @@ class BodyLimitMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+
+class WorkerHeaderMiddleware:
+    """Every response says which worker process made it (`X-Acre-Worker: <pid>`): with several workers
+    behind one port, that is what ties a log line or a failed stream to its process."""
+
+    def __init__(self, app):
+        self.app = app
+        self.header = (b"x-acre-worker", str(os.getpid()).encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_header)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from acre_store.errors import StoreError
 
@@ -114,8 +113,13 @@ class Worker:
 
     # ---- health ----------------------------------------------------------------------------------
 
-    def health(self) -> dict:
+    def refresh_metrics(self) -> None:
+        """Bring the metrics that mirror live state up to date (before a scrape, after a question)."""
         self.metrics.chunk_cache(self.engine.chunk_cache.stats())
+        self.metrics.load(self.scheduler.batch_size, self.scheduler.queue_depth)
+
+    def health(self) -> dict:
+        self.refresh_metrics()
         try:
             self.store.stats()  # one cheap call that both the daemon client and the embedded store answer
             ok = True
@@ -123,7 +127,8 @@ class Worker:
             log.warning("health: store unreachable: %s", e)
             ok = False
         return {"status": "ok" if ok else "degraded", "model": self.model_name, "store": "ok" if ok else "unreachable",
-                "pid": os.getpid(), "time": time.time()}
+                "pid": os.getpid(), "batch_size": self.scheduler.batch_size, "queue_depth": self.scheduler.queue_depth,
+                "ingests": len(self.ingests.running())}
 
     def close(self) -> None:
         """Finish in-flight questions, then close the stores (the lifespan's shutdown)."""

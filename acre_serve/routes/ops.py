@@ -21,5 +21,5 @@ async def health(request: Request):
 @router.get("/metrics")
 async def metrics(request: Request):
     w = worker_of(request)
-    w.metrics.chunk_cache(w.engine.chunk_cache.stats())
+    w.refresh_metrics()
     return Response(w.metrics.render(), media_type=CONTENT_TYPE)
