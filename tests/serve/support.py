@@ -29,11 +29,12 @@ class Server:
     api_key: str | None = None
     env: dict = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    scheme: str = "http"
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def headers(self) -> dict:
@@ -56,7 +57,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"acre serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code in (200, 503):
+                if httpx.get(self.url + "/health", timeout=2, verify=False).status_code in (200, 503):
                     return
             except httpx.HTTPError:
                 pass
@@ -64,7 +65,7 @@ class Server:
         raise RuntimeError(f"acre serve not ready after {timeout}s:\n{self.log()}")
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, verify=False)
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
