@@ -13,6 +13,8 @@ import threading
 
 from starlette.concurrency import run_in_threadpool
 
+from acre_model.scheduler import Done
+
 from .errors import ApiError, classify, outcome
 from .schemas import AskIn
 from .worker import Worker
@@ -131,7 +133,7 @@ class LiveStream:
         if isinstance(item, BaseException):
             self.finished = True
             raise _failed(self.worker, self.policy, item) from item
-        if hasattr(item, "answer"):  # Done
+        if isinstance(item, Done):
             self.finished = True
             _answered(self.worker, item.answer)
         return item

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from acre_store.errors import StoreError
 
@@ -24,6 +25,7 @@ except ImportError:  # NOTE: the store branch exports it; until then the CLI's r
 
 log = logging.getLogger("acre_serve")
 
+_WHOLE_ID = re.compile(r"[0-9a-f]{40}")  # acre_model.ingest.document_id: 40 hex digits
 MAX_QUESTION_CHARS = 32768  # before tokenizing; the real bound is the model's context (checked too)
 
 
@@ -69,7 +71,10 @@ class Worker:
         return info.to_dict()
 
     def resolve(self, ref: str) -> str:
-        """A document id from an id, a unique prefix of 4+ characters, or a name."""
+        """A document id from an id, a unique prefix of 4+ characters, or a name. A whole id is taken
+        as it is (no listing of the store per question); the call that uses it finds out if it is unknown."""
+        if _WHOLE_ID.fullmatch(ref):
+            return ref
         return resolve_doc_id(self.store, ref)
 
     def documents(self) -> list[dict]:

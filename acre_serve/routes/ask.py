@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+
+from acre_model.scheduler import Done
+
 from .. import bridge
 from ..schemas import AskBatchIn, AskIn
 from ..sse import EventStreamResponse, TrimmedDeltas, framed
@@ -16,7 +19,7 @@ def _ask_events():
     trim = TrimmedDeltas()
 
     def on_event(ev):
-        if hasattr(ev, "answer"):  # Done
+        if isinstance(ev, Done):
             return [{"answer": ev.answer.to_dict()}]
         text = trim(ev.text)
         return [{"delta": text}] if text else []

@@ -13,6 +13,8 @@ import uuid
 
 from fastapi import APIRouter, Request
 
+from acre_model.scheduler import Done
+
 from .. import bridge
 from ..schemas import ChatIn
 from ..sse import EventStreamResponse, TrimmedDeltas, event, framed
@@ -37,15 +39,16 @@ async def chat_completions(body: ChatIn, request: Request):
     ask = body.ask()
     model = body.model or w.model_name
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
-    n_question = w.question_tokens(ask.question, ask.answer_prefix)
     if not body.stream:
         a = await bridge.answer(w, ask, "messages")
+        n_question = w.question_tokens(ask.question, ask.answer_prefix)
         return {**head, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": a.answer},
                              "logprobs": None, "finish_reason": _finish_reason(a, ask.max_new_tokens)}],
                 "usage": _usage(n_question, a), "acre": a.to_dict()}
 
     live = await bridge.live(w, ask, "messages")
+    n_question = w.question_tokens(ask.question, ask.answer_prefix)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     trim = TrimmedDeltas()
     done: list = []
@@ -55,7 +58,7 @@ async def chat_completions(body: ChatIn, request: Request):
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
 
     def on_event(ev):
-        if hasattr(ev, "answer"):  # Done
+        if isinstance(ev, Done):
             done.append(ev.answer)
             return [chunk({}, _finish_reason(ev.answer, ask.max_new_tokens), acre=ev.answer.to_dict())]
         text = trim(ev.text)
