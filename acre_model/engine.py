@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
+from typing import Sequence as Seq
 
 import torch
 
@@ -37,6 +38,7 @@ from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
 from .kv_cache import KVCache
 from .policies import PlanContext, Policy, make_policy
 from .results import Answer, DocInfo, Generation, Prepared
+from .sequence import Sequence
 from .tokenizer import Tokenizer
 from .weights import load_model
 
@@ -291,22 +293,24 @@ class Engine:
         return self.prepare(doc_id, question, policy, answer_prefix, store, 1, **knobs).logits
 
     def ask(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
-            store: StoreAPI | str | None = None, max_new_tokens: int = 64, **knobs) -> Answer:
-        """Answer a question on an ingested document with a KV policy (see `policies/`).
+            store: StoreAPI | str | None = None, max_new_tokens: int = 64, *, temperature: float = 0.0,
+            top_p: float = 1.0, sampling_seed: int | None = None, stop: Seq[str] = (), **knobs) -> Answer:
+        """Answer a question on an ingested document with a KV policy (see `policies/`). Greedy unless a
+        temperature is given; the answer ends at a stop token, a stop string, or `max_new_tokens`.
 
         The stored document is never changed: every question starts from the same cached state.
         """
         t0 = time.perf_counter()
+        sampling = SamplingParams(max_new_tokens, temperature, top_p, sampling_seed)
         # 1-6. L1, question ids, plan, layout, fetch + pass 2 (see `prepare`)
         p = self.prepare(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
-        ttft = time.perf_counter() - t0
-        # 7. decode on the same cache
-        d = decode(self.model, p.cache, p.logits, SamplingParams(max_new_tokens), self.tokenizer.stop_ids)
+        seq = Sequence(p, self.tokenizer, sampling, stop, start=t0)
+        # 7. decode: the first token from pass 2's logits, then one step per token, through the same
+        # batched step the scheduler uses (a batch of one), so an answer is the same alone or batched
+        seq.push(p.logits)
+        while not seq.finished:
+            t = time.perf_counter()
+            logits = self.model.decode_batch([seq.last_token], [p.cache])[0]
+            seq.push(logits, time.perf_counter() - t)
         # 8. the answer and what it cost
-        return Answer(
-            answer=self.tokenizer.decode(d.tokens).strip(), policy=p.policy.name, kv_ratio=p.layout.kv_ratio,
-            refilled_chunks=list(p.plan.chunks), entropy=p.plan.entropy, k=p.plan.k, mode=p.plan.mode,
-            ttft_s=ttft, total_s=time.perf_counter() - t0, decode_ms_per_token=d.ms_per_token,
-            n_tokens=p.doc.n_tokens, n_active=max(p.layout.n_active, default=0), n_new_tokens=len(d.tokens),
-            fetch_s=p.fetch.fetch_s, fetch_wait_s=p.fetch.wait_s, fetched_bytes=p.fetch.fetched_bytes,
-            index_share=p.doc.index_nbytes / (p.doc.kv_nbytes or 1), doc_id=doc_id)
+        return seq.answer()

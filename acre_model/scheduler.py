@@ -1,0 +1,260 @@
+"""`Scheduler`: many questions at once on one engine, with continuous batching.
+
+Questions are submitted from any thread. A planning thread runs each new question's `Engine.prepare`
+(pass 1, refill and pass 2 over its own active cache) while the decoding thread steps every question
+in flight as one batched forward (`LlamaModel.decode_batch`: one row per question, each over its own
+cache). A prepared question joins the running batch at the next step, and a finished or cancelled one
+leaves it at once: the batch is re-formed every step, as serving engines do.
+
+Each question decodes through a `Sequence`, as `Engine.ask` does, and a row's numbers do not depend on
+the other rows of its batch, so an answer equals the same question asked alone (greedy, token for token).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .errors import InputError
+from .generation import SamplingParams
+from .results import Answer
+from .sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AskRequest:
+    doc_id: str
+    question: str
+    policy: str = "acre"
+    answer_prefix: str = ""
+    max_new_tokens: int = 64
+    knobs: dict = field(default_factory=dict)  # the policy's own knobs
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None  # sampling seed (a policy's own `seed` knob goes in `knobs`)
+    stop: list[str] = field(default_factory=list)
+    store: object = None  # a store object or address; None: the engine's default store
+
+
+@dataclass
+class Delta:
+    text: str  # text the latest token added (may be empty while a character is incomplete)
+
+
+@dataclass
+class Done:
+    answer: Answer
+
+
+_END = object()
+
+
+class AskStream:
+    """The handle of one submitted question: iterate it for `Delta`s then one `Done`, or call `result()`."""
+
+    def __init__(self, request: AskRequest, sampling: SamplingParams):
+        self.request = request
+        self.sampling = sampling
+        self.submitted = time.perf_counter()
+        self._events: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+        self.answer: Answer | None = None
+        self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Stop this question: it leaves the batch at the next step (or is never planned)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def __iter__(self) -> Iterator[Delta | Done]:
+        while True:
+            ev = self._events.get()
+            if ev is _END:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield ev
+
+    def result(self, timeout: float | None = None) -> Answer:
+        """Block until the answer is complete; raises the question's error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ev = self._events.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError(f"no answer within {timeout} s") from None
+            if ev is _END:
+                if self.error is not None:
+                    raise self.error
+                assert self.answer is not None
+                return self.answer
+
+    # called by the scheduler's threads
+    def _emit(self, ev) -> None:
+        if isinstance(ev, Done):
+            self.answer = ev.answer
+        self._events.put(ev)
+
+    def _fail(self, e: BaseException) -> None:
+        self.error = e
+        self._events.put(_END)
+
+    def _end(self) -> None:
+        self._events.put(_END)
+
+
+class SchedulerClosed(InputError):
+    """The scheduler is shutting down and takes no new questions."""
+
+
+class Scheduler:
+    def __init__(self, engine, max_batch: int = 16, listener=None):
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.engine = engine
+        self.max_batch = max_batch
+        self.listener = listener  # optional: on_step(batch_size, queue_depth), on_done(answer), on_error(exc)
+        self._pending: queue.Queue[AskStream | None] = queue.Queue()
+        self._ready: queue.Queue[tuple[AskStream, Sequence]] = queue.Queue()
+        self._slots = threading.Semaphore(max_batch)  # questions planned or decoding
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._active: list[tuple[AskStream, Sequence]] = []
+        self._planner = threading.Thread(target=self._plan_loop, name="acre-plan", daemon=True)
+        self._decoder = threading.Thread(target=self._decode_loop, name="acre-decode", daemon=True)
+        self._planner.start()
+        self._decoder.start()
+
+    @property
+    def queue_depth(self) -> int:
+        """Questions waiting to be planned."""
+        return self._pending.qsize()
+
+    @property
+    def batch_size(self) -> int:
+        """Questions decoding now."""
+        return len(self._active)
+
+    def submit(self, request: AskRequest) -> AskStream:
+        """Queue a question; cheap checks (sampling values, empty question) raise InputError at once."""
+        if self._closing.is_set():
+            raise SchedulerClosed("the server is shutting down")
+        if not request.question or not request.question.strip():
+            raise InputError("question: empty question")
+        sampling = SamplingParams(request.max_new_tokens, request.temperature, request.top_p, request.seed)
+        if any(not isinstance(s, str) or not s for s in request.stop):
+            raise InputError("stop: stop strings must be non-empty strings")
+        stream = AskStream(request, sampling)
+        self._pending.put(stream)
+        return stream
+
+    def close(self, timeout: float | None = None) -> None:
+        """Take no new questions; finish the ones in flight; stop the threads."""
+        self._closing.set()
+        self._pending.put(None)
+        self._planner.join(timeout)
+        self._wake.set()
+        self._decoder.join(timeout)
+
+    # ---- planning thread -----------------------------------------------------------------------
+
+    def _plan_loop(self) -> None:
+        while True:
+            stream = self._pending.get()
+            if stream is None:
+                self._ready.put(None)  # tells the decoder that nothing more comes
+                return
+            if stream.cancelled:
+                stream._end()
+                continue
+            self._slots.acquire()
+            try:
+                r = stream.request
+                p = self.engine.prepare(r.doc_id, r.question, r.policy, r.answer_prefix, r.store,
+                                        r.max_new_tokens, **r.knobs)
+                seq = Sequence(p, self.engine.tokenizer, stream.sampling, r.stop, start=stream.submitted)
+            except BaseException as e:  # the question's own error: reported through its stream
+                self._slots.release()
+                self._report_error(stream, e)
+                continue
+            self._ready.put((stream, seq))
+            self._wake.set()
+
+    # ---- decoding thread -----------------------------------------------------------------------
+
+    def _decode_loop(self) -> None:
+        planner_done = False
+        while True:
+            # admit every prepared question: its first token comes from pass 2's logits
+            while True:
+                try:
+                    item = self._ready.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    planner_done = True
+                    continue
+                stream, seq = item
+                if self._step_one(stream, seq, seq.p.logits, 0.0):
+                    self._active.append((stream, seq))
+            if not self._active:
+                if planner_done:
+                    return
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            if self.listener is not None:
+                self.listener.on_step(len(self._active), self.queue_depth)
+            batch = list(self._active)
+            t = time.perf_counter()
+            try:
+                logits = self.engine.model.decode_batch([q.last_token for _, q in batch], [q.cache for _, q in batch])
+            except BaseException as e:  # a failed step fails every question in it, not the scheduler
+                log.exception("decoding step failed")
+                for stream, _ in batch:
+                    self._slots.release()
+                    self._report_error(stream, e)
+                self._active = []
+                continue
+            step_s = time.perf_counter() - t
+            self._active = [(stream, seq) for i, (stream, seq) in enumerate(batch)
+                            if self._step_one(stream, seq, logits[i], step_s)]
+
+    def _step_one(self, stream: AskStream, seq: Sequence, logits, step_s: float) -> bool:
+        """Push one token into a sequence and emit its text. Returns whether it goes on decoding; a
+        finished, cancelled or failed question gives its slot back."""
+        if stream.cancelled:
+            self._slots.release()
+            stream._end()
+            return False
+        try:
+            delta = seq.push(logits, step_s)
+        except BaseException as e:
+            self._slots.release()
+            self._report_error(stream, e)
+            return False
+        if delta:
+            stream._emit(Delta(delta))
+        if not seq.finished:
+            return True
+        self._slots.release()
+        answer = seq.answer()
+        stream._emit(Done(answer))
+        stream._end()
+        if self.listener is not None:
+            self.listener.on_done(answer)
+        return False
+
+    def _report_error(self, stream: AskStream, e: BaseException) -> None:
+        stream._fail(e)
+        if self.listener is not None:
+            self.listener.on_error(e)
