@@ -10,13 +10,14 @@
 | UnknownDocument, store DocumentNotFound | 404 | not_found |
 | other DocumentError, store LayoutMismatch (another model's document) | 409 | conflict |
 | StoreUnavailable (daemon gone, deadline passed) | 503 | store_unavailable |
+| another acre_model error (the worker's set-up, e.g. a model without calibration) | 500 | server_error |
 | anything else | 500 | internal (traceback in the server log) |
 """
 from __future__ import annotations
 
 import logging
 
-from acre_model.errors import DocumentError, InputError, UnknownDocument
+from acre_model.errors import AcreError, DocumentError, InputError, UnknownDocument
 from acre_model.scheduler import SchedulerClosed
 from acre_store.errors import DocumentNotFound, InvalidArgument, LayoutMismatch, StoreUnavailable
 
@@ -43,6 +44,7 @@ _CLASSES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
     ((InputError, InvalidArgument), 400, "invalid_request"),
     ((DocumentError, LayoutMismatch), 409, "conflict"),
     ((StoreUnavailable,), 503, "store_unavailable"),
+    ((AcreError,), 500, "server_error"),  # the worker's own set-up (e.g. a model without calibration)
 )
 
 

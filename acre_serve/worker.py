@@ -11,6 +11,7 @@ import logging
 import os
 import re
 
+from acre_model.errors import InputError
 from acre_store.errors import StoreError
 
 from .config import ServeConfig
@@ -64,6 +65,8 @@ class Worker:
         try:
             info = self.engine.ingest(text, store=self.store, name=name or None,
                                       on_progress=lambda done, total: self.ingests.update(progress, done, total))
+        except InputError as e:  # empty, or longer than the model takes
+            raise bad_request("text", str(e)) from None
         finally:
             self.ingests.finish(progress)
             self.metrics.ingests_running.dec()

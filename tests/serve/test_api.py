@@ -201,7 +201,7 @@ BAD = [
     ("/v1/ask/batch", {"questions": ["q?"], "top_p": 2}, 400, "top_p"),
     ("/v1/documents", {"text": ""}, 400, "text"),
     ("/v1/documents", {"txt": "hello"}, 400, "txt: unknown field"),
-    ("/v1/documents", {"text": "word " * 3000}, 400, "at most"),
+    ("/v1/documents", {"text": "word " * 3000}, 400, "text: document is"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q?"}]}, 400, "acre: required"),
     ("/v1/chat/completions", {"messages": [{"role": "system", "content": "hi"}], "acre": {"doc_id": "colours"}},
      400, "messages"),
