@@ -31,16 +31,6 @@ disable_created_metrics()  # no `_created` series beside every counter and histo
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Metrics:
     """Every metric of one worker process. `multiproc_dir` set: samples go to that folder (see above)."""
 
@@ -142,7 +132,11 @@ class Metrics:
         """Remove the live gauges of workers that died without saying so (SIGKILL)."""
         for f in glob.glob(os.path.join(self.multiproc_dir, "gauge_live*_*.db")):
             m = _LIVE_GAUGE_FILE.search(os.path.basename(f))
-            if m and not _pid_alive(int(m.group(1))):
+            if m is None:
+                continue
+            try:
+                os.kill(int(m.group(1)), 0)  # signal 0 only asks whether the process exists
+            except (ProcessLookupError, PermissionError):  # none, or another user's that reused the pid
                 multiprocess.mark_process_dead(int(m.group(1)), self.multiproc_dir)
 
     def close(self) -> None:

@@ -30,12 +30,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def server(tiny_folder, daemon, tmp_path_factory):
-    s = Server(["--model", str(tiny_folder), "--store", daemon.addr, "--max-body-bytes", "64K",
-                "--max-batch", "2"], str(tmp_path_factory.mktemp("log") / "serve.log"), api_key=KEY)
-    try:
-        yield s.start()
-    finally:
-        s.stop()
+    with Server(["--model", str(tiny_folder), "--store", daemon.addr, "--max-body-bytes", "64K", "--max-batch", "2"],
+                str(tmp_path_factory.mktemp("log") / "serve.log"), api_key=KEY) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,9 @@ def test_non_loopback_host_without_key_refuses_to_start(tiny_folder):
 
 @pytest.fixture(scope="module")
 def workers2(tiny_folder, daemon, tmp_path_factory):
-    s = Server(["--model", str(tiny_folder), "--store", daemon.addr, "--workers", "2", "--max-batch", "8"],
-               str(tmp_path_factory.mktemp("log") / "serve2.log"))
-    try:
-        yield s.start()
-    finally:
-        s.stop()
+    with Server(["--model", str(tiny_folder), "--store", daemon.addr, "--workers", "2", "--max-batch", "8"],
+                str(tmp_path_factory.mktemp("log") / "serve2.log")) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -125,33 +122,36 @@ def test_worker_killed_mid_answer_fails_that_request_only(workers2, docs2):
 # ---- a daemon that goes away and comes back ---------------------------------------------------------
 
 
-def test_daemon_restart_gives_503_then_recovers(tiny_folder, tmp_path):
-    daemon = Daemon(data=str(tmp_path / "data"), backend="lmdb", sock_dir=short_tmp()).start()
-    server = Server(["--model", str(tiny_folder), "--store", daemon.addr], str(tmp_path / "serve.log"))
-    try:
-        server.start()
-        with server.client(timeout=60) as c:
-            doc = c.post("/v1/documents", json={"text": DOC}).json()
-            ask = {"doc_id": doc["doc_id"], "question": Q[0], "max_new_tokens": 4}
-            assert c.post("/v1/ask", json=ask).status_code == 200
-            daemon.kill9()
-            for path, body in (("/v1/ask", ask), ("/v1/ask", {**ask, "policy": "full"}), ("/v1/documents", None)):
-                r = c.post(path, json=body) if body else c.get(path)
-                assert r.status_code == 503, r.text
-                assert r.json()["error"]["type"] == "store_unavailable" and "unavailable" in r.json()["error"]["message"]
-            h = c.get("/health")
-            assert h.status_code == 503 and h.json()["store"] == "unreachable"
-            daemon.start()
-            deadline = time.monotonic() + 30
-            while c.get("/health").status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            full = c.post("/v1/ask", json={**ask, "policy": "full"})  # fetches every chunk from the new daemon
-            assert full.status_code == 200, full.text
-            assert full.json()["fetched_bytes"] > 0
-            assert c.post("/v1/ask", json=ask).status_code == 200
-    finally:
-        server.stop()
-        daemon.stop()
+@pytest.fixture
+def lone_daemon(tmp_path):
+    """A daemon of one test's own (the test kills it)."""
+    d = Daemon(data=str(tmp_path / "data"), backend="lmdb", sock_dir=short_tmp()).start()
+    yield d
+    d.stop()
+
+
+def test_daemon_restart_gives_503_then_recovers(tiny_folder, tmp_path, lone_daemon):
+    daemon = lone_daemon
+    with Server(["--model", str(tiny_folder), "--store", daemon.addr], str(tmp_path / "serve.log")) as server, \
+            server.client(timeout=60) as c:
+        doc = c.post("/v1/documents", json={"text": DOC}).json()
+        ask = {"doc_id": doc["doc_id"], "question": Q[0], "max_new_tokens": 4}
+        assert c.post("/v1/ask", json=ask).status_code == 200
+        daemon.kill9()
+        for path, body in (("/v1/ask", ask), ("/v1/ask", {**ask, "policy": "full"}), ("/v1/documents", None)):
+            r = c.post(path, json=body) if body else c.get(path)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["type"] == "store_unavailable" and "unavailable" in r.json()["error"]["message"]
+        h = c.get("/health")
+        assert h.status_code == 503 and h.json()["store"] == "unreachable"
+        daemon.start()
+        deadline = time.monotonic() + 30
+        while c.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        full = c.post("/v1/ask", json={**ask, "policy": "full"})  # fetches every chunk from the new daemon
+        assert full.status_code == 200, full.text
+        assert full.json()["fetched_bytes"] > 0
+        assert c.post("/v1/ask", json=ask).status_code == 200
 
 
 # ---- its own daemon, TLS, a key, SIGTERM --------------------------------------------------------------
@@ -167,11 +167,9 @@ def tls_files(tmp_path):
 
 def test_own_daemon_tls_and_sigterm_drain(tiny_folder, tmp_path, tls_files):
     home = tmp_path / "home"
-    server = Server(["--model", str(tiny_folder), "--tls-cert", tls_files[0], "--tls-key", tls_files[1]],
-                    str(tmp_path / "serve.log"), api_key="k", scheme="https",
-                    env={"ACRE_HOME": str(home), "ACRE_STORE": ""})
-    try:
-        server.start()
+    with Server(["--model", str(tiny_folder), "--tls-cert", tls_files[0], "--tls-key", tls_files[1]],
+                str(tmp_path / "serve.log"), api_key="k", scheme="https",
+                env={"ACRE_HOME": str(home), "ACRE_STORE": ""}) as server:
         sock = home / "run" / f"serve-{server.proc.pid}.sock"
         assert sock.exists() and stat.S_IMODE((home / "run").stat().st_mode) == 0o700
         with server.client(timeout=60) as c:
@@ -186,8 +184,6 @@ def test_own_daemon_tls_and_sigterm_drain(tiny_folder, tmp_path, tls_files):
         assert server.proc.wait(60) == 0
         assert not sock.exists()  # its daemon stopped too
         assert "Traceback" not in server.log()
-    finally:
-        server.stop()
     # the documents stay in $ACRE_HOME/store: the embedded store opens them now the daemon is gone
     ls = run_acre("store", "ls", "--json", env_extra={"ACRE_HOME": str(home)})
     assert doc["doc_id"] in ls.stdout
