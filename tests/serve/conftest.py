@@ -12,11 +12,22 @@ def tiny_folder(tmp_path_factory, default_model_path):
     return make_tiny_folder(tmp_path_factory.mktemp("serve") / "model", default_model_path, seed=21)
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    d = Daemon(data=str(tmp_path_factory.mktemp("data")), backend="lmdb", sock_dir=short_tmp()).start()
+def _running_daemon(data):
+    d = Daemon(data=str(data), backend="lmdb", sock_dir=short_tmp()).start()
     yield d
     d.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """A daemon shared by a module's servers."""
+    yield from _running_daemon(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def lone_daemon(tmp_path):
+    """A daemon of one test's own (say, one that the test kills)."""
+    yield from _running_daemon(tmp_path / "data")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from tests.helpers import assert_clean_error, run_acre
 from tests.model.tiny import DOC
 from tests.serve.conftest import local_answer
 from tests.serve.support import Server, sse_events
-from tests.store.support import Daemon, short_tmp
 
 Q = ["What colour is the sky?", "Which sentence mentions the sea?", "What colour is the grass?",
      "What does sentence 7 say?"]
@@ -120,14 +119,6 @@ def test_worker_killed_mid_answer_fails_that_request_only(workers2, docs2):
 
 
 # ---- a daemon that goes away and comes back ---------------------------------------------------------
-
-
-@pytest.fixture
-def lone_daemon(tmp_path):
-    """A daemon of one test's own (the test kills it)."""
-    d = Daemon(data=str(tmp_path / "data"), backend="lmdb", sock_dir=short_tmp()).start()
-    yield d
-    d.stop()
 
 
 def test_daemon_restart_gives_503_then_recovers(tiny_folder, tmp_path, lone_daemon):
