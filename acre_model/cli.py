@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 EXIT_USER_ERROR = 1
+STORE_HELP = "daemon address, e.g. unix:///tmp/acre.sock (default: $ACRE_STORE, else the embedded store in $ACRE_HOME)"
 VERSION = "0.1.0"  # when not installed (run from a checkout); keep in step with pyproject.toml
 
 
@@ -105,21 +106,100 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def _cli_knobs(args) -> dict:
+    """The policy knobs given on the command line (unset ones are left to the policy)."""
+    return {k: v for k, v in (("mode", args.mode), ("k_min", args.k_min), ("k_max", args.k_max),
+                              ("neighbors", args.neighbors)) if v is not None}
+
+
+def read_questions(path: str) -> list[dict]:
+    """Questions of a JSONL file (or "-" for standard input): one object a line with "question" and,
+    optionally, "answer_prefix", "policy", "max_new_tokens", "stop" and "knobs"."""
+    from .errors import InputError
+
+    allowed = {"question", "answer_prefix", "policy", "max_new_tokens", "stop", "knobs", "id"}
+    out = []
+    for n, line in enumerate(read_document(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(q, dict) or not isinstance(q.get("question"), str):
+            raise InputError(f"{path}:{n}: each line must be an object with a \"question\" string")
+        extra = sorted(set(q) - allowed)
+        if extra:
+            raise InputError(f"{path}:{n}: unknown field {extra[0]!r} (fields: {', '.join(sorted(allowed))})")
+        out.append(q)
+    if not out:
+        raise InputError(f"{path}: no questions")
+    return out
+
+
 def cmd_ask(args) -> int:
     from acre_store import resolve_doc_id
 
+    from .errors import InputError
+
+    if (args.question is None) == (args.questions is None):
+        raise InputError("give either a QUESTION or --questions FILE.jsonl")
     eng = _engine(args)
     store = eng.open_store(args.store)
     doc_id = resolve_doc_id(store, args.doc)
+    if args.questions is not None:
+        return _ask_many(args, eng, store, doc_id)
     a = eng.ask(doc_id, args.question, policy=args.policy, answer_prefix=args.answer_prefix, store=store,
-                max_new_tokens=args.max_new_tokens, mode=args.mode, k_min=args.k_min, k_max=args.k_max,
-                neighbors=args.neighbors)
+                max_new_tokens=args.max_new_tokens, **_cli_knobs(args))
     _print(args, a.to_dict(), a.answer)
     if not args.json:
         print(f"[{a.policy}, {a.mode} positions: KV ratio {a.kv_ratio:.3f} ({a.n_active}/{a.n_tokens} entries), "
               f"{len(a.refilled_chunks)} chunks refilled, TTFT {a.ttft_s:.2f}s, total {a.total_s:.2f}s]",
               file=sys.stderr)
     return 0
+
+
+def _ask_many(args, eng, store, doc_id: str) -> int:
+    """--questions: every question of the file at once through the batching scheduler; one JSON line
+    per question, in the file's order ({"question", ...the answer} or {"question", "error"})."""
+    from .errors import AcreError
+    from .scheduler import AskRequest, Scheduler
+
+    questions = read_questions(args.questions)
+    sched = Scheduler(eng)
+    try:
+        streams = []
+        for q in questions:
+            req = AskRequest(doc_id, q["question"], q.get("policy", args.policy),
+                             q.get("answer_prefix", args.answer_prefix),
+                             q.get("max_new_tokens", args.max_new_tokens),
+                             {**_cli_knobs(args), **q.get("knobs", {})}, stop=q.get("stop", []), store=store)
+            try:
+                streams.append(sched.submit(req))
+            except AcreError as e:
+                streams.append(e)
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+        try:
+            failed = 0
+            for q, s in zip(questions, streams):
+                head = {k: q[k] for k in ("id", "question") if k in q}
+                try:
+                    if isinstance(s, Exception):
+                        raise s
+                    row = {**head, **s.result().to_dict()}
+                except AcreError as e:
+                    failed += 1
+                    row = {**head, "error": str(e)}
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    finally:
+        sched.close()
+    if failed:
+        print(f"acre: {failed} of {len(questions)} questions failed (see their \"error\")", file=sys.stderr)
+    return EXIT_USER_ERROR if failed else 0
 
 
 def cmd_demo(args) -> int:
@@ -176,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pi = sub.add_parser("ingest", help="prefill a document once and store its L1 + L2 KV")
     pi.add_argument("file", help="a text file, or - for standard input")
-    pi.add_argument("--store", default=None, help="daemon address (default: embedded store in $ACRE_HOME)")
+    pi.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
     pi.add_argument("--name", default="", help="human-readable name")
     pi.add_argument("--no-progress", action="store_true")
     _add_model_args(pi)
@@ -184,8 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pa = sub.add_parser("ask", help="answer a question on an ingested document")
     pa.add_argument("doc", help="document id (or a unique prefix of it, or its name)")
-    pa.add_argument("question")
-    pa.add_argument("--store", default=None)
+    pa.add_argument("question", nargs="?", default=None)
+    pa.add_argument("--questions", default=None, metavar="FILE.jsonl",
+                    help="many questions on the document, one JSON object a line ({\"question\": ..., "
+                         "\"answer_prefix\"?, \"policy\"?, \"max_new_tokens\"?, \"stop\"?, \"knobs\"?, \"id\"?}), "
+                         "answered together; writes one JSON line per question")
+    pa.add_argument("--out", default=None, help="with --questions: write the JSONL here instead of stdout")
+    pa.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
     pa.add_argument("--policy", default="acre", help="acre, acre-l1, fixed-k, full, l1-only, random, "
                     "streaming, h2o, snapkv")
     pa.add_argument("--answer-prefix", default="")
@@ -200,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pd = sub.add_parser("demo", help="the main job: ingest a long document once, ask several questions")
     pd.add_argument("--tokens", type=int, default=3000, help="document length in tokens")
-    pd.add_argument("--store", default=None)
+    pd.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
     _add_model_args(pd)
     pd.set_defaults(func=cmd_demo)
 

@@ -22,8 +22,7 @@ from typing import Sequence as Seq
 
 import torch
 
-from acre_store import DocLayout, DocMeta, DocumentNotFound, EmbeddedStore, connect
-from acre_store.embedded import StoreAPI
+from acre_store import DocLayout, DocMeta, DocumentNotFound, EmbeddedStore, StoreAPI, connect
 
 from .active_layout import ActiveLayout
 from .calibrate import load_retrieval_heads

@@ -6,11 +6,15 @@
     with connect("unix:///tmp/acre.sock") as store:  # a daemon shared by many workers
         ...
 
-Both have the same interface: put, info, get_l1, fetch, fetch_async, prefetch, list, delete, pin, stats.
+Both implement `StoreAPI`: put, info, get_l1, fetch, fetch_async, prefetch, list, delete, pin, stats (a
+`StoreStats`), close. `resolve_doc_id(store, ref)` turns an id, a unique id prefix or a name into an id.
 """
+from .api import StoreAPI
+from .doc_ref import resolve_doc_id
 from .embedded import EmbeddedStore, default_store_path
 from .errors import (DataLoss, DocumentNotFound, InvalidArgument, LayoutMismatch, ResourceExhausted, StoreError,
                      StoreUnavailable)
+from .stats import StoreStats
 from .types import DocLayout, DocMeta
 
 
@@ -20,6 +24,6 @@ def connect(addr: str, timeout: float = 30.0, **kw):
     return StoreClient(addr, timeout=timeout, **kw)
 
 
-__all__ = ["EmbeddedStore", "connect", "default_store_path", "DocLayout", "DocMeta", "StoreError",
-           "DocumentNotFound", "InvalidArgument", "LayoutMismatch", "ResourceExhausted", "DataLoss",
-           "StoreUnavailable"]
+__all__ = ["StoreAPI", "StoreStats", "EmbeddedStore", "connect", "default_store_path", "resolve_doc_id",
+           "DocLayout", "DocMeta", "StoreError", "DocumentNotFound", "InvalidArgument", "LayoutMismatch",
+           "ResourceExhausted", "DataLoss", "StoreUnavailable"]

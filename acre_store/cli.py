@@ -65,7 +65,7 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
         _common(q)
         q.set_defaults(func=_guard(_ls if name == "ls" else _stats))
     r = sub.add_parser("rm", help="delete a document", description="Delete a document from the store.")
-    r.add_argument("doc", metavar="DOC", help="document id (or a unique prefix of it, or its name)")
+    r.add_argument("doc", metavar="DOC", help="document id (or a unique prefix of it, 4+ characters, or its name)")
     _common(r)
     r.set_defaults(func=_guard(_rm))
     return p
@@ -85,21 +85,6 @@ def open_store(addr: str | None):
         return connect(addr, timeout=30.0)
     from . import EmbeddedStore
     return EmbeddedStore()
-
-
-def _resolve(store, doc: str) -> str:
-    from .errors import DocumentNotFound, InvalidArgument
-
-    docs = store.list()
-    exact = [m.doc_id for m in docs if m.doc_id == doc]
-    if exact:
-        return exact[0]
-    matches = [m.doc_id for m in docs if m.doc_id.startswith(doc.lower()) or (m.name and m.name == doc)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise InvalidArgument(f"{doc!r} matches {len(matches)} documents; give more of the id")
-    raise DocumentNotFound(f"unknown document {doc}")
 
 
 def _ls(args) -> int:
@@ -123,29 +108,30 @@ def _stats(args) -> int:
     with open_store(args.store) as store:
         st = store.stats()
     if args.json:
-        print(json.dumps(st))
+        print(json.dumps(st.to_dict()))
         return 0
-    ram, disk = st["ram"], st["disk"]
+    ram, disk, ops = st.ram, st.disk, st.ops
 
     def rate(h, m):
         return f"{100 * h / (h + m):.1f}%" if h + m else "-"
 
     cap = lambda n: _fmt_bytes(n) if n else "no cap"  # noqa: E731
-    print(f"store     {st['path']} ({st['backend']}), {st['n_docs']} documents, {st['n_pinned']} pinned")
-    print(f"ram       {_fmt_bytes(ram['used_bytes'])} of {cap(ram['capacity_bytes'])}, {ram['entries']} entries, "
-          f"hit rate {rate(ram['hits'], ram['misses'])} ({ram['hits']} hits, {ram['misses']} misses), "
-          f"{ram['evictions']} evictions")
-    print(f"disk      {_fmt_bytes(disk['used_bytes'])} of {cap(disk['capacity_bytes'])}, {disk['reads']} reads, "
-          f"{disk['evictions']} evictions, {disk['checksum_failures']} checksum failures")
-    ops = st["ops"]
-    print(f"ops       {ops['puts']} puts ({ops['put_noops']} no-op, {ops['put_aborts']} aborted), "
-          f"{ops['fetched_chunks']} chunks fetched ({_fmt_bytes(ops['fetched_bytes'])}), {ops['deletes']} deletes")
+    print(f"store     {st.path} ({st.backend}), {st.n_docs} documents, {st.n_pinned} pinned")
+    print(f"ram       {_fmt_bytes(ram.used_bytes)} of {cap(ram.capacity_bytes)}, {ram.entries} entries, "
+          f"hit rate {rate(ram.hits, ram.misses)} ({ram.hits} hits, {ram.misses} misses), "
+          f"{ram.evictions} evictions")
+    print(f"disk      {_fmt_bytes(disk.used_bytes)} of {cap(disk.capacity_bytes)}, {disk.reads} reads, "
+          f"{disk.evictions} evictions, {disk.checksum_failures} checksum failures")
+    print(f"ops       {ops.puts} puts ({ops.put_noops} no-op, {ops.put_aborts} aborted), "
+          f"{ops.fetched_chunks} chunks fetched ({_fmt_bytes(ops.fetched_bytes)}), {ops.deletes} deletes")
     return 0
 
 
 def _rm(args) -> int:
+    from .doc_ref import resolve_doc_id
+
     with open_store(args.store) as store:
-        doc_id = _resolve(store, args.doc)
+        doc_id = resolve_doc_id(store, args.doc)
         store.delete(doc_id)
     if args.json:
         print(json.dumps({"deleted": doc_id}))
@@ -158,7 +144,7 @@ def _serve(args) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .server import DEFAULT_LISTEN, ServerConfig, StoreServer
-    from .store import DEFAULT_RAM_BYTES, StoreConfig
+    from .config import DEFAULT_RAM_BYTES, StoreConfig
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 import numpy as np
@@ -20,16 +20,20 @@ import numpy as np
 from ._proto import store_pb2 as pb
 from ._proto import store_pb2_grpc
 from .checksum import bad_layers, crc32c
+from .api import StoreAPI
 from .dataplane import DataPlaneBroken, DataPlaneClient, data_path, unix_path
-from .embedded import StoreAPI
 from .errors import DataLoss, InvalidArgument, StoreError, StoreUnavailable, error_for_code
 from .record import TensorSpec
 from .shared import SharedGone, map_shared, read_shared
+from .stats import StoreStats
 from .types import DocMeta
 from .wire import (CHANNEL_OPTIONS, MAX_FRAME_BYTES, decode_fetch_frame, layout_from_pb, meta_from_pb, meta_to_pb,
                    spec_from_pb, spec_to_pb)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_END = object()
 
 
 def normalize_addr(addr: str) -> str:
@@ -82,18 +86,25 @@ class StoreClient(StoreAPI):
             return StoreUnavailable(f"store daemon at {self.addr} did not answer in time ({details})")
         return error_for_code(code, details)
 
+    def _retry(self, attempt: Callable[[], T], retryable: Callable[[], bool] = lambda: True) -> T:
+        """`attempt()`, run again while it fails with UNAVAILABLE and `retryable()` holds: up to `retries`
+        more times, after `backoff_s`, then twice as long each time. Any other gRPC failure, or the last,
+        raises its StoreError; other exceptions pass through."""
+        delay, retried = self.backoff_s, 0
+        while True:
+            try:
+                return attempt()
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or retried >= self.retries or not retryable():
+                    raise self._error(e) from None
+            log.debug("%s unavailable, retrying in %.2fs", self.addr, delay)
+            time.sleep(delay)
+            delay *= 2
+            retried += 1
+
     def _call(self, method, request, timeout: float | None = None):
         """A unary call with a deadline, retried with backoff while the daemon is UNAVAILABLE."""
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return method(request, timeout=timeout or self.timeout)
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
-                    raise self._error(e) from None
-                log.debug("%s unavailable, retrying in %.2fs", self.addr, delay)
-                time.sleep(delay)
-                delay *= 2
+        return self._retry(lambda: method(request, timeout=timeout or self.timeout))
 
     # -- API ------------------------------------------------------------------------------------
 
@@ -137,19 +148,16 @@ class StoreClient(StoreAPI):
                 return
             yield pb.PutRequest(end=pb.PutEnd(n_chunks=n))
 
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+        def attempt():
             try:
-                resp = self._stub.Put(requests(), timeout=self.stream_timeout)
-                break
-            except grpc.RpcError as e:
-                if state["error"] is not None:
+                return self._stub.Put(requests(), timeout=self.stream_timeout)
+            except grpc.RpcError:
+                if state["error"] is not None:  # the chunks' fault, not the call's
                     raise state["error"] from None
-                retry = e.code() == grpc.StatusCode.UNAVAILABLE and not state["pulled"] and attempt < self.retries
-                if not retry:
-                    raise self._error(e) from None
-                time.sleep(delay)
-                delay *= 2
+                raise
+
+        # Retried only while no chunk was taken from `chunks` (it cannot be read twice).
+        resp = self._retry(attempt, retryable=lambda: not state["pulled"])
         if state["error"] is not None:  # the daemon may have answered "already stored" first
             raise state["error"]
         return meta_from_pb(resp.meta)
@@ -158,15 +166,7 @@ class StoreClient(StoreAPI):
         return meta_from_pb(self._call(self._stub.Info, pb.InfoRequest(doc_id=doc_id)))
 
     def get_l1(self, doc_id: str) -> dict[str, np.ndarray]:
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return self._get_l1(doc_id)
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
-                    raise self._error(e) from None
-                time.sleep(delay)
-                delay *= 2
+        return self._retry(lambda: self._get_l1(doc_id))
 
     def _get_l1(self, doc_id: str) -> dict[str, np.ndarray]:
         out, spec, buf = {}, None, None
@@ -192,36 +192,43 @@ class StoreClient(StoreAPI):
         return self._fetch(req)
 
     def _fetch(self, req: pb.FetchRequest) -> Iterator[tuple[int, np.ndarray]]:
-        delay, done, fallback = self.backoff_s, 0, False
-        for attempt in range(self.retries + 1):
-            leases: list[int] = []
-            frames = None
-            try:
-                frames = self._frames(req, leases)
-                for c, arr in self._assemble(frames, req, leases):
-                    done += 1
-                    yield c, arr
-                return
-            except DataPlaneBroken as e:
-                # The data socket is missing or broke before the first frame (so nothing was yielded): this
-                # call, and the next second's, go over gRPC. After a frame it raises StoreUnavailable instead.
-                log.debug("data socket of %s unusable (%s); Fetch over gRPC", self.addr, e)
-                self._dp.mark_down()
-                fallback = True
-            except grpc.RpcError as e:
-                # Retry only a call that yielded nothing: chunks must come once, in order.
-                if e.code() != grpc.StatusCode.UNAVAILABLE or done or attempt == self.retries:
-                    raise self._error(e) from None
-                time.sleep(delay)
-                delay *= 2
-            finally:
-                if frames is not None:
-                    frames.close()  # a consumer that stopped early: the leases on their way are collected
-                self._finished(leases)
-            if fallback:  # over gRPC, with all its retries
-                yield from self._fetch(req)
-                return
-        raise StoreUnavailable(f"store daemon at {self.addr}: Fetch failed {self.retries + 1} times")
+        # Retry only a call that yielded nothing (chunks must come once, in order): each attempt is started
+        # and its first chunk taken inside `_retry`; an error after that is not retried.
+        def attempt():
+            chunks = self._fetch_once(req)
+            return next(chunks, _END), chunks
+
+        try:
+            first, chunks = self._retry(attempt)
+        except DataPlaneBroken as e:
+            # The data socket is missing or broke before the first frame (so nothing was yielded): this
+            # call, and the next second's, go over gRPC (with all its retries). After a frame it raises
+            # StoreUnavailable instead.
+            log.debug("data socket of %s unusable (%s); Fetch over gRPC", self.addr, e)
+            self._dp.mark_down()
+            yield from self._fetch(req)
+            return
+        if first is _END:
+            return
+        try:
+            yield first
+            yield from chunks
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        finally:
+            chunks.close()
+
+    def _fetch_once(self, req: pb.FetchRequest) -> Iterator[tuple[int, np.ndarray]]:
+        """One attempt of a Fetch call: (chunk_id, array) as each one is complete."""
+        leases: list[int] = []
+        frames = None
+        try:
+            frames = self._frames(req, leases)
+            yield from self._assemble(frames, req, leases)
+        finally:
+            if frames is not None:
+                frames.close()  # a consumer that stopped early: the leases on their way are collected
+            self._finished(leases)
 
     def _frames(self, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[pb.FetchFrame, object, bool]]:
         """(frame header, payload, payload is a fresh array owned by the caller) of one Fetch call."""
@@ -359,8 +366,8 @@ class StoreClient(StoreAPI):
     def pin(self, doc_id: str, pinned: bool = True) -> None:
         self._call(self._stub.Pin, pb.PinRequest(doc_id=doc_id, pinned=pinned))
 
-    def stats(self) -> dict:
-        return json.loads(self._call(self._stub.Stats, pb.StatsRequest()).json)
+    def stats(self) -> StoreStats:
+        return StoreStats.from_dict(json.loads(self._call(self._stub.Stats, pb.StatsRequest()).json))
 
     def health(self) -> str:
         """'SERVING' or 'NOT_SERVING' (grpc.health.v1)."""

@@ -11,9 +11,11 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .fetch_handle import FetchHandle
+from .api import StoreAPI
+from .config import DEFAULT_RAM_BYTES, StoreConfig
 from .record import TensorSpec
-from .store import DEFAULT_RAM_BYTES, Store, StoreConfig
+from .stats import StoreStats
+from .store import Store
 from .types import DocMeta
 
 
@@ -23,34 +25,17 @@ def default_store_path() -> str:
     return os.path.join(home, "store")
 
 
-class StoreAPI:
-    """What `EmbeddedStore` and `StoreClient` share: the async fetch and context management."""
-
-    def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
-              ) -> Iterator[tuple[int, np.ndarray]]:
-        raise NotImplementedError
-
-    def fetch_async(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
-                    ) -> FetchHandle:
-        """Start the fetch now (request validated first), transfer in a background thread."""
-        it = self.fetch(doc_id, chunk_ids, layers)
-        return FetchHandle(lambda: it)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 class EmbeddedStore(StoreAPI):
     def __init__(self, path: str | None = None, backend: str | None = None,
                  ram_bytes: int = DEFAULT_RAM_BYTES, disk_bytes: int = 0, **kw):
         self._store = Store(StoreConfig(path or default_store_path(), backend, ram_bytes, disk_bytes, **kw))
         self.path = self._store.path
+
+    @property
+    def store(self) -> Store:
+        """The `Store` underneath (its tiers and counters), for tests and tools that look inside. Arrays it
+        hands out are the RAM tier's own, read-only: copy before writing."""
+        return self._store
 
     def put(self, meta: DocMeta, l1: Mapping[str, np.ndarray], chunks: Iterable[np.ndarray]) -> DocMeta:
         """Write a document atomically; chunks: [n_layers, 2, n_kv_heads, len_c, head_dim], in order."""
@@ -74,7 +59,8 @@ class EmbeddedStore(StoreAPI):
     def get_l1(self, doc_id: str) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._store.l1(doc_id).items()}
 
-    def fetch(self, doc_id, chunk_ids, layers=None):
+    def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
+              ) -> Iterator[tuple[int, np.ndarray]]:
         it = self._store.fetch(doc_id, chunk_ids, layers)
         return ((c, a.copy()) for c, a in it)
 
@@ -90,8 +76,12 @@ class EmbeddedStore(StoreAPI):
     def pin(self, doc_id: str, pinned: bool = True) -> None:
         self._store.pin(doc_id, pinned)
 
-    def stats(self) -> dict:
+    def stats(self) -> StoreStats:
         return self._store.stats()
+
+    def wait_idle(self) -> None:
+        """Return once every prefetch started so far has finished."""
+        self._store.wait_idle()
 
     def close(self) -> None:
         self._store.close()

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .config import StoreConfig
 from .dataplane import SOCKET_PATH_MAX, DataPlaneServer, data_path, unix_path
 from .errors import StoreUnavailable
 from .service import StoreServicer, add_store_servicer
-from .store import Store, StoreConfig
+from .store import Store
 from .wire import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,7 @@ Every `StoreError` becomes its status code (`errors.py`); anything else is logge
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -15,8 +16,9 @@ import numpy as np
 from ._proto import store_pb2 as pb
 from ._proto import store_pb2_grpc
 from .errors import InvalidArgument, StoreError
+from .put_session import PutSession
 from .record import TensorSpec
-from .store import PutSession, Store
+from .store import Store
 from .wire import (FETCH_FRAME_BYTES, MAX_FRAME_BYTES, encode_fetch_frame, layout_to_pb, meta_from_pb, meta_to_pb,
                    spec_from_pb, spec_to_pb)
 
@@ -236,14 +238,14 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @unary
     def Stats(self, request, context):
-        stats = self.store.stats()
-        if self.shared is not None:
-            stats["shared"] = self.shared.stats()
+        shared = self.shared.stats() if self.shared is not None else None
+        data_plane = None
         if self.data_planes:
             planes = [dp.stats() for dp in self.data_planes]
-            stats["data_plane"] = {"paths": [p.pop("path") for p in planes],
-                                   **{k: sum(p[k] for p in planes) for k in planes[0]}}
-        return pb.StatsResponse(json=json.dumps(stats))
+            data_plane = {"paths": [p.pop("path") for p in planes],
+                          **{k: sum(p[k] for p in planes) for k in planes[0]}}
+        stats = dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane)
+        return pb.StatsResponse(json=json.dumps(stats.to_dict()))
 
 
 def _serialize_fetch_frame(frame) -> bytes:

@@ -263,7 +263,7 @@ class SharedArena:
             f.leases += 1
             self.granted += 1
         if now > self._next_reap:
-            self._reap_leases(now)
+            self.reap_leases(now)
         return pb.SharedRef(path=f.path, offset=l0 * layer_bytes, length=(l1 - l0) * layer_bytes, lease=lease)
 
     def release(self, leases: list[int], expired: bool = False) -> None:
@@ -278,7 +278,9 @@ class SharedArena:
                     f.tainted = True
             self.ram.release(key)
 
-    def _reap_leases(self, now: float) -> None:
+    def reap_leases(self, now: float) -> None:
+        """End the leases that expired by `now` (time.monotonic()): their clients died or forgot them. Their
+        files are never rewritten (a client may still map one). `lease` calls this now and then."""
         with self._lock:
             self._next_reap = now + LEASE_TTL_S / 4
             dead = [k for k, (_, exp, _) in self._leases.items() if exp < now]

@@ -70,3 +70,9 @@ def test_no_import_cycle(package):
 def test_the_checker_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_store_client_does_not_import_the_embedded_store():
+    files = [p for p in (ROOT / "acre_store").rglob("*.py") if "_proto" not in p.parts]
+    modules = {module_name(p) for p in files}
+    assert "acre_store.embedded" not in imports_of(ROOT / "acre_store" / "client.py", modules)

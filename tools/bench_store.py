@@ -41,7 +41,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from acre_store import DocLayout, DocMeta, EmbeddedStore  # noqa: E402
+from acre_store import DocLayout, DocMeta, EmbeddedStore, StoreStats  # noqa: E402
 from acre_store.wire import FETCH_FRAME_BYTES  # noqa: E402
 from tools.grpc_ceiling import measure as grpc_bare  # noqa: E402
 
@@ -302,7 +302,7 @@ class Daemon:
                     raise RuntimeError("daemon did not start")
                 time.sleep(0.05)
 
-    def stats(self) -> dict:
+    def stats(self) -> StoreStats:
         from acre_store.client import StoreClient
 
         with StoreClient(self.unix) as c:
@@ -397,7 +397,7 @@ def main() -> int:
                 for group, ram, calls in runs:
                     d = Daemon(data, backend, ram, sock_dir)
                     try:
-                        before = d.stats()["ram"]
+                        before = d.stats().ram
                         for size in group:
                             if temp == "hot":  # promote everything once
                                 pool.run(max(clients), d.unix, True, docs[size], 0, one_pass=True)
@@ -417,9 +417,9 @@ def main() -> int:
                                                  rotate=(temp != "hot"), **kw)
                                     rows.append(dict(backend=backend, temp=temp, transport=tr, clients=1,
                                                      size_mib=size, calls="all", **r))
-                        after = d.stats()["ram"]
-                        hits += after["hits"] - before["hits"]
-                        misses += after["misses"] - before["misses"]
+                        after = d.stats().ram
+                        hits += after.hits - before.hits
+                        misses += after.misses - before.misses
                     finally:
                         d.stop()
                 if temp != "hot":

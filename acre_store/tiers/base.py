@@ -8,8 +8,7 @@ them, so a tier never needs to know about integrity beyond durably keeping what 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -55,29 +54,12 @@ class DiskTier(ABC):
         """Start writing a document."""
 
     @abstractmethod
-    def read_chunk(self, record: DocRecord, c: int) -> np.ndarray:
-        """Chunk c as stored (unverified): [n_layers, 2, n_kv_heads, len_c, head_dim]."""
-
-    @contextmanager
-    def chunk_bytes(self, record: DocRecord, c: int) -> Iterator[memoryview]:
-        """Chunk c's stored bytes (unverified), as a read-only buffer valid inside the `with` block.
-        Tiers override it to avoid a copy (LMDB: a view of its map; Zarr: a reused buffer)."""
-        arr = self.read_chunk(record, c)
-        yield memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
-
     def read_into(self, record: DocRecord, c: int, out: memoryview, on_layer: Callable[[int], None]) -> None:
         """Fill `out` (writable, exactly chunk c's byte size) with chunk c's stored bytes (unverified), layer
         by layer in order, calling `on_layer(i)` as soon as layer i's bytes are in `out`: the caller
         verifies a layer while it is still in the CPU cache and while the disk reads the next one, so a cold
-        read costs little more than the read. ValueError if the stored size is wrong.
-        Default: copies from `chunk_bytes` (LMDB: straight from its map); Zarr reads straight into `out`."""
-        with self.chunk_bytes(record, c) as src:
-            if len(src) != len(out):
-                raise ValueError(f"chunk holds {len(src)} bytes, expected {len(out)}")
-            step = len(out) // record.meta.layout.n_layers
-            for i in range(record.meta.layout.n_layers):
-                out[i * step:(i + 1) * step] = src[i * step:(i + 1) * step]
-                on_layer(i)
+        read costs little more than the read. `out` holds [n_layers, 2, n_kv_heads, len_c, head_dim].
+        ValueError if the stored size (or `out`'s) is wrong; FileNotFoundError or KeyError if it is missing."""
 
     def will_need(self, record: DocRecord, chunk_ids: list[int]) -> None:
         """A hint that these chunks are about to be read: tiers start the OS reading them from disk in the

@@ -19,7 +19,7 @@ import os
 import threading
 import uuid
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable
 
 import lmdb
 import numpy as np
@@ -47,6 +47,10 @@ def _libc_madvise():
 _madvise = _libc_madvise()
 
 _BATCH_BYTES = 64 << 20  # staged writes are grouped into transactions of about this size
+
+
+def _chunk_key(record: DocRecord, c: int) -> bytes:
+    return f"d/{record.token}/c/{c:08d}".encode()
 
 
 class _Gate:
@@ -193,28 +197,28 @@ class LmdbTier(DiskTier):
     def stage(self, doc_id: str, layout: DocLayout, l1: list[TensorSpec]) -> Staging:
         return LmdbStaging(self, doc_id)
 
-    def read_chunk(self, record: DocRecord, c: int) -> np.ndarray:
-        data = self._get(f"d/{record.token}/c/{c:08d}".encode())
-        if data is None:
-            raise FileNotFoundError(f"chunk {c} of {record.doc_id} is missing")
-        L = record.meta.layout
-        return np.frombuffer(data, L.np_dtype).reshape(L.chunk_shape(c))
-
-    @contextmanager
-    def chunk_bytes(self, record: DocRecord, c: int) -> Iterator[memoryview]:
-        # buffers=True: the value is a view of LMDB's map, stable inside the read transaction (no copy).
+    def read_into(self, record: DocRecord, c: int, out: memoryview, on_layer: Callable[[int], None]) -> None:
+        # buffers=True: the value is a view of LMDB's map, stable inside the read transaction: each layer is
+        # copied straight out of the map (no intermediate copy).
         with self._gate.shared(), self.env.begin(buffers=True) as txn:
-            data = txn.get(f"d/{record.token}/c/{c:08d}".encode())
+            data = txn.get(_chunk_key(record, c))
             if data is None:
                 raise FileNotFoundError(f"chunk {c} of {record.doc_id} is missing")
-            yield memoryview(data)
+            src = memoryview(data)
+            if len(src) != len(out):
+                raise ValueError(f"chunk holds {len(src)} bytes, expected {len(out)}")
+            n_layers = record.meta.layout.n_layers
+            step = len(out) // n_layers
+            for i in range(n_layers):
+                out[i * step:(i + 1) * step] = src[i * step:(i + 1) * step]
+                on_layer(i)
 
     def will_need(self, record: DocRecord, chunk_ids: list[int]) -> None:
         if _madvise is None:
             return
         with self._gate.shared(), self.env.begin(buffers=True) as txn:
             for c in chunk_ids:
-                data = txn.get(f"d/{record.token}/c/{c:08d}".encode())
+                data = txn.get(_chunk_key(record, c))
                 if data is not None and len(data):
                     addr = np.frombuffer(data, np.uint8).ctypes.data
                     start = addr - addr % mmap.PAGESIZE

@@ -16,8 +16,16 @@ import numpy as np
 
 
 class Allocator(Protocol):
+    """Where the RAM tier keeps entries' bytes instead of the process heap (the daemon's `SharedArena`)."""
+
     def alloc(self, key: Hashable, arr: np.ndarray) -> np.ndarray:
         """A copy of arr in the allocator's memory (or arr itself if it cannot place it)."""
+
+    def place(self, key: Hashable, shape: tuple[int, ...], dtype, fill: Callable[[memoryview], None]
+              ) -> np.ndarray | None:
+        """A read-only array in the allocator's memory whose bytes `fill(out)` writes into the writable buffer
+        `out` (a cold read lands there without a copy); None if there is no room. If `fill` raises, nothing
+        is kept and the exception propagates. Hand the result to `RamTier.put(..., placed=True)`."""
 
     def free(self, key: Hashable, arr: np.ndarray, reusable: bool = True) -> None:
         """Called once when an array leaves the tier (arrays it did not place are ignored); reusable=False:
@@ -46,6 +54,16 @@ class RamTier:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+    def keys(self) -> list[Hashable]:
+        """The cached keys, least recently used first (the order eviction takes them in)."""
+        with self._lock:
+            return list(self._lru)
+
+    def leases(self) -> dict[Hashable, int]:
+        """The leased keys, each with how many leases it holds."""
+        with self._lock:
+            return dict(self._leases)
 
     def get(self, key: Hashable) -> np.ndarray | None:
         """The cached array (most recently used now), or None; counts a hit or a miss."""

@@ -159,3 +159,36 @@ def test_calibrate_writes_heads_beside_the_model(tiny_folder, tmp_path):
     ok = run_acre("ingest", str(doc), "--model", str(folder), "--json",
                   env_extra={"ACRE_HOME": str(tmp_path / "home")})
     assert ok.returncode == 0, ok.stderr
+
+
+def test_many_questions_from_a_jsonl_file_through_acre_store_env(tiny_folder, daemon, tmp_path):
+    """`acre ask DOC --questions FILE` answers every line together (batched) as `acre ask` does each;
+    the daemon is named by ACRE_STORE instead of --store."""
+    env = {"ACRE_STORE": daemon.addr}
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    p = run_acre("ingest", str(doc), "--model", str(tiny_folder), "--json", "--name", "colours", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    lines = [{"id": "a", "question": QUESTIONS[0]}, {"question": QUESTIONS[1], "policy": "full"},
+             {"question": QUESTIONS[2], "knobs": {"k_max": 4}, "max_new_tokens": 4}]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "answers.jsonl"
+    p = run_acre("ask", "colours", "--questions", str(qfile), "--out", str(out), "--model", str(tiny_folder),
+                 "--max-new-tokens", "6", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["question"] for r in rows] == QUESTIONS and rows[0]["id"] == "a"
+    singles = [("--policy", "acre", "--max-new-tokens", "6"), ("--policy", "full", "--max-new-tokens", "6"),
+               ("--k-max", "4", "--max-new-tokens", "4")]
+    for q, extra, row in zip(QUESTIONS, singles, rows):
+        one = run_acre("ask", "colours", q, "--model", str(tiny_folder), "--json", *extra, env_extra=env)
+        assert one.returncode == 0, one.stderr
+        alone = json.loads(one.stdout)
+        assert (row["answer"], row["refilled_chunks"], row["policy"]) == (alone["answer"], alone["refilled_chunks"],
+                                                                          alone["policy"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok?"}\n{"question": 3}\n')
+    assert_clean_error(run_acre("ask", "colours", "--questions", str(bad), "--model", str(tiny_folder),
+                                env_extra=env), "bad.jsonl:2")
+    assert_clean_error(run_acre("ask", "colours", "--model", str(tiny_folder), env_extra=env), "--questions")

@@ -51,14 +51,14 @@ def test_four_processes_share_one_daemon(daemon):
     with daemon.client() as c:
         st = c.stats()
         n_docs = len(SHARED_SEEDS) + 2 * N_PROC
-        assert st["n_docs"] == n_docs == len(c.list())
+        assert st.n_docs == n_docs == len(c.list())
         total_puts = N_PROC * (len(SHARED_SEEDS) + 2)
-        assert st["ops"]["puts"] == n_docs
-        assert st["ops"]["puts"] + st["ops"]["put_noops"] == total_puts
-        assert st["ops"]["put_aborts"] == 0
-        assert st["ops"]["fetched_chunks"] == fetched == N_PROC * ROUNDS * 4 * 4
-        ram = st["ram"]
-        assert ram["hits"] + ram["misses"] == fetched  # one RAM lookup per chunk fetched (L1 never read)
-        assert st["disk"]["reads"] == ram["misses"] and st["disk"]["checksum_failures"] == 0
-        assert st["disk"]["used_bytes"] == n_docs * (TINY.kv_nbytes + sum(
+        assert st.ops.puts == n_docs
+        assert st.ops.puts + st.ops.put_noops == total_puts
+        assert st.ops.put_aborts == 0
+        assert st.ops.fetched_chunks == fetched == N_PROC * ROUNDS * 4 * 4
+        ram = st.ram
+        assert ram.hits + ram.misses == fetched  # one RAM lookup per chunk fetched (L1 never read)
+        assert st.disk.reads == ram.misses and st.disk.checksum_failures == 0
+        assert st.disk.used_bytes == n_docs * (TINY.kv_nbytes + sum(
             a.nbytes for a in make_doc(TINY).l1.values()))

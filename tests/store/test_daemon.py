@@ -35,7 +35,7 @@ def test_round_trip_and_restart(daemon):
         again = c.put(doc.meta, doc.l1, iter(()))
         assert again.created == meta.created
         st = c.stats()
-        assert st["n_docs"] == 2 and st["ops"]["puts"] == 2 and st["ops"]["put_noops"] == 1
+        assert st.n_docs == 2 and st.ops.puts == 2 and st.ops.put_noops == 1
     daemon.restart()
     with daemon.client() as c:
         assert_doc_equal(c, doc)
@@ -85,8 +85,8 @@ def test_kill9_during_put_leaves_no_trace(daemon):
         assert [m.doc_id for m in c.list()] == [kept.doc_id]
         assert_doc_equal(c, kept)
         st = c.stats()
-        assert st["ops"]["discarded_at_start"] == 1
-        assert st["disk"]["used_bytes"] == kept.meta.layout.kv_nbytes + sum(a.nbytes for a in kept.l1.values())
+        assert st.ops.discarded_at_start == 1
+        assert st.disk.used_bytes == kept.meta.layout.kv_nbytes + sum(a.nbytes for a in kept.l1.values())
         c.put(lost.meta, lost.l1, lost.chunks)  # the same document can be put again
         assert_doc_equal(c, lost)
     if daemon.backend == "zarr":
@@ -101,7 +101,7 @@ def test_kill9_right_after_commit_keeps_the_document(daemon):
     daemon.start()
     with daemon.client() as c:
         assert_doc_equal(c, doc)
-        assert c.stats()["ops"]["discarded_at_start"] == 0
+        assert c.stats().ops.discarded_at_start == 0
 
 
 def test_client_killed_mid_put(daemon_factory):
@@ -130,10 +130,10 @@ StoreClient({d.addr!r}).put(doc.meta, doc.l1, chunks())
         p.wait()
     with d.client() as c:
         deadline = time.monotonic() + 10
-        while c.stats()["ops"]["put_aborts"] < 1 and time.monotonic() < deadline:
+        while c.stats().ops.put_aborts < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         st = c.stats()
-        assert st["ops"]["put_aborts"] == 1 and st["disk"]["reserved_bytes"] == 0 and c.list() == []
+        assert st.ops.put_aborts == 1 and st.disk.reserved_bytes == 0 and c.list() == []
         c.put(doc.meta, doc.l1, doc.chunks)
         assert_doc_equal(c, doc)
 

@@ -16,7 +16,7 @@ from .test_integrity import daemon_with_damaged_chunk
 
 
 def plane_stats(client) -> dict:
-    return client.stats().get("data_plane", {})
+    return client.stats().data_plane or {}
 
 
 def test_fetch_goes_over_the_data_plane_byte_exact(daemon):
@@ -85,7 +85,7 @@ def test_stopping_early_keeps_the_connection_usable(daemon, plane):
         it.close()
         list(c.fetch(doc.doc_id, [0]))
         list(c.fetch(doc.doc_id, [0]))
-        assert c.stats()["shared"]["leases_active"] <= 2
+        assert c.stats().shared["leases_active"] <= 2
 
 
 def test_falls_back_to_grpc_without_a_data_plane(daemon_factory):
@@ -95,7 +95,7 @@ def test_falls_back_to_grpc_without_a_data_plane(daemon_factory):
     with d.client(shared=False) as c:
         c.put(doc.meta, doc.l1, doc.chunks)
         assert_doc_equal(c, doc)
-        assert "data_plane" not in c.stats()
+        assert c.stats().data_plane is None
 
 
 def test_client_survives_a_daemon_restart(daemon_factory):

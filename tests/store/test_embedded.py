@@ -63,11 +63,11 @@ def test_persists_across_reopen_and_lists(tmp_path, backend):
             s.put(d.meta, d.l1, d.chunks)
         s.pin(docs[1].doc_id)
         s.delete(docs[2].doc_id)
-        used = s.stats()["disk"]["used_bytes"]
+        used = s.stats().disk.used_bytes
     with EmbeddedStore(str(tmp_path / "s")) as s:  # backend read from the directory
         assert [m.doc_id for m in s.list()] == [docs[0].doc_id, docs[1].doc_id]
         assert s.info(docs[1].doc_id).pinned
-        assert s.stats()["disk"]["used_bytes"] == used == docs[0].meta.layout.kv_nbytes * 2 + 2 * sum(
+        assert s.stats().disk.used_bytes == used == docs[0].meta.layout.kv_nbytes * 2 + 2 * sum(
             a.nbytes for a in docs[0].l1.values())
         for d in docs[:2]:
             assert_doc_equal(s, d)
@@ -80,7 +80,7 @@ def test_reput_is_a_noop_and_mismatch_is_refused(store):
     first = store.put(doc.meta, doc.l1, doc.chunks)
     again = store.put(doc.meta, doc.l1, iter(()))  # chunks are not even read
     assert again == first
-    assert store.stats()["ops"]["put_noops"] == 1 and store.stats()["ops"]["puts"] == 1
+    assert store.stats().ops.put_noops == 1 and store.stats().ops.puts == 1
     other = dataclasses.replace(doc.meta, layout=dataclasses.replace(TINY, n_tokens=99))
     with pytest.raises(LayoutMismatch):
         store.put(other, doc.l1, [])
@@ -117,7 +117,7 @@ def test_bad_put_leaves_nothing(store, case):
         store.put(meta, l1, chunks)
     assert store.list() == []
     st = store.stats()
-    assert st["disk"]["used_bytes"] == 0 and st["disk"]["reserved_bytes"] == 0
+    assert st.disk.used_bytes == 0 and st.disk.reserved_bytes == 0
 
 
 def test_layout_validation():
@@ -170,12 +170,12 @@ def test_prefetch_promotes_to_ram(store):
     store.put(doc.meta, doc.l1, doc.chunks)
     store.prefetch(doc.doc_id, [1, 2])
     store.prefetch(doc.doc_id)
-    store._store._prefetcher.submit(lambda: None).result()  # wait for the background promotion
-    before = store.stats()["ram"]
-    assert before["entries"] == TINY.n_chunks
+    store.wait_idle()  # wait for the background promotion
+    before = store.stats().ram
+    assert before.entries == TINY.n_chunks
     list(store.fetch(doc.doc_id, range(TINY.n_chunks)))
-    after = store.stats()["ram"]
-    assert after["hits"] - before["hits"] == TINY.n_chunks and after["misses"] == before["misses"]
+    after = store.stats().ram
+    assert after.hits - before.hits == TINY.n_chunks and after.misses == before.misses
     with pytest.raises(InvalidArgument):
         store.prefetch(doc.doc_id, [99])
 

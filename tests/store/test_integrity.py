@@ -64,7 +64,7 @@ def test_damaged_chunk_is_refused_embedded(tmp_path, backend, how):
         with pytest.raises(DataLoss):
             next(it)
         st = s.stats()
-        assert st["disk"]["checksum_failures"] == 3 and (doc.doc_id, 2) not in s._store.ram._lru
+        assert st.disk.checksum_failures == 3 and (doc.doc_id, 2) not in s.store.ram.keys()
 
 
 def test_damaged_l1_is_refused(tmp_path, backend):
@@ -98,9 +98,9 @@ def test_damaged_chunk_over_the_daemon(daemon_factory, backend):
                 got.append(cid)
         assert got == [3]  # what came before the damaged chunk is fine; nothing after it is sent
         st = c.stats()
-        assert st["disk"]["checksum_failures"] == 1
+        assert st.disk.checksum_failures == 1
         # The damaged read landed in a fresh shared file (cold reads go there directly): it is gone again.
-        assert st["shared"]["files"] == 1 == len(os.listdir(st["shared"]["dir"]))
+        assert st.shared["files"] == 1 == len(os.listdir(st.shared["dir"]))
         assert np.array_equal(dict(c.fetch(doc.doc_id, [5]))[5], doc.chunks[5])
 
 
@@ -117,5 +117,5 @@ def test_damaged_large_chunk_over_the_daemon(daemon_factory, backend):
         got = dict(c.fetch(doc.doc_id, [0, 1, 3]))
         assert all(got[i].tobytes() == doc.chunks[i].tobytes() for i in (0, 1, 3))
         st = c.stats()
-        assert st["disk"]["checksum_failures"] == 1
-        assert st["shared"]["files"] == 3 == len(os.listdir(st["shared"]["dir"]))  # no file for chunk 2
+        assert st.disk.checksum_failures == 1
+        assert st.shared["files"] == 3 == len(os.listdir(st.shared["dir"]))  # no file for chunk 2

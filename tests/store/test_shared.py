@@ -16,7 +16,7 @@ from .support import REAL, TINY, assert_doc_equal, make_doc
 
 
 def shm_files(stats) -> list[str]:
-    return os.listdir(stats["shared"]["dir"])
+    return os.listdir(stats.shared["dir"])
 
 
 def test_fast_path_is_used_and_byte_exact(daemon):
@@ -27,13 +27,13 @@ def test_fast_path_is_used_and_byte_exact(daemon):
         for cid, arr in c.fetch(doc.doc_id, [2, 0], layers=(5, 9)):  # RAM-hot, a layer range
             assert arr.tobytes() == doc.chunks[cid][5:9].tobytes() and arr.flags.writeable
             arr[...] = 0  # the caller's own copy
-        st = c.stats()["shared"]
+        st = c.stats().shared
         # The last call's leases end with the client's next Fetch (or its close).
         assert st["leases_granted"] == REAL.n_chunks + 2 and st["leases_active"] == 2
         assert st["files"] == REAL.n_chunks == len(shm_files(c.stats()))
         list(c.fetch(doc.doc_id, [1]))
     with daemon.client() as c:
-        st = c.stats()["shared"]
+        st = c.stats().shared
         assert st["leases_granted"] == REAL.n_chunks + 3 and st["leases_active"] == 0
         assert_doc_equal(c, doc)  # the zeros went into the copies only
         c.delete(doc.doc_id)
@@ -54,14 +54,14 @@ def test_mapped_views_are_read_only_byte_exact_and_leased(daemon):
         (_, last), = c.fetch(doc.doc_id, [REAL.n_chunks - 1], layers=(0, 1))  # the short chunk, one layer
         assert last.tobytes() == doc.chunks[-1][:1].tobytes()
         # A lease lasts as long as its mapping: the two views above and `last` are alive.
-        assert c.stats()["shared"]["leases_active"] == 3
+        assert c.stats().shared["leases_active"] == 3
         list(c.fetch(doc.doc_id, [0]))  # its view is garbage at once; its lease ends with the next Fetch
-        assert c.stats()["shared"]["leases_active"] == 4
+        assert c.stats().shared["leases_active"] == 4
         view = got[3][2:5]  # a view of a view keeps the mapping, and so the lease
         del got, last, arr
         gc.collect()
         list(c.fetch(doc.doc_id, [0]))
-        assert c.stats()["shared"]["leases_active"] == 2  # `view`'s, and the last [0]'s (ends with the next call)
+        assert c.stats().shared["leases_active"] == 2  # `view`'s, and the last [0]'s (ends with the next call)
         assert view.tobytes() == doc.chunks[3][9:12].tobytes()
         with daemon.client() as other:  # a view outlives its file: files are never rewritten, only unlinked
             other.delete(doc.doc_id)
@@ -86,7 +86,7 @@ def test_socket_only_client_gets_the_same_bytes(daemon):
     with daemon.client(shared=False) as c:
         c.put(doc.meta, doc.l1, doc.chunks)
         assert_doc_equal(c, doc)
-        assert c.stats()["shared"]["leases_granted"] == 0
+        assert c.stats().shared["leases_granted"] == 0
 
 
 def test_deleted_while_leased_falls_back_to_the_socket(daemon):
@@ -102,7 +102,7 @@ def test_deleted_while_leased_falls_back_to_the_socket(daemon):
             for cid, arr in it:  # frames already sent name files that are gone
                 assert arr.tobytes() == doc.chunks[cid].tobytes()
     with daemon.client() as c:
-        assert c.stats()["shared"]["leases_active"] == 0
+        assert c.stats().shared["leases_active"] == 0
 
 
 def test_daemon_shutdown_and_kill_leave_no_shared_files(daemon_factory):
@@ -111,13 +111,13 @@ def test_daemon_shutdown_and_kill_leave_no_shared_files(daemon_factory):
     with d.client() as c:
         c.put(doc.meta, doc.l1, doc.chunks)
         list(c.fetch(doc.doc_id, [0, 1]))
-        arena = c.stats()["shared"]["dir"]
+        arena = c.stats().shared["dir"]
     d.stop()
     assert not os.path.exists(arena)
     d.start()
     with d.client() as c:
         list(c.fetch(doc.doc_id, [0, 1]))
-        arena = c.stats()["shared"]["dir"]
+        arena = c.stats().shared["dir"]
     d.kill9()
     assert os.path.exists(arena)
     d.start()  # a new daemon removes arenas of dead ones
@@ -144,13 +144,13 @@ def test_leased_entries_are_not_evicted():
         assert ram.put(k, np.zeros(100, np.uint8))
     assert ram.lease("a") is not None  # the oldest, but leased
     assert ram.put("d", np.zeros(100, np.uint8))
-    assert list(ram._lru) == ["a", "c", "d"] and heap.freed == ["b"]
+    assert ram.keys() == ["a", "c", "d"] and heap.freed == ["b"]
     ram.lease("c")
     ram.lease("d")
     assert not ram.put("e", np.zeros(100, np.uint8))  # no room without evicting a leased entry
     assert heap.freed == ["b", "e"] and ram.stats.skipped == 1
     ram.release("a")
-    assert ram.put("e", np.zeros(100, np.uint8)) and "a" not in ram._lru
+    assert ram.put("e", np.zeros(100, np.uint8)) and "a" not in ram.keys()
     assert ram.used == 300
 
 
@@ -164,9 +164,9 @@ def test_expired_leases_are_reaped(tmp_path, monkeypatch):
     with open(ref.path, "rb") as f:
         f.seek(ref.offset)
         assert np.array_equal(np.frombuffer(f.read(ref.length), np.float32), np.arange(16, 48, dtype=np.float32))
-    assert ram._leases == {("d" * 16, 0): 1}
-    arena._reap_leases(time.monotonic() + 3600)
-    assert ram._leases == {} and arena.stats()["leases_expired"] == 1
+    assert ram.leases() == {("d" * 16, 0): 1}
+    arena.reap_leases(time.monotonic() + 3600)
+    assert ram.leases() == {} and arena.stats()["leases_expired"] == 1
     ram.clear()
     assert os.listdir(arena.dir) == []
     arena.close()
@@ -210,7 +210,7 @@ def test_a_file_that_may_be_read_is_never_rewritten(tmp_path):
     ref = arena.lease("a" * 16, 0, 0, 4)
     with open(ref.path, "rb") as f:  # a client reading under the lease
         assert not ram.put(("a" * 16, 1), _block(2))  # pinned: no room, the new chunk is not cached
-        arena._reap_leases(time.monotonic() + 3600)  # the lease expires: the file is tainted
+        arena.reap_leases(time.monotonic() + 3600)  # the lease expires: the file is tainted
         assert ram.put(("a" * 16, 2), _block(3))  # evicts it: unlinked, not pooled
         assert arena.stats()["pool_files"] == 0
         assert ram.put(("a" * 16, 3), _block(4))

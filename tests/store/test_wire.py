@@ -112,8 +112,8 @@ def test_malformed_put(served, case):
     with d.client() as c:
         assert [m.doc_id for m in c.list()] == [OTHER.doc_id]
         st = c.stats()
-        assert st["disk"]["reserved_bytes"] == 0 and st["n_docs"] == 1
-        assert st["disk"]["used_bytes"] == TINY.kv_nbytes + sum(a.nbytes for a in OTHER.l1.values())
+        assert st.disk.reserved_bytes == 0 and st.n_docs == 1
+        assert st.disk.used_bytes == TINY.kv_nbytes + sum(a.nbytes for a in OTHER.l1.values())
 
 
 def test_good_stream_then_noop(served):
