@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 from acre_model.errors import InputError
+from acre_store import resolve_doc_id
 from acre_store.errors import StoreError
 
 from .config import ServeConfig
@@ -19,14 +19,9 @@ from .errors import bad_request
 from .ingests import IngestTracker
 from .metrics import Metrics
 
-try:
-    from acre_store import resolve_doc_id
-except ImportError:  # NOTE: the store branch exports it; until then the CLI's resolver (same rules)
-    from acre_store.cli import _resolve as resolve_doc_id
 
 log = logging.getLogger("acre_serve")
 
-_WHOLE_ID = re.compile(r"[0-9a-f]{40}")  # acre_model.ingest.document_id: 40 hex digits
 MAX_QUESTION_CHARS = 32768  # before tokenizing; the real bound is the model's context (checked too)
 
 
@@ -74,10 +69,7 @@ class Worker:
         return info.to_dict()
 
     def resolve(self, ref: str) -> str:
-        """A document id from an id, a unique prefix of 4+ characters, or a name. A whole id is taken
-        as it is (no listing of the store per question); the call that uses it finds out if it is unknown."""
-        if _WHOLE_ID.fullmatch(ref):
-            return ref
+        """A document id from an id (one store call), a unique prefix of 4+ characters, or a name."""
         return resolve_doc_id(self.store, ref)
 
     def documents(self) -> list[dict]:
