@@ -17,11 +17,21 @@ def event(obj) -> str:
 
 
 class EventStreamResponse(StreamingResponse):
+    """The events of one live question. However the response ends (done, client gone before or during
+    the stream, server shutting down), the question is cancelled if it is still running."""
+
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[str]):
+    def __init__(self, events: AsyncIterator[str], live: LiveStream):
         # no-cache and no proxy buffering: each event must reach the client when it is made
         super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.live = live
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.live.cancel()  # a no-op once the answer is done
 
 
 async def framed(live: LiveStream, on_event, on_done=None) -> AsyncIterator[str]:

@@ -32,7 +32,7 @@ async def ask(body: AskIn, request: Request):
     if not body.stream:
         return (await bridge.answer(w, body)).to_dict()
     live = await bridge.live(w, body)
-    return EventStreamResponse(framed(live, _ask_events()))
+    return EventStreamResponse(framed(live, _ask_events()), live)
 
 
 @router.post("/v1/ask/batch")

@@ -72,4 +72,4 @@ async def chat_completions(body: ChatIn, request: Request):
         yield event(chunk({"role": "assistant", "content": ""}))
         async for text in framed(live, on_event, on_done):
             yield text
-    return EventStreamResponse(events())
+    return EventStreamResponse(events(), live)
