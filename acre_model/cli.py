@@ -208,6 +208,12 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_serve(args) -> int:
+    from acre_serve.cli import run
+
+    return run(args)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF-style folder, hub id (org/name[@revision]) in the local "
                    "Hugging Face cache, or SmolLM2-135M-Instruct (the default)")
@@ -289,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_store_parser(sub)
+    try:
+        from acre_serve.cli import add_serve_parser
+    except ImportError:  # the serving package is optional too
+        pass
+    else:
+        add_serve_parser(sub, cmd_serve)
     return ap
 
 

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 from typing import Sequence as Seq
 
 import torch
@@ -192,8 +193,11 @@ class Engine:
                           time.perf_counter() - t0, d.ms_per_token, d.stopped)
 
     def ingest(self, text: str, store: StoreAPI | str | None = None, name: str | None = None,
-               layout: LayoutConfig | None = None, progress: bool = False) -> DocInfo:
-        """Tokenize, prefill once, write L1 + L2 + proxy map to the store. Re-ingesting is a no-op."""
+               layout: LayoutConfig | None = None, progress: bool = False,
+               on_progress: Callable[[int, int], None] | None = None) -> DocInfo:
+        """Tokenize, prefill once, write L1 + L2 + proxy map to the store. Re-ingesting is a no-op.
+
+        `on_progress(done_tokens, n_tokens)` is called before the prefill and after each prefill chunk."""
         if text is None or not text.strip():
             raise InputError("empty document")
         layout = layout or LayoutConfig()
@@ -217,8 +221,20 @@ class Engine:
             from tqdm import tqdm
 
             bar = tqdm(total=len(ids), unit="tok", desc="prefill", file=sys.stderr, leave=False)
+        done = 0
+
+        def step(n_new: int) -> None:
+            nonlocal done
+            done += n_new
+            if bar is not None:
+                bar.update(n_new)
+            if on_progress is not None:
+                on_progress(done, len(ids))
+
+        if on_progress is not None:
+            on_progress(0, len(ids))
         try:
-            pf = prefill_document(self.model, ids, layout, bar.update if bar else None)
+            pf = prefill_document(self.model, ids, layout, step)
         finally:
             if bar is not None:
                 bar.close()

@@ -59,7 +59,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", ["acre_model", "acre_store"])
+@pytest.mark.parametrize("package", ["acre_model", "acre_store", "acre_serve"])
 def test_no_import_cycle(package):
     files = [p for p in (ROOT / package).rglob("*.py") if "_proto" not in p.parts]
     modules = {module_name(p) for p in files}
