@@ -13,6 +13,8 @@ import sys
 from typing import Any
 
 EXIT_USER_ERROR = 1
+SERVER_HELP = ("send the work to a running `acre serve` at this URL, e.g. http://127.0.0.1:8000 (default: "
+               "$ACRE_SERVER; its API key from $ACRE_API_KEY)")
 STORE_HELP = "daemon address, e.g. unix:///tmp/acre.sock (default: $ACRE_STORE, else the embedded store in $ACRE_HOME)"
 VERSION = "0.1.0"  # when not installed (run from a checkout); keep in step with pyproject.toml
 
@@ -95,14 +97,26 @@ def read_document(path: str) -> str:
         raise InputError(f"{where}: not UTF-8 text (byte {e.start})") from None
 
 
+def _server(args):
+    """The client of `acre serve` named by --server / $ACRE_SERVER, or None to work in this process."""
+    if not getattr(args, "server", None):
+        return None
+    from acre_serve.client import ServerClient
+
+    return ServerClient(args.server)
+
+
 def cmd_ingest(args) -> int:
     text = read_document(args.file)
-    eng = _engine(args)
-    info = eng.ingest(text, store=args.store, name=args.name or None,
-                      progress=not args.no_progress and sys.stderr.isatty())
-    state = "already stored" if info.existed else f"ingested in {info.seconds:.1f}s"
-    _print(args, info.to_dict(), f"doc_id   {info.doc_id}\nn_tokens {info.n_tokens}\nn_chunks {info.n_chunks}\n"
-                                 f"n_l1     {info.n_l1}\nseconds  {info.seconds:.2f} ({state})")
+    server = _server(args)
+    if server is not None:
+        d = server.ingest(text, args.name or "")
+    else:
+        d = _engine(args).ingest(text, store=args.store, name=args.name or None,
+                                 progress=not args.no_progress and sys.stderr.isatty()).to_dict()
+    state = "already stored" if d["existed"] else f"ingested in {d['seconds']:.1f}s"
+    _print(args, d, f"doc_id   {d['doc_id']}\nn_tokens {d['n_tokens']}\nn_chunks {d['n_chunks']}\n"
+                    f"n_l1     {d['n_l1']}\nseconds  {d['seconds']:.2f} ({state})")
     return 0
 
 
@@ -144,18 +158,51 @@ def cmd_ask(args) -> int:
 
     if (args.question is None) == (args.questions is None):
         raise InputError("give either a QUESTION or --questions FILE.jsonl")
-    eng = _engine(args)
-    store = eng.open_store(args.store)
-    doc_id = resolve_doc_id(store, args.doc)
-    if args.questions is not None:
-        return _ask_many(args, eng, store, doc_id)
-    a = eng.ask(doc_id, args.question, policy=args.policy, answer_prefix=args.answer_prefix, store=store,
-                max_new_tokens=args.max_new_tokens, **_cli_knobs(args))
-    _print(args, a.to_dict(), a.answer)
+    server = _server(args)
+    if server is not None:
+        if args.questions is not None:
+            return _ask_many_on_server(args, server)
+        a = server.ask({"doc_id": args.doc, "question": args.question, "answer_prefix": args.answer_prefix,
+                        "policy": args.policy, "max_new_tokens": args.max_new_tokens, "knobs": _cli_knobs(args)})
+    else:
+        eng = _engine(args)
+        store = eng.open_store(args.store)
+        doc_id = resolve_doc_id(store, args.doc)
+        if args.questions is not None:
+            return _ask_many(args, eng, store, doc_id)
+        a = eng.ask(doc_id, args.question, policy=args.policy, answer_prefix=args.answer_prefix, store=store,
+                    max_new_tokens=args.max_new_tokens, **_cli_knobs(args)).to_dict()
+    _print(args, a, a["answer"])
     if not args.json:
-        print(f"[{a.policy}, {a.mode} positions: KV ratio {a.kv_ratio:.3f} ({a.n_active}/{a.n_tokens} entries), "
-              f"{len(a.refilled_chunks)} chunks refilled, TTFT {a.ttft_s:.2f}s, total {a.total_s:.2f}s]",
-              file=sys.stderr)
+        print(f"[{a['policy']}, {a['mode']} positions: KV ratio {a['kv_ratio']:.3f} ({a['n_active']}/{a['n_tokens']} "
+              f"entries), {len(a['refilled_chunks'])} chunks refilled, TTFT {a['ttft_s']:.2f}s, "
+              f"total {a['total_s']:.2f}s]", file=sys.stderr)
+    return 0
+
+
+def _question_fields(args, q: dict) -> dict:
+    """One line of a --questions file with the command line's values as its defaults."""
+    return {"question": q["question"], "answer_prefix": q.get("answer_prefix", args.answer_prefix),
+            "policy": q.get("policy", args.policy), "max_new_tokens": q.get("max_new_tokens", args.max_new_tokens),
+            "knobs": {**_cli_knobs(args), **q.get("knobs", {})}, "stop": q.get("stop", [])}
+
+
+def _write_rows(args, rows) -> None:
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _ask_many_on_server(args, server) -> int:
+    """--questions through a server: one /v1/ask/batch request (answered together on its scheduler)."""
+    questions = read_questions(args.questions)
+    answers = server.ask_batch({"doc_id": args.doc, "questions": [_question_fields(args, q) for q in questions]})
+    _write_rows(args, ({**{k: q[k] for k in ("id", "question") if k in q}, **a} for q, a in zip(questions, answers)))
     return 0
 
 
@@ -166,35 +213,31 @@ def _ask_many(args, eng, store, doc_id: str) -> int:
     from .scheduler import AskRequest, Scheduler
 
     questions = read_questions(args.questions)
+    failed = 0
     sched = Scheduler(eng)
     try:
         streams = []
         for q in questions:
-            req = AskRequest(doc_id, q["question"], q.get("policy", args.policy),
-                             q.get("answer_prefix", args.answer_prefix),
-                             q.get("max_new_tokens", args.max_new_tokens),
-                             {**_cli_knobs(args), **q.get("knobs", {})}, stop=q.get("stop", []), store=store)
+            f = _question_fields(args, q)
+            req = AskRequest(doc_id, f.pop("question"), **f, store=store)
             try:
                 streams.append(sched.submit(req))
             except AcreError as e:
                 streams.append(e)
-        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-        try:
-            failed = 0
+
+        def rows():
+            nonlocal failed
             for q, s in zip(questions, streams):
                 head = {k: q[k] for k in ("id", "question") if k in q}
                 try:
                     if isinstance(s, Exception):
                         raise s
-                    row = {**head, **s.result().to_dict()}
+                    yield {**head, **s.result().to_dict()}
                 except AcreError as e:
                     failed += 1
-                    row = {**head, "error": str(e)}
-                out.write(json.dumps(row) + "\n")
-                out.flush()
-        finally:
-            if out is not sys.stdout:
-                out.close()
+                    yield {**head, "error": str(e)}
+
+        _write_rows(args, rows())
     finally:
         sched.close()
     if failed:
@@ -257,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("ingest", help="prefill a document once and store its L1 + L2 KV")
     pi.add_argument("file", help="a text file, or - for standard input")
     pi.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
+    pi.add_argument("--server", default=os.environ.get("ACRE_SERVER"), help=SERVER_HELP)
     pi.add_argument("--name", default="", help="human-readable name")
     pi.add_argument("--no-progress", action="store_true")
     _add_model_args(pi)
@@ -271,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "answered together; writes one JSON line per question")
     pa.add_argument("--out", default=None, help="with --questions: write the JSONL here instead of stdout")
     pa.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
+    pa.add_argument("--server", default=os.environ.get("ACRE_SERVER"), help=SERVER_HELP)
     pa.add_argument("--policy", default="acre", help="acre, acre-l1, fixed-k, full, l1-only, random, "
                     "streaming, h2o, snapkv")
     pa.add_argument("--answer-prefix", default="")

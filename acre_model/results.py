@@ -72,6 +72,7 @@ class Answer:
     fetched_bytes: int
     index_share: float  # bytes of the locator index / bytes of the full KV
     doc_id: str = ""
+    finish_reason: str = "length"  # "stop": a stop token or stop string ended it; "length": max_new_tokens
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,6 +1,6 @@
 """`Scheduler`: many questions at once on one engine, with continuous batching.
 
-Questions are submitted from any thread. A planning thread runs each new question's `Engine.prepare`
+Questions are submitted from any thread. Planning threads run each new question's `Engine.prepare`
 (pass 1, refill and pass 2 over its own active cache) while the decoding thread steps every question
 in flight as one batched forward (`LlamaModel.decode_batch`: one row per question, each over its own
 cache). A prepared question joins the running batch at the next step, and a finished or cancelled one
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .errors import InputError
+from .errors import AcreError, InputError
 from .generation import SamplingParams
 from .results import Answer
 from .sequence import Sequence
@@ -78,6 +78,7 @@ class AskStream:
         while True:
             ev = self._events.get()
             if ev is _END:
+                self._events.put(_END)  # stays the last event for any later reader
                 if self.error is not None:
                     raise self.error
                 return
@@ -93,9 +94,11 @@ class AskStream:
             except queue.Empty:
                 raise TimeoutError(f"no answer within {timeout} s") from None
             if ev is _END:
+                self._events.put(_END)
                 if self.error is not None:
                     raise self.error
-                assert self.answer is not None
+                if self.answer is None:
+                    raise Cancelled("the question was cancelled")
                 return self.answer
 
     # called by the scheduler's threads
@@ -112,12 +115,16 @@ class AskStream:
         self._events.put(_END)
 
 
-class SchedulerClosed(InputError):
+class SchedulerClosed(AcreError):
     """The scheduler is shutting down and takes no new questions."""
 
 
+class Cancelled(AcreError):
+    """The question was cancelled before its answer was complete."""
+
+
 class Scheduler:
-    def __init__(self, engine, max_batch: int = 16, listener=None):
+    def __init__(self, engine, max_batch: int = 16, listener=None, planners: int = 2):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.engine = engine
@@ -129,9 +136,13 @@ class Scheduler:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._active: list[tuple[AskStream, Sequence]] = []
-        self._planner = threading.Thread(target=self._plan_loop, name="acre-plan", daemon=True)
+        # More than one planner: a question stuck on a slow store (retries while a daemon restarts) does
+        # not hold up the planning of the others.
+        self._planners = [threading.Thread(target=self._plan_loop, name=f"acre-plan-{i}", daemon=True)
+                          for i in range(planners)]
         self._decoder = threading.Thread(target=self._decode_loop, name="acre-decode", daemon=True)
-        self._planner.start()
+        for t in self._planners:
+            t.start()
         self._decoder.start()
 
     @property
@@ -160,8 +171,10 @@ class Scheduler:
     def close(self, timeout: float | None = None) -> None:
         """Take no new questions; finish the ones in flight; stop the threads."""
         self._closing.set()
-        self._pending.put(None)
-        self._planner.join(timeout)
+        for t in self._planners:
+            self._pending.put(None)
+        for t in self._planners:
+            t.join(timeout)
         self._wake.set()
         self._decoder.join(timeout)
 
@@ -192,7 +205,8 @@ class Scheduler:
     # ---- decoding thread -----------------------------------------------------------------------
 
     def _decode_loop(self) -> None:
-        planner_done = False
+        planners_done = 0
+        busy = False
         while True:
             # admit every prepared question: its first token comes from pass 2's logits
             while True:
@@ -201,17 +215,21 @@ class Scheduler:
                 except queue.Empty:
                     break
                 if item is None:
-                    planner_done = True
+                    planners_done += 1
                     continue
                 stream, seq = item
                 if self._step_one(stream, seq, seq.p.logits, 0.0):
                     self._active.append((stream, seq))
             if not self._active:
-                if planner_done:
+                if busy and self.listener is not None:
+                    self.listener.on_step(0, self.queue_depth)  # the batch just emptied
+                busy = False
+                if planners_done == len(self._planners):
                     return
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
+            busy = True
             if self.listener is not None:
                 self.listener.on_step(len(self._active), self.queue_depth)
             batch = list(self._active)

@@ -108,4 +108,5 @@ class Sequence:
             decode_ms_per_token=1000 * t.decode_s / max(1, t.steps), n_tokens=p.doc.n_tokens,
             n_active=max(p.layout.n_active, default=0), n_new_tokens=len(self.tokens), fetch_s=p.fetch.fetch_s,
             fetch_wait_s=p.fetch.wait_s, fetched_bytes=p.fetch.fetched_bytes,
-            index_share=p.doc.index_nbytes / (p.doc.kv_nbytes or 1), doc_id=p.doc.doc_id)
+            index_share=p.doc.index_nbytes / (p.doc.kv_nbytes or 1), doc_id=p.doc.doc_id,
+            finish_reason="stop" if self.stopped else "length")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -64,6 +65,10 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         _common(q)
         q.set_defaults(func=_guard(_ls if name == "ls" else _stats))
+        if name == "ls":
+            q.add_argument("--server", default=os.environ.get("ACRE_SERVER") or None,
+                           help="list the documents of a running `acre serve` at this URL instead "
+                                "(default: $ACRE_SERVER; its API key from $ACRE_API_KEY)")
     r = sub.add_parser("rm", help="delete a document", description="Delete a document from the store.")
     r.add_argument("doc", metavar="DOC", help="document id (or a unique prefix of it, 4+ characters, or its name)")
     _common(r)
@@ -72,9 +77,9 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", default=None,
-                   help="daemon address (unix:///path.sock or HOST:PORT); default: the embedded store "
-                        "under $ACRE_HOME/store")
+    p.add_argument("--store", default=os.environ.get("ACRE_STORE") or None,
+                   help="daemon address (unix:///path.sock or HOST:PORT); default: $ACRE_STORE, else the "
+                        "embedded store under $ACRE_HOME/store")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -88,19 +93,30 @@ def open_store(addr: str | None):
 
 
 def _ls(args) -> int:
-    with open_store(args.store) as store:
-        docs = store.list()
+    if getattr(args, "server", None):
+        from acre_serve.client import ServerClient
+
+        docs = ServerClient(args.server).documents()  # the server's summaries: the columns below and more
+        rows = [(d["doc_id"], d["n_tokens"], d["n_chunks"], d["nbytes"], d["pinned"], d["created"], d["name"])
+                for d in docs]
+        as_json = {"documents": docs}
+    else:
+        with open_store(args.store) as store:
+            metas = store.list()
+        rows = [(m.doc_id, m.layout.n_tokens, m.layout.n_chunks, m.nbytes, m.pinned, m.created, m.name)
+                for m in metas]
+        as_json = {"documents": [m.to_dict() for m in metas]}
     if args.json:
-        print(json.dumps({"documents": [m.to_dict() for m in docs]}))
+        print(json.dumps(as_json))
         return 0
-    if not docs:
+    if not rows:
         print("no documents")
         return 0
     print(f"{'doc_id':<20} {'tokens':>8} {'chunks':>6} {'size':>10} {'pin':>3}  {'created':<19}  name")
-    for m in docs:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created))
-        print(f"{m.doc_id[:20]:<20} {m.layout.n_tokens:>8} {m.layout.n_chunks:>6} {_fmt_bytes(m.nbytes):>10} "
-              f"{'yes' if m.pinned else '':>3}  {created:<19}  {m.name}")
+    for doc_id, n_tokens, n_chunks, nbytes, pinned, created, name in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+        print(f"{doc_id[:20]:<20} {n_tokens:>8} {n_chunks:>6} {_fmt_bytes(nbytes):>10} "
+              f"{'yes' if pinned else '':>3}  {when:<19}  {name}")
     return 0
 
 

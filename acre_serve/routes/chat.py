@@ -2,8 +2,8 @@
 
 The last user message is the question. `usage.prompt_tokens` counts what the answer attended to:
 the question's tokens (with the chat template's and the answer prefix's) plus the active document
-entries (`acre.n_active`), not the whole document. `finish_reason` is "length" when the answer used
-all of `max_tokens`, else "stop". The answer's statistics ride along in an `acre` field (in the last
+entries (`acre.n_active`), not the whole document. `finish_reason` is the answer's own: "stop" when a
+stop token or stop string ended it, "length" when it used all of `max_tokens`. The answer's statistics ride along in an `acre` field (in the last
 chunk when streaming).
 """
 from __future__ import annotations
@@ -29,10 +29,6 @@ def _usage(n_question: int, answer) -> dict:
             "total_tokens": prompt + answer.n_new_tokens}
 
 
-def _finish_reason(answer, max_new_tokens: int) -> str:
-    return "length" if answer.n_new_tokens >= max_new_tokens else "stop"
-
-
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatIn, request: Request):
     w = worker_of(request)
@@ -44,7 +40,7 @@ async def chat_completions(body: ChatIn, request: Request):
         n_question = w.question_tokens(ask.question, ask.answer_prefix)
         return {**head, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": a.answer},
-                             "logprobs": None, "finish_reason": _finish_reason(a, ask.max_new_tokens)}],
+                             "logprobs": None, "finish_reason": a.finish_reason}],
                 "usage": _usage(n_question, a), "acre": a.to_dict()}
 
     live = await bridge.live(w, ask, "messages")
@@ -60,7 +56,7 @@ async def chat_completions(body: ChatIn, request: Request):
     def on_event(ev):
         if isinstance(ev, Done):
             done.append(ev.answer)
-            return [chunk({}, _finish_reason(ev.answer, ask.max_new_tokens), acre=ev.answer.to_dict())]
+            return [chunk({}, ev.answer.finish_reason, acre=ev.answer.to_dict())]
         text = trim(ev.text)
         return [chunk({"content": text})] if text else []
 

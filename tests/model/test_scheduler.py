@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from acre_model.errors import InputError, UnknownDocument
-from acre_model.scheduler import AskRequest, Delta, Done, Scheduler
+from acre_model.scheduler import AskRequest, Cancelled, Delta, Done, Scheduler, SchedulerClosed
 from acre_model.synth import make_needle_doc
 from tests.model.tiny import DOC, make_tiny_folder
 
@@ -131,6 +131,8 @@ def test_cancel_frees_the_slot(tiny):
         first.cancel()
         assert second.result(timeout=60).n_new_tokens <= 4
         assert not any(isinstance(e, Done) for e in it)  # the cancelled question ends without an answer
+        with pytest.raises(Cancelled):
+            first.result(timeout=10)
     finally:
         sched.close()
 
@@ -168,7 +170,7 @@ def test_close_finishes_what_is_in_flight_and_refuses_new_questions(tiny):
     answers = [s.result(timeout=120) for s in streams]
     closer.join(60)
     assert all(a.n_new_tokens >= 1 for a in answers)
-    with pytest.raises(InputError, match="shutting down"):
+    with pytest.raises(SchedulerClosed, match="shutting down"):
         sched.submit(request(docs, store, 0))
 
 

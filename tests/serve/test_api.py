@@ -277,3 +277,36 @@ def test_disconnect_frees_the_batch_slot(server, http, doc):
     t = time.monotonic()
     assert http.post("/v1/ask", json={"doc_id": doc["doc_id"], "question": Q[1], "max_new_tokens": 3}).status_code == 200
     assert time.monotonic() - t < 5
+
+
+def test_the_command_line_as_a_client(server, doc, local, tmp_path):
+    """`acre ingest|ask|store ls --server URL` (or ACRE_SERVER) print what they print locally, from the server."""
+    from tests.helpers import assert_clean_error, run_acre
+
+    env = {"ACRE_API_KEY": KEY, "ACRE_SERVER": server.url}
+    f = tmp_path / "doc.txt"
+    f.write_text(DOC)
+    p = run_acre("ingest", str(f), "--json", "--name", "colours", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["doc_id"] == doc["doc_id"] and info["existed"]
+    p = run_acre("ask", "colours", Q[0], "--json", "--max-new-tokens", "6", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    _same(json.loads(p.stdout), local_answer(local, doc["doc_id"], {"question": Q[0], "max_new_tokens": 6}))
+    p = run_acre("ask", doc["doc_id"][:8], Q[1], "--policy", "full", "--max-new-tokens", "6", env_extra=env)
+    assert p.returncode == 0 and "[full, exact positions: KV ratio 1.000" in p.stderr, p.stderr
+    assert p.stdout.strip() == local_answer(local, doc["doc_id"], {"question": Q[1], "policy": "full",
+                                                                    "max_new_tokens": 6})["answer"]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("\n".join(json.dumps(c) for c in CASES[:3]))
+    p = run_acre("ask", "colours", "--questions", str(qfile), env_extra=env)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(x) for x in p.stdout.splitlines()]
+    for case, row in zip(CASES[:3], rows):
+        _same(row, local_answer(local, doc["doc_id"], case))
+    ls = run_acre("store", "ls", env_extra=env)
+    assert ls.returncode == 0 and doc["doc_id"][:20] in ls.stdout and "colours" in ls.stdout, ls.stderr
+    assert_clean_error(run_acre("ask", "colours", Q[0], env_extra={**env, "ACRE_API_KEY": "wrong"}), "401")
+    assert_clean_error(run_acre("ask", "nope-such-doc", Q[0], env_extra=env), "404")
+    assert_clean_error(run_acre("ask", "colours", Q[0], "--server", "http://127.0.0.1:9", env_extra=env),
+                       "cannot reach")
