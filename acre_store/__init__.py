@@ -13,17 +13,18 @@ from .api import StoreAPI
 from .doc_ref import resolve_doc_id
 from .embedded import EmbeddedStore, default_store_path
 from .errors import (DataLoss, DocumentNotFound, InvalidArgument, LayoutMismatch, ResourceExhausted, StoreError,
-                     StoreUnavailable)
+                     StoreUnavailable, Unauthenticated)
 from .stats import StoreStats
 from .types import DocLayout, DocMeta
 
 
 def connect(addr: str, timeout: float = 30.0, **kw):
-    """A gRPC client of the daemon at `addr` (`unix:///path` or `host:port`)."""
+    """A gRPC client of the daemon at `addr` (`unix:///path` or `host:port`); `tls_ca=` and `token=`
+    (defaults: $ACRE_STORE_TLS_CA, $ACRE_STORE_TOKEN) for a daemon that wants them (auth.py)."""
     from .client import StoreClient
     return StoreClient(addr, timeout=timeout, **kw)
 
 
 __all__ = ["StoreAPI", "StoreStats", "EmbeddedStore", "connect", "default_store_path", "resolve_doc_id",
            "DocLayout", "DocMeta", "StoreError", "DocumentNotFound", "InvalidArgument", "LayoutMismatch",
-           "ResourceExhausted", "DataLoss", "StoreUnavailable"]
+           "ResourceExhausted", "DataLoss", "StoreUnavailable", "Unauthenticated"]

@@ -40,7 +40,7 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     """Register `store serve|ls|stats|rm` under an argparse subparsers object; handler in `func`."""
     p = subparsers.add_parser("store", help="the KV cache daemon and its documents",
                               description="Run the KV cache daemon, or inspect and manage its documents.")
-    sub = p.add_subparsers(dest="store_cmd", metavar="{serve,ls,stats,rm}")
+    sub = p.add_subparsers(dest="store_cmd", metavar="{serve,ls,stats,rm,health}")
     sub.required = True
 
     s = sub.add_parser("serve", help="run the cache daemon until SIGTERM/SIGINT",
@@ -59,6 +59,16 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--no-data-plane", action="store_true",
                    help="serve Fetch over gRPC only (no plain data socket <unix socket>.data beside it)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sec = s.add_argument_group("security (TCP listeners; docs/store.md)")
+    sec.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TCP listeners over TLS")
+    sec.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    sec.add_argument("--tls-client-ca", default=None, help="mutual TLS: accept only clients with a certificate "
+                     "signed by this CA (PEM)")
+    sec.add_argument("--token-file", default=None, help="every call must carry this bearer token (first line of "
+                     "the file; default: $ACRE_STORE_TOKEN; health checks are exempt)")
+    sec.add_argument("--insecure", action="store_true", help="allow a TCP listener with neither TLS nor a token")
+    s.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0: any)")
+    s.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)")
     s.set_defaults(func=_guard(_serve))
 
     for name, helptext in (("ls", "list documents"), ("stats", "tier usage, caps and hit rates")):
@@ -69,6 +79,10 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
             q.add_argument("--server", default=os.environ.get("ACRE_SERVER") or None,
                            help="list the documents of a running `acre serve` at this URL instead "
                                 "(default: $ACRE_SERVER; its API key from $ACRE_API_KEY)")
+    h = sub.add_parser("health", help="exit 0 if the daemon is SERVING (for probes)",
+                       description="Ask the daemon's grpc.health.v1 service; exit 0 when SERVING, 1 otherwise.")
+    _common(h)
+    h.set_defaults(func=_health)
     r = sub.add_parser("rm", help="delete a document", description="Delete a document from the store.")
     r.add_argument("doc", metavar="DOC", help="document id (or a unique prefix of it, 4+ characters, or its name)")
     _common(r)
@@ -81,13 +95,18 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="daemon address (unix:///path.sock or HOST:PORT); default: $ACRE_STORE, else the "
                         "embedded store under $ACRE_HOME/store")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--tls-ca", default=None, help="CA of the daemon's TLS certificate (default: $ACRE_STORE_TLS_CA)")
+    p.add_argument("--token-file", default=None, help="bearer token for the daemon (default: $ACRE_STORE_TOKEN)")
 
 
-def open_store(addr: str | None):
-    """A client of the daemon at `addr`, or the embedded store under $ACRE_HOME."""
+def open_store(addr: str | None, args=None, **kw):
+    """A client of the daemon at `addr` (TLS CA and token from `args`, else the environment), or the
+    embedded store under $ACRE_HOME."""
     if addr:
         from . import connect
-        return connect(addr, timeout=30.0)
+        from .auth import read_token
+        return connect(addr, timeout=30.0, tls_ca=getattr(args, "tls_ca", None),
+                       token=read_token(getattr(args, "token_file", None)), **kw)
     from . import EmbeddedStore
     return EmbeddedStore()
 
@@ -101,7 +120,7 @@ def _ls(args) -> int:
                 for d in docs]
         as_json = {"documents": docs}
     else:
-        with open_store(args.store) as store:
+        with open_store(args.store, args) as store:
             metas = store.list()
         rows = [(m.doc_id, m.layout.n_tokens, m.layout.n_chunks, m.nbytes, m.pinned, m.created, m.name)
                 for m in metas]
@@ -121,7 +140,7 @@ def _ls(args) -> int:
 
 
 def _stats(args) -> int:
-    with open_store(args.store) as store:
+    with open_store(args.store, args) as store:
         st = store.stats()
     if args.json:
         print(json.dumps(st.to_dict()))
@@ -146,7 +165,7 @@ def _stats(args) -> int:
 def _rm(args) -> int:
     from .doc_ref import resolve_doc_id
 
-    with open_store(args.store) as store:
+    with open_store(args.store, args) as store:
         doc_id = resolve_doc_id(store, args.doc)
         store.delete(doc_id)
     if args.json:
@@ -154,6 +173,27 @@ def _rm(args) -> int:
     else:
         print(f"deleted {doc_id}")
     return 0
+
+
+def _health(args) -> int:
+    """One line, and the exit status a probe wants: 0 SERVING, 1 anything else (unreachable included)."""
+    from .errors import StoreError
+
+    if not args.store:
+        print("acre store: health needs --store (or $ACRE_STORE)", file=sys.stderr)
+        return 2
+    try:
+        with open_store(args.store, args, connect_timeout=3.0, retries=0) as store:
+            status = store.health()
+    except (StoreError, OSError, ValueError) as e:
+        status, detail = "UNREACHABLE", str(e)
+    else:
+        detail = ""
+    if args.json:
+        print(json.dumps({"store": args.store, "status": status, **({"error": detail} if detail else {})}))
+    else:
+        print(f"{args.store}: {status}" + (f" ({detail})" if detail else ""))
+    return 0 if status == "SERVING" else 1
 
 
 def _serve(args) -> int:
@@ -168,13 +208,20 @@ def _serve(args) -> int:
     store_cfg = StoreConfig(path=args.data, backend=args.backend,
                             ram_bytes=DEFAULT_RAM_BYTES if args.ram_bytes is None else args.ram_bytes,
                             disk_bytes=args.disk_bytes)
+    from .auth import read_token
+
     listen = args.listen or [DEFAULT_LISTEN]
     server = StoreServer(store_cfg, ServerConfig(listen=listen[0], extra_listen=tuple(listen[1:]), workers=args.workers,
                                                  grace_s=args.grace, shared=not args.no_shared,
-                                                 data_plane=not args.no_data_plane)).start()
+                                                 data_plane=not args.no_data_plane, tls_cert=args.tls_cert,
+                                                 tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                                                 token=read_token(args.token_file), insecure=args.insecure,
+                                                 metrics_port=args.metrics_port,
+                                                 metrics_host=args.metrics_host)).start()
     planes = "".join(f" (data plane {dp.path})" for dp in server.data_planes)
-    print(f"acre store: serving {server.store.path} ({server.store.backend}) on {', '.join(server.addrs)}{planes}",
-          flush=True)
+    metrics = f", metrics on http://{args.metrics_host}:{server.metrics_port}/metrics" if server.metrics else ""
+    print(f"acre store: serving {server.store.path} ({server.store.backend}) on {', '.join(server.addrs)}{planes}"
+          f"{metrics}", flush=True)
     while not stop.wait(0.5):
         pass
     print("acre store: shutting down", file=sys.stderr, flush=True)
@@ -190,7 +237,7 @@ def _guard(handler):
 
         try:
             return handler(args)
-        except (StoreError, OSError) as e:
+        except (StoreError, OSError, ValueError) as e:  # ValueError: an empty token file
             print(f"acre store: error: {e}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import collections
 import functools
 import json
 import logging
+import os
 import time
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -21,6 +22,7 @@ from ._proto import store_pb2 as pb
 from ._proto import store_pb2_grpc
 from .checksum import bad_layers, crc32c
 from .api import StoreAPI
+from .auth import TLS_CA_ENV, client_channel, read_token
 from .dataplane import DataPlaneBroken, DataPlaneClient, data_path, unix_path
 from .errors import DataLoss, InvalidArgument, StoreError, StoreUnavailable, error_for_code
 from .record import TensorSpec
@@ -46,12 +48,19 @@ def normalize_addr(addr: str) -> str:
 class StoreClient(StoreAPI):
     def __init__(self, addr: str, timeout: float = 30.0, stream_timeout: float = 600.0, connect_timeout: float = 5.0,
                  retries: int = 4, backoff_s: float = 0.1, shared: bool = True, writable: bool = False,
-                 data_plane: bool = True):
+                 data_plane: bool = True, tls_ca: str | None = None, token: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None):
+        """tls_ca: the CA of the daemon's TLS certificate (default $ACRE_STORE_TLS_CA; none: plain channel);
+        tls_cert/tls_key: this client's certificate for mutual TLS; token: sent as `authorization: Bearer`
+        on every call (default $ACRE_STORE_TOKEN). See auth.py."""
         self.addr = normalize_addr(addr)
+        tls_ca = tls_ca or os.environ.get(TLS_CA_ENV) or None
+        token = token or read_token()
         self.timeout, self.stream_timeout = timeout, stream_timeout
         self.retries, self.backoff_s = retries, backoff_s
         # SingleThreadedUnaryStream: a Fetch call does not start a thread of its own (measured: ~0.3 ms a call).
-        self._channel = grpc.insecure_channel(self.addr, options=CHANNEL_OPTIONS + [("SingleThreadedUnaryStream", 1)])
+        self._channel, self._raw_channel = client_channel(
+            self.addr, CHANNEL_OPTIONS + [("SingleThreadedUnaryStream", 1)], tls_ca, token, tls_cert, tls_key)
         self._stub = store_pb2_grpc.StoreStub(self._channel)
         # Fetch frames arrive as raw bytes (wire.decode_fetch_frame): the payload is viewed, not copied.
         self._fetch_raw = self._channel.unary_stream("/acre.store.v1.Store/Fetch",
@@ -61,17 +70,19 @@ class StoreClient(StoreAPI):
         # fast path, of the received message on the socket); True: each one is the caller's own writable copy.
         self.writable = writable
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
+            grpc.channel_ready_future(self._raw_channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
             self._channel.close()
+            hint = (" or does it not trust this CA?" if tls_ca else
+                    " or does it want TLS (--tls-ca / $ACRE_STORE_TLS_CA)?" if unix_path(self.addr) is None else "")
             raise StoreUnavailable(f"cannot reach the store daemon at {self.addr} "
-                                   f"(no answer within {connect_timeout:g}s; is `acre store serve` running?)") from None
+                                   f"(no answer within {connect_timeout:g}s; is `acre store serve` running{hint})") from None
         # Same-host fast path (shared.py): offered over a unix socket only (the daemon is then on this host).
         self.shared = shared and self.addr.startswith("unix:")
         # Same-host data plane (dataplane.py): Fetch over the plain socket next to the daemon's unix socket;
         # gRPC carries Fetch when it is missing or broken.
         path = unix_path(self.addr)
-        self._dp = DataPlaneClient(data_path(path), stream_timeout, connect_timeout) if (data_plane and path) else None
+        self._dp = DataPlaneClient(data_path(path), stream_timeout, connect_timeout, token) if (data_plane and path) else None
         # Leases whose chunk is done with (copied, or its mapping is garbage), ended with the next Fetch
         # (or a Release call when many pile up). A deque: the mappings' finalizers append from any thread.
         self._done_leases: collections.deque[int] = collections.deque()

@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 
 from ._proto import store_pb2 as pb
+from .auth import token_ok
 from .errors import DataLoss, StoreError, StoreUnavailable, error_for_code
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".data"
 HELLO = b"ACRE-DATA/1\n"
 REC = struct.Struct("<BIQ")  # kind, head bytes, payload bytes
-K_FETCH, K_FRAME, K_END, K_ERROR = 1, 2, 3, 4
+K_FETCH, K_FRAME, K_END, K_ERROR, K_AUTH = 1, 2, 3, 4, 5  # K_AUTH: the token, right after the hello
 MAX_HEAD = 1 << 20  # a request or a frame header; a larger one is a protocol error
 MAX_CONNECTIONS = 64  # beyond this, new clients are refused and use gRPC
 SOCKET_PATH_MAX = 107  # sun_path
@@ -98,9 +99,10 @@ def _error_record(code: grpc.StatusCode, details: str) -> list:
 class DataPlaneServer:
     """Serves `servicer.fetch_chunks` on a unix socket, one thread per connection."""
 
-    def __init__(self, path: str, servicer):
+    def __init__(self, path: str, servicer, token: str | None = None):
         self.path = path
         self.servicer = servicer
+        self.token = token  # when set, a connection must send it (K_AUTH) before its first call, as on gRPC
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, bool] = {}  # connection -> busy (a call in progress)
         self._stopping = False
@@ -139,12 +141,23 @@ class DataPlaneServer:
                 _send(conn, _error_record(grpc.StatusCode.FAILED_PRECONDITION, "expected the ACRE-DATA/1 hello"))
                 return
             conn.sendall(HELLO)
+            authed = self.token is None
             while True:
                 try:
                     hdr = _recv(conn, REC.size)
                 except ConnectionResetError:
                     return  # the client closed the connection between calls
                 kind, hlen, plen = REC.unpack(hdr)
+                if kind == K_AUTH and hlen <= MAX_HEAD and not plen:
+                    presented = _recv(conn, hlen)
+                    authed = authed or token_ok(self.token, presented)
+                    continue
+                if not authed:
+                    with self._lock:
+                        self.errors += 1
+                    _send(conn, _error_record(grpc.StatusCode.UNAUTHENTICATED,
+                                              "wrong or missing token for this store daemon's data socket"))
+                    return
                 if kind != K_FETCH or hlen > MAX_HEAD or plen:
                     _send(conn, _error_record(grpc.StatusCode.INVALID_ARGUMENT,
                                               f"bad data-plane record (kind {kind}, head {hlen}, payload {plen})"))
@@ -246,8 +259,9 @@ class DataPlaneClient:
 
     RETRY_AFTER_S = 1.0  # after a failure, gRPC carries Fetch this long before the data socket is tried again
 
-    def __init__(self, path: str, timeout: float, connect_timeout: float = 2.0):
+    def __init__(self, path: str, timeout: float, connect_timeout: float = 2.0, token: str | None = None):
         self.path = path
+        self.token = token
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -266,6 +280,9 @@ class DataPlaneClient:
             s.settimeout(self.connect_timeout)
             s.connect(self.path)
             s.sendall(HELLO)
+            if self.token:
+                t = self.token.encode()
+                _send(s, [REC.pack(K_AUTH, len(t), 0), t])
             if _recv(s, len(HELLO)) != HELLO:
                 raise ConnectionError(f"{self.path} does not speak ACRE-DATA/1")
             s.settimeout(self.timeout)

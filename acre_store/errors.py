@@ -47,9 +47,16 @@ class StoreUnavailable(StoreError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unauthenticated(StoreError):
+    """The daemon wants a token (or another one) from this client (auth.py)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 _BY_CODE = {
     cls.code: cls
-    for cls in (DocumentNotFound, InvalidArgument, LayoutMismatch, ResourceExhausted, DataLoss, StoreUnavailable)
+    for cls in (DocumentNotFound, InvalidArgument, LayoutMismatch, ResourceExhausted, DataLoss, StoreUnavailable,
+                Unauthenticated)
 }
 
 

@@ -15,8 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .config import StoreConfig
 from .dataplane import SOCKET_PATH_MAX, DataPlaneServer, data_path, unix_path
-from .errors import StoreUnavailable
+from .auth import TokenInterceptor, server_credentials
+from .errors import InvalidArgument, StoreUnavailable
+from .metrics import StoreMetrics
 from .service import StoreServicer, add_store_servicer
+from .shm_space import shm_shortfall
 from .store import Store
 from .wire import CHANNEL_OPTIONS
 
@@ -58,6 +61,32 @@ class ServerConfig:
     grace_s: float = 10.0  # how long in-flight calls may run on at shutdown
     shared: bool = True    # offer the same-host shared-memory fast path on unix sockets
     data_plane: bool = True  # also serve Fetch on <unix socket path>.data (dataplane.py)
+    # Security (auth.py): TLS on TCP listeners, a bearer token on every listener; a TCP listener with
+    # neither is refused unless `insecure`.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # mutual TLS: clients must present a certificate signed by this CA
+    token: str | None = None
+    insecure: bool = False
+    metrics_port: int | None = None  # Prometheus /metrics (metrics.py); None: off, 0: any free port
+    metrics_host: str = "127.0.0.1"
+
+
+def _check_tcp_security(config: ServerConfig, addrs) -> None:
+    """Refuse a plain TCP listener unless asked for explicitly; warn when it is."""
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise InvalidArgument("--tls-cert and --tls-key go together")
+    if config.tls_client_ca and not config.tls_cert:
+        raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+    tcp = [a for a in addrs if unix_path(a) is None]
+    if not tcp or config.tls_cert or config.token:
+        return
+    if not config.insecure:
+        raise InvalidArgument(f"refusing to listen on {', '.join(tcp)} without TLS or a token: pass --tls-cert/"
+                              f"--tls-key and/or --token-file (or $ACRE_STORE_TOKEN), or --insecure to let anyone "
+                              f"who reaches the port read, write and delete every document")
+    log.warning("INSECURE: %s has no TLS and no token; anyone who reaches it can read, write and delete "
+                "every document", ", ".join(tcp))
 
 
 class StoreServer:
@@ -65,10 +94,15 @@ class StoreServer:
         self.config = config
         self.addr = config.listen
         self.shared = None
+        self.metrics = None
+        _check_tcp_security(config, (config.listen, *config.extra_listen))
         local = any(unix_path(a) is not None for a in (config.listen, *config.extra_listen))
         if config.shared and local:  # a unix socket: clients on this host can map the daemon's files
             from .shared import SharedArena
             self.shared = SharedArena()
+            shortfall = shm_shortfall(self.shared.dir, store_config.ram_bytes)
+            if shortfall:
+                log.warning("%s", shortfall)
         try:
             # The store takes the data directory's lock first: a busy store fails here.
             self.store = Store(store_config, allocator=self.shared)
@@ -83,8 +117,14 @@ class StoreServer:
             for a in addrs:
                 if unix_path(a) is not None:
                     _check_socket_path(unix_path(a), a)
+            interceptors = [TokenInterceptor(config.token)] if config.token else []
+            if config.metrics_port is not None:
+                self.metrics = StoreMetrics(lambda: self.servicer.daemon_stats())
+                interceptors.append(self.metrics.interceptor())
             self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
-                                      options=CHANNEL_OPTIONS)
+                                      options=CHANNEL_OPTIONS, interceptors=interceptors)
+            tls = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+                   if config.tls_cert else None)
             self.servicer = StoreServicer(self.store, self.shared)
             add_store_servicer(self.servicer, self.server)
             self.health = health.HealthServicer()
@@ -92,7 +132,10 @@ class StoreServer:
             self.addrs = []
             for a in addrs:
                 try:
-                    port = self.server.add_insecure_port(a)
+                    if tls is not None and unix_path(a) is None:  # unix sockets: owner-only instead
+                        port = self.server.add_secure_port(a, tls)
+                    else:
+                        port = self.server.add_insecure_port(a)
                 except RuntimeError as e:
                     raise StoreUnavailable(f"cannot listen on {a}: {e}") from None
                 if port == 0:
@@ -110,7 +153,7 @@ class StoreServer:
                                 "(Fetch goes over gRPC)", a, dpath)
                     continue
                 _check_socket_path(dpath, "unix://" + dpath)
-                self.data_planes.append(DataPlaneServer(dpath, self.servicer))
+                self.data_planes.append(DataPlaneServer(dpath, self.servicer, config.token))
             self.servicer.data_planes = self.data_planes
         except BaseException:
             for dp in getattr(self, "data_planes", ()):
@@ -125,6 +168,9 @@ class StoreServer:
         self.server.start()
         for dp in self.data_planes:
             dp.start()
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", self.store.path, ", ".join(self.addrs))
@@ -138,6 +184,8 @@ class StoreServer:
         for dp in self.data_planes:
             dp.stop(grace)
         stopped.wait()
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
         if self.shared is not None:
             self.shared.close()

@@ -238,14 +238,17 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @unary
     def Stats(self, request, context):
+        return pb.StatsResponse(json=json.dumps(self.daemon_stats().to_dict()))
+
+    def daemon_stats(self):
+        """The store's stats with the daemon's transport sections (also read by metrics.py)."""
         shared = self.shared.stats() if self.shared is not None else None
         data_plane = None
         if self.data_planes:
             planes = [dp.stats() for dp in self.data_planes]
             data_plane = {"paths": [p.pop("path") for p in planes],
                           **{k: sum(p[k] for p in planes) for k in planes[0]}}
-        stats = dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane)
-        return pb.StatsResponse(json=json.dumps(stats.to_dict()))
+        return dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane)
 
 
 def _serialize_fetch_frame(frame) -> bytes:

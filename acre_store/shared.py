@@ -177,7 +177,11 @@ class SharedArena:
             _unlink(path)
             with self._lock:
                 self.unplaced += 1
-            log.warning("shared memory full or unusable (%s): chunk stays on the heap", e)
+                first = self.unplaced == 1
+            # Once, not per chunk (the start-up check, shm_space.py, already said what to do about it).
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "shared memory full or unusable (%s): chunks that do not fit stay on the heap "
+                    "(counted in stats: shared.unplaced)", e)
             return None
         finally:
             if fd >= 0:

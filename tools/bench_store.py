@@ -290,7 +290,7 @@ class Daemon:
         self.tcp = f"127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "acre_store.cli", "store", "serve", "--data", data, "--backend", backend,
-             "--listen", self.unix, "--listen", self.tcp, "--ram-bytes", str(ram_bytes), "--log-level", "WARNING"],
+             "--listen", self.unix, "--listen", self.tcp, "--insecure", "--ram-bytes", str(ram_bytes), "--log-level", "WARNING"],
             cwd=ROOT, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
