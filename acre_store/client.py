@@ -73,7 +73,7 @@ class StoreClient(StoreAPI):
             grpc.channel_ready_future(self._raw_channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
             self._channel.close()
-            hint = (" or does it not trust this CA?" if tls_ca else
+            hint = (" or is its certificate not signed by --tls-ca, or does it want a client certificate?" if tls_ca else
                     " or does it want TLS (--tls-ca / $ACRE_STORE_TLS_CA)?" if unix_path(self.addr) is None else "")
             raise StoreUnavailable(f"cannot reach the store daemon at {self.addr} "
                                    f"(no answer within {connect_timeout:g}s; is `acre store serve` running{hint})") from None

@@ -156,3 +156,20 @@ def test_sockets_and_shared_files_are_owner_only(daemon_factory):
     assert files
     for name in files:
         assert stat.S_IMODE(os.stat(os.path.join(shared_dir, name)).st_mode) == 0o600
+
+
+def test_cli_flags_reach_a_protected_daemon(daemon_factory, pki, token_file):
+    tcp = f"127.0.0.1:{free_port()}"
+    daemon_factory("lmdb", "--listen", tcp, "--tls-cert", pki["cert"], "--tls-key", pki["key"],
+                   "--token-file", token_file)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "acre_store.cli", "store", *args, "--store", tcp],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    r = cli("ls", "--json", "--tls-ca", pki["ca"], "--token-file", token_file)
+    assert r.returncode == 0 and '"documents": []' in r.stdout, r.stderr
+    r = cli("ls", "--tls-ca", pki["ca"])
+    assert r.returncode == 1 and "token" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = cli("health", "--tls-ca", pki["ca"])  # probes need no token
+    assert r.returncode == 0 and r.stdout.strip() == f"{tcp}: SERVING", (r.stdout, r.stderr)
