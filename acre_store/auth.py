@@ -107,8 +107,7 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         self._md = ("authorization", f"Bearer {token}")
 
     def _details(self, d):
-        md = list(d.metadata or ()) + [self._md]
-        return d._replace(metadata=md) if hasattr(d, "_replace") else _Details(d, md)
+        return d._replace(metadata=list(d.metadata or ()) + [self._md])  # grpc's details are a namedtuple
 
     def intercept_unary_unary(self, continuation, d, request):
         return continuation(self._details(d), request)
@@ -121,13 +120,6 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def intercept_stream_stream(self, continuation, d, request_iterator):
         return continuation(self._details(d), request_iterator)
-
-
-class _Details(grpc.ClientCallDetails):
-    def __init__(self, d, metadata):
-        self.method, self.timeout, self.credentials = d.method, d.timeout, d.credentials
-        self.wait_for_ready, self.compression = getattr(d, "wait_for_ready", None), getattr(d, "compression", None)
-        self.metadata = metadata
 
 
 def client_channel(target: str, options: list, tls_ca: str | None = None, token: str | None = None,

@@ -165,12 +165,17 @@ class StoreServer:
             raise
 
     def start(self) -> "StoreServer":
+        if self.metrics is not None:  # first: a port in use stops the start before any client is served
+            try:
+                self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+            except OSError as e:
+                self.stop(0)
+                raise StoreUnavailable(f"cannot serve metrics on {self.config.metrics_host}:"
+                                       f"{self.config.metrics_port}: {e}") from None
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
         self.server.start()
         for dp in self.data_planes:
             dp.start()
-        if self.metrics is not None:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
-            log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", self.store.path, ", ".join(self.addrs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -124,3 +125,16 @@ def test_daemon_says_once_when_shm_is_too_small(daemon_factory):
         c.put(doc.meta, doc.l1, doc.chunks)
     log = d.log()
     assert log.count("shared-memory folder") == 1 and "--shm-size=" in log, log
+
+
+def test_metrics_port_in_use_stops_the_start(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        r = run_cli("serve", "--data", str(tmp_path / "d"), "--listen", f"unix://{tmp_path}/s.sock",
+                    "--metrics-port", str(busy.getsockname()[1]))
+    finally:
+        busy.close()
+    assert r.returncode == 1 and "cannot serve metrics" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "s.sock").exists() and not (tmp_path / "s.sock.data").exists()
