@@ -8,9 +8,10 @@ Two kinds of numbers:
   second set of counters and the two views can never disagree. Counters that the store keeps since it
   opened are exported as counters (they restart at zero with the daemon, as Prometheus expects).
 
-Another tier (the object store) adds its numbers with `add_tier_source("object", fn)`: `fn()` returns a
-dict with any of `reads`, `read_bytes`, `requests`, `errors`, `docs`, `used_bytes`; they appear under the
-`tier="object"` label of the same families (docs/store.md lists every metric).
+Another tier (the object store) reports either as an `object` section of the stats (a dict, like `shared`)
+or with `add_tier_source("object", fn)`; either is a dict with any of `reads`, `read_bytes`, `requests`,
+`errors`, `docs`, `used_bytes`, exported under the `tier="object"` label of the same families
+(docs/store.md lists every metric).
 """
 from __future__ import annotations
 
@@ -140,7 +141,9 @@ class _StatsCollector:
         except Exception as e:  # noqa: BLE001 - a scrape must not take the daemon down
             log.warning("metrics: stats failed: %s", e)
             return
-        extra = {}
+        # Another tier's numbers: a section of the stats named after it (e.g. StoreStats.object, a dict, if
+        # the store grows one), or a source registered with add_tier_source (which wins).
+        extra = {t: dict(getattr(st, t)) for t in ("object",) if isinstance(getattr(st, t, None), dict)}
         for tier, fn in self.m._tier_sources.items():
             try:
                 extra[tier] = fn() or {}

@@ -32,7 +32,10 @@ def metrics_url(daemon, timeout: float = 10.0) -> str:
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} of one scrape, parsed as Prometheus text."""
     with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
+        return parse(r.read().decode())
+
+
+def parse(text: str) -> dict[tuple[str, tuple], float]:
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -138,3 +141,26 @@ def test_metrics_port_in_use_stops_the_start(tmp_path):
         busy.close()
     assert r.returncode == 1 and "cannot serve metrics" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "s.sock").exists() and not (tmp_path / "s.sock.data").exists()
+
+
+def test_another_tier_reports_under_the_same_families():
+    """The object-store tier's hook: an `object` stats section, or add_tier_source (no daemon needed)."""
+    from types import SimpleNamespace as NS
+
+    from prometheus_client import generate_latest
+
+    from acre_store.metrics import StoreMetrics
+
+    st = NS(ram=NS(hits=3, misses=1, evictions=0, used_bytes=10, capacity_bytes=100, entries=2),
+            disk=NS(reads=1, evictions=0, checksum_failures=0, used_bytes=5, capacity_bytes=0),
+            ops=NS(fetched_chunks=4, fetched_bytes=40, puts=1, put_noops=0, put_aborts=0, deletes=0),
+            shared=None, data_plane=None, n_docs=1, n_pinned=0, object={"reads": 7, "requests": 9, "errors": 1})
+    m = StoreMetrics(lambda: st)
+    m.add_tier_source("object", lambda: {**st.object, "used_bytes": 123, "read_bytes": 70})
+    samples = parse(generate_latest(m.registry).decode())
+    assert value(samples, "acre_store_tier_reads_total", tier="object") == 7
+    assert value(samples, "acre_store_tier_read_bytes_total", tier="object") == 70
+    assert value(samples, "acre_store_used_bytes", tier="object") == 123
+    assert value(samples, "acre_store_object_requests_total") == 9
+    assert value(samples, "acre_store_object_errors_total") == 1
+    assert value(samples, "acre_store_ram_hit_ratio") == 0.75
