@@ -79,6 +79,9 @@ def _check_tcp_security(config: ServerConfig, addrs) -> None:
     if config.tls_client_ca and not config.tls_cert:
         raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
     tcp = [a for a in addrs if unix_path(a) is None]
+    if tcp and config.token and not config.tls_cert:
+        log.warning("%s: a token without TLS travels in clear text; add --tls-cert/--tls-key off a trusted "
+                    "network", ", ".join(tcp))
     if not tcp or config.tls_cert or config.token:
         return
     if not config.insecure:
