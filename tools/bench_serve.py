@@ -188,12 +188,12 @@ def main(argv=None) -> int:
         try:
             for b in seq:
                 t0 = time.perf_counter()
+                seen = None
                 for ev in sched.submit(AskRequest(b["doc_id"], b["question"], answer_prefix=b["answer_prefix"],
                                                   max_new_tokens=args.max_new_tokens, store=store)):
-                    if isinstance(ev, Delta) and ev.text.strip() and len(first) < seq.index(b) + 1:
-                        first.append(time.perf_counter() - t0)
-                if len(first) < seq.index(b) + 1:
-                    first.append(time.perf_counter() - t0)  # no text at all: the whole answer
+                    if seen is None and isinstance(ev, Delta) and ev.text.strip():
+                        seen = time.perf_counter() - t0
+                first.append(seen if seen is not None else time.perf_counter() - t0)  # no text: the whole answer
         finally:
             sched.close()
         inproc["ttft_first_text_p50"] = pct(first, 0.5)
