@@ -83,8 +83,10 @@ class StoreServer:
             for a in addrs:
                 if unix_path(a) is not None:
                     _check_socket_path(unix_path(a), a)
+            # so_reuseport 0: a second daemon on a TCP port in use fails to start instead of taking a share of
+            # its connections.
             self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
-                                      options=CHANNEL_OPTIONS)
+                                      options=CHANNEL_OPTIONS + [("grpc.so_reuseport", 0)])
             self.servicer = StoreServicer(self.store, self.shared)
             add_store_servicer(self.servicer, self.server)
             self.health = health.HealthServicer()
@@ -93,8 +95,9 @@ class StoreServer:
             for a in addrs:
                 try:
                     port = self.server.add_insecure_port(a)
-                except RuntimeError as e:
-                    raise StoreUnavailable(f"cannot listen on {a}: {e}") from None
+                except RuntimeError:
+                    raise StoreUnavailable(f"cannot listen on {a}: the address is in use (another daemon?) "
+                                           "or cannot be bound") from None
                 if port == 0:
                     raise StoreUnavailable(f"cannot listen on {a} (address in use?)")
                 self.addrs.append(a[:-1] + str(port) if unix_path(a) is None and a.endswith(":0") else a)
