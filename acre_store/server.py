@@ -65,6 +65,9 @@ class StoreServer:
         self.config = config
         self.addr = config.listen
         self.shared = None
+        # Owner-only files whatever umask the daemon was started with: data 0600/0700, sockets and shared
+        # files 0600 (the daemon's clients are processes of the same user; see docs/store.md).
+        os.umask(0o077)
         local = any(unix_path(a) is not None for a in (config.listen, *config.extra_listen))
         if config.shared and local:  # a unix socket: clients on this host can map the daemon's files
             from .shared import SharedArena
@@ -128,6 +131,10 @@ class StoreServer:
         self.server.start()
         for dp in self.data_planes:
             dp.start()
+        for path in [unix_path(a) for a in self.addrs] + [dp.path for dp in self.data_planes]:
+            if path is not None:
+                os.chmod(path, 0o600)
+        os.chmod(self.store.path, 0o700)  # made by an older daemon, or by hand, under another umask
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", self.store.path, ", ".join(self.addrs))

@@ -1,11 +1,14 @@
 """Hardening (issue 13, item 6): what a careless or hostile client cannot do to the daemon and its other clients."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 
-from .support import ROOT, make_doc
+import pytest
+
+from .support import REAL, ROOT, assert_doc_equal, make_doc
 
 
 def free_port() -> int:
@@ -26,3 +29,24 @@ def test_one_daemon_per_tcp_port(daemon_factory, tmp_path):
     with first.client() as c:  # the first one still serves
         doc = make_doc()
         c.put(doc.meta, doc.l1, doc.chunks)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_owner_only_files_whatever_the_umask(daemon_factory, backend, umask):
+    old = os.umask(umask)
+    try:
+        d = daemon_factory(backend)
+    finally:
+        os.umask(old)
+    doc = make_doc(REAL)
+    with d.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+        assert_doc_equal(c, doc)  # chunks now in shared files
+        shm = c.stats().shared["dir"]
+    paths = [d.data, shm, d.addr[len("unix://"):], d.addr[len("unix://"):] + ".data"]
+    for top in (d.data, shm):
+        for dirpath, dirnames, filenames in os.walk(top):
+            paths += [os.path.join(dirpath, n) for n in dirnames + filenames]
+    assert len(paths) > 8
+    loose = {p: oct(os.lstat(p).st_mode & 0o777) for p in paths if os.lstat(p).st_mode & 0o077}
+    assert not loose, loose
