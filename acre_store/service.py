@@ -169,10 +169,11 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                 yield pb.L1Frame(name=name, offset=off, data=bytes(data[off:off + MAX_FRAME_BYTES]),
                                  spec=spec_to_pb(spec) if off == 0 else None)
 
-    def fetch_chunks(self, request) -> Iterator[tuple[pb.FetchFrame, memoryview]]:
+    def fetch_chunks(self, request, client=None) -> Iterator[tuple[pb.FetchFrame, memoryview]]:
         """Per requested chunk, in order: its frame header (offset 0, layout, checksums; a SharedRef with a
         fresh lease on the same-host fast path) and its payload (a view of the cached bytes; empty when
-        shared). Shared by the gRPC Fetch and the same-host data plane."""
+        shared). Shared by the gRPC Fetch and the same-host data plane. `client`: who asks, when it is on
+        this host (a pid, or a unix-socket peer); None (a remote client) never gets shared memory."""
         if request.release and self.shared is not None:
             self.shared.release(list(request.release))
         layers = (request.layer_start, request.layer_end) if request.has_layers else None
@@ -180,16 +181,21 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         it = self.store.fetch(request.doc_id, list(request.chunk_ids), layers)
         l0, l1 = layers or (0, rec.meta.layout.n_layers)
         layout_pb = layout_to_pb(rec.meta.layout)
-        shared = self.shared if (request.shared_ok and self.shared is not None) else None
+        shared = self.shared if (request.shared_ok and client is not None) else None
         for c, view in it:
             head = pb.FetchFrame(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3],
                                  chunk_bytes=view.nbytes, layer_crc32c=rec.chunk_crcs[c][l0:l1], layout=layout_pb)
-            ref = shared.lease(rec.doc_id, c, l0, l1) if shared is not None else None
+            ref = shared.lease(rec.doc_id, c, l0, l1, client) if shared is not None else None
             if ref is not None:
                 head.shared.CopyFrom(ref)
                 yield head, memoryview(b"")
             else:
                 yield head, memoryview(view.reshape(-1).view(np.uint8))
+
+    def client_gone(self, client) -> None:
+        """A same-host client went away: its leases end."""
+        if self.shared is not None:
+            self.shared.end_client(client)
 
     def unsent(self, frame: pb.FetchFrame) -> None:
         """`frame` never reached the client: its lease ends now. (A lease whose frame went out but may not
@@ -199,7 +205,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @streaming
     def Fetch(self, request, context):
-        for head, data in self.fetch_chunks(request):
+        for head, data in self.fetch_chunks(request, local_peer(context)):
             if head.HasField("shared"):
                 yield head
                 continue
@@ -218,7 +224,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @unary
     def Release(self, request, context):
-        if self.shared is not None:
+        if self.shared is not None and local_peer(context) is not None:  # remote clients hold no leases
             self.shared.release(list(request.leases))
         return pb.ReleaseResponse()
 
@@ -246,6 +252,12 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                           **{k: sum(p[k] for p in planes) for k in planes[0]}}
         stats = dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane)
         return pb.StatsResponse(json=json.dumps(stats.to_dict()))
+
+
+def local_peer(context) -> str | None:
+    """The caller's peer name if it came through a unix socket (so it is on this host), else None."""
+    peer = context.peer() or ""
+    return peer if peer.startswith("unix:") else None
 
 
 def _serialize_fetch_frame(frame) -> bytes:

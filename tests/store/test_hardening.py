@@ -8,6 +8,11 @@ import sys
 
 import pytest
 
+from acre_store._proto import store_pb2 as pb
+from acre_store._proto import store_pb2_grpc
+from acre_store.client import StoreClient
+from acre_store.shared import MAX_LEASES_PER_CLIENT
+
 from .support import REAL, ROOT, assert_doc_equal, make_doc
 
 
@@ -50,3 +55,41 @@ def test_owner_only_files_whatever_the_umask(daemon_factory, backend, umask):
     assert len(paths) > 8
     loose = {p: oct(os.lstat(p).st_mode & 0o777) for p in paths if os.lstat(p).st_mode & 0o077}
     assert not loose, loose
+
+
+def test_a_client_cannot_end_another_clients_leases(daemon_factory):
+    doc = make_doc(REAL)
+    d = daemon_factory("lmdb", "--ram-bytes", str(3 * REAL.chunk_nbytes(0)))
+    with d.client() as victim, d.client(writable=True) as attacker:
+        victim.put(doc.meta, doc.l1, doc.chunks)
+        (_, mapped), = victim.fetch(doc.doc_id, [0])  # a read-only mapping of a shared file, under a lease
+        assert not mapped.flags.writeable and victim.stats().shared["leases_active"] == 1
+        stub = store_pb2_grpc.StoreStub(attacker._channel)
+        for start in range(0, 20000, 1000):
+            stub.Release(pb.ReleaseRequest(leases=list(range(start, start + 1000))), timeout=10)
+        assert attacker.stats().shared["leases_active"] == 1
+        for _ in range(3):  # churn the RAM tier: evicted chunks' files go to the pool and are reused
+            for c in range(1, REAL.n_chunks):
+                list(attacker.fetch(doc.doc_id, [c]))
+        assert mapped.tobytes() == doc.chunks[0].tobytes()
+
+
+def test_remote_clients_get_no_shared_memory_and_leases_are_bounded(daemon_factory):
+    port = free_port()
+    d = daemon_factory("lmdb", "--listen", f"127.0.0.1:{port}")
+    doc = make_doc()
+    with d.client() as local:
+        local.put(doc.meta, doc.l1, doc.chunks)
+        list(local.fetch(doc.doc_id, [0]))  # in RAM, so in a shared file
+    with StoreClient(f"127.0.0.1:{port}") as remote:
+        frames = list(remote._stub.Fetch(pb.FetchRequest(doc_id=doc.doc_id, chunk_ids=[0, 1], shared_ok=True),
+                                         timeout=10))
+        assert frames and not any(f.HasField("shared") for f in frames)
+        assert_doc_equal(remote, doc)
+    with d.client(data_plane=False) as local:  # one request for many chunks: at most MAX_LEASES_PER_CLIENT leases
+        n = MAX_LEASES_PER_CLIENT + 100
+        frames = list(local._stub.Fetch(pb.FetchRequest(doc_id=doc.doc_id, chunk_ids=[0] * n, shared_ok=True),
+                                        timeout=60))
+        assert len(frames) == n
+        assert sum(f.HasField("shared") for f in frames) == MAX_LEASES_PER_CLIENT
+        assert local.stats().shared["leases_active"] == MAX_LEASES_PER_CLIENT
