@@ -45,7 +45,7 @@ class Store:
         self.path, self.backend, self.disk = self.data_dir.path, self.data_dir.backend, self.data_dir.disk
         self.discarded_at_start = self.data_dir.discarded_at_start
         self.index = DocIndex(self.disk.records())
-        self.budget = DiskBudget(config.disk_bytes, self.index, lambda rec: self._remove(rec.doc_id, evicted=True))
+        self.budget = DiskBudget(config.disk_bytes, self.index, lambda rec: self._remove_locked(rec.doc_id, evicted=True))
         self._commit_lock = threading.Lock()  # serialises publish/delete against each other
         self.counters = StoreCounters()
         self.ram = RamTier(config.ram_bytes, allocator=allocator)
@@ -104,8 +104,10 @@ class Store:
                     session.staging.abort()
                     self.counters.add(put_noops=1)
                     return dup.meta
+                self.budget.check_room(session.nbytes)  # documents pinned meanwhile may leave no room
                 session.staging.commit(record)
                 self.index.add(record)
+                self.budget.evict_over_cap(keep=record.doc_id)  # only now: a put that fails evicts nothing
                 self.counters.add(puts=1)
                 return record.meta
         except BaseException:
@@ -129,16 +131,19 @@ class Store:
 
     def _remove(self, doc_id: str, evicted: bool) -> bool:
         with self._commit_lock:
-            rec = self.index.pop(doc_id)
-            if rec is None:
-                return False
-            if evicted:
-                self.counters.add(disk_evictions=1)
-            else:
-                self.counters.add(deletes=1)
-            self.ram.drop(lambda k: k[0] == doc_id)
-            self.disk.delete(rec)
-            return True
+            return self._remove_locked(doc_id, evicted)
+
+    def _remove_locked(self, doc_id: str, evicted: bool) -> bool:
+        rec = self.index.pop(doc_id)
+        if rec is None:
+            return False
+        if evicted:
+            self.counters.add(disk_evictions=1)
+        else:
+            self.counters.add(deletes=1)
+        self.ram.drop(lambda k: k[0] == doc_id)
+        self.disk.delete(rec)
+        return True
 
     def pin(self, doc_id: str, pinned: bool = True) -> None:
         rec = self.record(doc_id, touch=False)

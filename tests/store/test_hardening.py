@@ -5,15 +5,19 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
+from acre_store import DocLayout, DocMeta
 from acre_store._proto import store_pb2 as pb
 from acre_store._proto import store_pb2_grpc
 from acre_store.client import StoreClient
 from acre_store.shared import MAX_LEASES_PER_CLIENT
+from acre_store.wire import meta_to_pb
 
-from .support import REAL, ROOT, assert_doc_equal, make_doc
+from .support import REAL, ROOT, TINY, assert_doc_equal, make_doc
 
 
 def free_port() -> int:
@@ -93,3 +97,35 @@ def test_remote_clients_get_no_shared_memory_and_leases_are_bounded(daemon_facto
         assert len(frames) == n
         assert sum(f.HasField("shared") for f in frames) == MAX_LEASES_PER_CLIENT
         assert local.stats().shared["leases_active"] == MAX_LEASES_PER_CLIENT
+
+
+def stalled_put(stub, header: pb.PutRequest, release: threading.Event):
+    """A Put call that sends its header, then nothing until `release` is set (no deadline)."""
+    def requests():
+        yield header
+        release.wait()
+    return stub.Put.future(requests())
+
+
+def test_a_put_header_alone_evicts_nothing(daemon_factory, backend):
+    docs = [make_doc(seed=i) for i in range(3)]
+    per_doc = TINY.kv_nbytes + sum(x.nbytes for x in docs[0].l1.values())
+    d = daemon_factory(backend, "--disk-bytes", str(4 * per_doc))
+    big = DocLayout(n_layers=4, n_kv_heads=2, head_dim=8, chunk_size=16, dtype="float32",
+                    n_tokens=TINY.n_tokens * 7 // 2)  # fits only if every document goes
+    meta = DocMeta(doc_id="ab" * 32, model_fingerprint="test-model", layout=big, name="big")
+    with d.client() as c:
+        for doc in docs:
+            c.put(doc.meta, doc.l1, doc.chunks)
+        release = threading.Event()
+        call = stalled_put(c._stub, pb.PutRequest(header=pb.PutHeader(meta=meta_to_pb(meta))), release)
+        time.sleep(1.0)
+        assert {m.doc_id for m in c.list()} == {doc.doc_id for doc in docs}
+        call.cancel()
+        release.set()
+        time.sleep(0.5)
+        assert {m.doc_id for m in c.list()} == {doc.doc_id for doc in docs}
+        st = c.stats()
+        assert st.disk.evictions == 0 and st.disk.reserved_bytes == 0
+        for doc in docs:
+            assert_doc_equal(c, doc)
