@@ -54,6 +54,8 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--disk-bytes", type=parse_bytes, default=0,
                    help="disk tier cap; least recently used unpinned documents are evicted (default 0: no cap)")
     s.add_argument("--workers", type=int, default=16, help="gRPC handler threads (default 16)")
+    s.add_argument("--stream-idle", type=float, default=60.0,
+                   help="cancel a streaming call that reads or sends nothing for this many seconds (default 60)")
     s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls may run on at shutdown")
     s.add_argument("--no-shared", action="store_true", help="disable the same-host shared-memory fast path")
     s.add_argument("--no-data-plane", action="store_true",
@@ -170,7 +172,7 @@ def _serve(args) -> int:
                             disk_bytes=args.disk_bytes)
     listen = args.listen or [DEFAULT_LISTEN]
     server = StoreServer(store_cfg, ServerConfig(listen=listen[0], extra_listen=tuple(listen[1:]), workers=args.workers,
-                                                 grace_s=args.grace, shared=not args.no_shared,
+                                                 stream_idle_s=args.stream_idle, grace_s=args.grace, shared=not args.no_shared,
                                                  data_plane=not args.no_data_plane)).start()
     planes = "".join(f" (data plane {dp.path})" for dp in server.data_planes)
     print(f"acre store: serving {server.store.path} ({server.store.backend}) on {', '.join(server.addrs)}{planes}",

@@ -18,6 +18,7 @@ from .dataplane import SOCKET_PATH_MAX, DataPlaneServer, data_path, unix_path
 from .errors import StoreUnavailable
 from .service import StoreServicer, add_store_servicer
 from .store import Store
+from .stream_guard import StreamGuard
 from .wire import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     extra_listen: tuple[str, ...] = ()  # more addresses served by the same daemon (e.g. a unix socket and TCP)
     workers: int = 16      # gRPC handler threads (each streaming call holds one)
+    control_threads: int = 4  # of those, kept for unary calls: streaming calls may hold the rest
+    stream_idle_s: float = 60.0  # a streaming call that reads or sends nothing for this long is cancelled
     grace_s: float = 10.0  # how long in-flight calls may run on at shutdown
     shared: bool = True    # offer the same-host shared-memory fast path on unix sockets
     data_plane: bool = True  # also serve Fetch on <unix socket path>.data (dataplane.py)
@@ -90,7 +93,10 @@ class StoreServer:
             # its connections.
             self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
                                       options=CHANNEL_OPTIONS + [("grpc.so_reuseport", 0)])
-            self.servicer = StoreServicer(self.store, self.shared)
+            self.guard = StreamGuard(max_streams=max(1, config.workers - config.control_threads),
+                                     max_per_client=max(1, (config.workers - config.control_threads) // 2),
+                                     idle_s=config.stream_idle_s)
+            self.servicer = StoreServicer(self.store, self.shared, self.guard)
             add_store_servicer(self.servicer, self.server)
             self.health = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -122,6 +128,8 @@ class StoreServer:
             for dp in getattr(self, "data_planes", ()):
                 dp.stop(0)
                 _unlink(dp.path)
+            if getattr(self, "guard", None) is not None:
+                self.guard.close()
             self.store.close()
             if self.shared is not None:
                 self.shared.close()
@@ -148,6 +156,7 @@ class StoreServer:
         for dp in self.data_planes:
             dp.stop(grace)
         stopped.wait()
+        self.guard.close()
         self.store.close()
         if self.shared is not None:
             self.shared.close()

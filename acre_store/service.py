@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import logging
+import time
 from typing import Iterator
 
 import grpc
@@ -46,12 +47,21 @@ def unary(fn):
 
 
 def streaming(fn):
+    """A response-streaming handler, admitted by the servicer's StreamGuard (each sent message is progress)."""
     @functools.wraps(fn)
     def wrapper(self, request, context):
+        stream = None
         try:
-            yield from fn(self, request, context)
+            stream = self.admit(context)
+            for msg in fn(self, request, context):
+                yield msg
+                if stream is not None:
+                    stream.last = time.monotonic()
         except Exception as e:  # noqa: BLE001 - mapped to a status code
             _abort(context, e)
+        finally:
+            if stream is not None:
+                self.guard.done(stream)
     return wrapper
 
 
@@ -109,13 +119,26 @@ class _PutAssembler:
 
 
 class StoreServicer(store_pb2_grpc.StoreServicer):
-    def __init__(self, store: Store, shared=None):
+    def __init__(self, store: Store, shared=None, guard=None):
         self.store = store
         self.shared = shared  # SharedArena for same-host clients, or None
+        self.guard = guard  # StreamGuard bounding streaming calls, or None
         self.data_planes: list = []  # DataPlaneServers serving fetch_chunks (set by the server)
+
+    def admit(self, context):
+        """A streaming call starts: its StreamGuard entry (None without a guard); UNAVAILABLE when full."""
+        return self.guard.admit(context) if self.guard is not None else None
 
     @unary
     def Put(self, request_iterator, context):
+        stream = self.admit(context)
+        try:
+            return self._put(_progressing(request_iterator, stream), context)
+        finally:
+            if stream is not None:
+                self.guard.done(stream)
+
+    def _put(self, request_iterator, context):
         it = iter(request_iterator)
         first = next(it, None)
         if first is None or first.WhichOneof("frame") != "header":
@@ -250,8 +273,17 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
             planes = [dp.stats() for dp in self.data_planes]
             data_plane = {"paths": [p.pop("path") for p in planes],
                           **{k: sum(p[k] for p in planes) for k in planes[0]}}
-        stats = dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane)
+        stats = dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane,
+                                    streams=self.guard.stats() if self.guard is not None else None)
         return pb.StatsResponse(json=json.dumps(stats.to_dict()))
+
+
+def _progressing(requests, stream):
+    """The requests, each one marking progress of the guarded stream."""
+    for req in requests:
+        if stream is not None:
+            stream.last = time.monotonic()
+        yield req
 
 
 def local_peer(context) -> str | None:

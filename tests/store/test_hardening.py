@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import grpc
 import pytest
 
 from acre_store import DocLayout, DocMeta
@@ -129,3 +130,39 @@ def test_a_put_header_alone_evicts_nothing(daemon_factory, backend):
         assert st.disk.evictions == 0 and st.disk.reserved_bytes == 0
         for doc in docs:
             assert_doc_equal(c, doc)
+
+
+def test_stalled_streams_do_not_freeze_the_daemon(daemon_factory):
+    d = daemon_factory("lmdb", "--workers", "16", "--stream-idle", "3")
+    doc = make_doc(REAL)
+    with d.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+    channel = grpc.insecure_channel(d.addr)
+    stub = store_pb2_grpc.StoreStub(channel)
+    release = threading.Event()
+    header = pb.PutRequest(header=pb.PutHeader(meta=meta_to_pb(make_doc(seed=99).meta)))
+    fetches = puts = []
+    try:
+        # Fetch streams that never read (no deadline), and Puts that send a header only.
+        fetches = [stub.Fetch(pb.FetchRequest(doc_id=doc.doc_id, chunk_ids=[0] * 300)) for _ in range(12)]
+        puts = [stalled_put(stub, header, release) for _ in range(8)]
+        time.sleep(1.0)
+        with d.client(timeout=3, retries=0) as c:
+            t0 = time.monotonic()
+            assert c.info(doc.doc_id).doc_id == doc.doc_id
+            assert [m.doc_id for m in c.list()] == [doc.doc_id]
+            st = c.stats()
+            assert time.monotonic() - t0 < 5
+            assert st.streams["active"] <= st.streams["max"] < 16
+        time.sleep(4.0)  # the stalled calls make no progress for 3 s: cancelled
+        with d.client(timeout=3) as c:
+            new = make_doc(seed=1)
+            c.put(new.meta, new.l1, new.chunks)
+            assert_doc_equal(c, new)
+            st = c.stats().streams
+            assert st["idle_cancelled"] >= 1 and st["active"] == 0
+    finally:
+        release.set()
+        for call in fetches + puts:
+            call.cancel()
+        channel.close()
