@@ -253,7 +253,23 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @unary
     def List(self, request, context):
-        return pb.ListResponse(docs=[meta_to_pb(m) for m in self.store.list()])
+        # Pages bounded in count and bytes, so that any number of documents (or large metadata) lists
+        # under the message size limit. The token is the last sent document's (created, doc_id), the
+        # list's sort key: a page starts after it, whatever was added or deleted meanwhile.
+        size = min(request.page_size or LIST_PAGE_DOCS, LIST_PAGE_DOCS)
+        after = _list_key(request.page_token) if request.page_token else None
+        resp, nbytes = pb.ListResponse(), 0
+        for m in self.store.list():
+            if after is not None and (m.created, m.doc_id) <= after:
+                continue
+            doc = meta_to_pb(m)
+            if len(resp.docs) >= size or (resp.docs and nbytes + doc.ByteSize() > LIST_PAGE_BYTES):
+                last = resp.docs[-1]
+                resp.next_page_token = f"{last.created!r}/{last.doc_id}"
+                break
+            resp.docs.append(doc)
+            nbytes += doc.ByteSize()
+        return resp
 
     @unary
     def Delete(self, request, context):
@@ -276,6 +292,18 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         stats = dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane,
                                     streams=self.guard.stats() if self.guard is not None else None)
         return pb.StatsResponse(json=json.dumps(stats.to_dict()))
+
+
+LIST_PAGE_DOCS = 1000
+LIST_PAGE_BYTES = 1 << 20
+
+
+def _list_key(token: str) -> tuple[float, str]:
+    created, _, doc_id = token.partition("/")
+    try:
+        return float(created), doc_id
+    except ValueError:
+        raise InvalidArgument(f"bad List page token {token!r}") from None
 
 
 def _progressing(requests, stream):

@@ -30,7 +30,7 @@ from .record import DocRecord, TensorSpec
 from .stats import DiskTierStats, OpStats, RamTierStats, StoreCounters, StoreStats
 from .tier_reader import TierReader
 from .tiers.ram_tier import Allocator, RamTier
-from .types import FORMAT_VERSION, DocMeta, check_doc_id
+from .types import FORMAT_VERSION, MAX_CHUNK_BYTES, DocMeta, check_doc_id
 
 __all__ = ["DEFAULT_RAM_BYTES", "PutSession", "Store", "StoreConfig"]
 
@@ -73,6 +73,9 @@ class Store:
         names = [s.name for s in l1]
         if len(set(names)) != len(names):
             raise InvalidArgument("duplicate L1 part names")
+        too_big = [s.name for s in l1 if s.nbytes > MAX_CHUNK_BYTES]
+        if too_big:
+            raise InvalidArgument(f"L1 parts {too_big} are larger than {MAX_CHUNK_BYTES} bytes")
         existing = self._existing(meta)
         if existing is not None:
             return None

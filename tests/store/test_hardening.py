@@ -16,6 +16,7 @@ from acre_store._proto import store_pb2 as pb
 from acre_store._proto import store_pb2_grpc
 from acre_store.client import StoreClient
 from acre_store.shared import MAX_LEASES_PER_CLIENT
+from acre_store.types import MAX_META_BYTES
 from acre_store.wire import meta_to_pb
 
 from .support import REAL, ROOT, TINY, assert_doc_equal, make_doc
@@ -166,3 +167,51 @@ def test_stalled_streams_do_not_freeze_the_daemon(daemon_factory):
         for call in fetches + puts:
             call.cancel()
         channel.close()
+
+
+def test_list_pages_through_many_large_documents(daemon):
+    big = "x" * (MAX_META_BYTES - 1000)
+    docs = [make_doc(seed=i) for i in range(26)]  # about 6.5 MB of metadata: over the 5 MiB message limit
+    with daemon.client() as c:
+        for doc in docs:
+            doc.meta.extra["big"] = big
+            c.put(doc.meta, doc.l1, doc.chunks)
+        assert sorted(m.doc_id for m in c.list()) == sorted(doc.doc_id for doc in docs)
+        first = c._stub.List(pb.ListRequest(page_size=3), timeout=10)
+        assert len(first.docs) == 3 and first.next_page_token
+        rest = c._stub.List(pb.ListRequest(page_token=first.next_page_token), timeout=10)
+        assert {m.doc_id for m in first.docs}.isdisjoint(m.doc_id for m in rest.docs)
+
+
+def put_error(stub, header: pb.PutHeader, *frames: pb.PutRequest) -> grpc.StatusCode:
+    try:
+        stub.Put(iter([pb.PutRequest(header=header), *frames]), timeout=10)
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("field,value", [("n_layers", 1 << 31), ("head_dim", (1 << 32) - 1), ("n_tokens", 1 << 60),
+                                         ("chunk_size", (1 << 32) - 1)])
+def test_absurd_layouts_are_invalid_arguments(daemon_factory, field, value):
+    d = daemon_factory("zarr")
+    meta = meta_to_pb(make_doc().meta)
+    setattr(meta.layout, field, value)
+    with d.client() as c:
+        assert put_error(c._stub, pb.PutHeader(meta=meta),
+                         pb.PutRequest(chunk=pb.ChunkFrame(chunk_id=0, data=b"x" * 1000))) == grpc.StatusCode.INVALID_ARGUMENT
+        assert c.list() == []
+
+
+def test_put_limits(daemon):
+    doc = make_doc()
+    with daemon.client() as c:
+        header = pb.PutHeader(meta=meta_to_pb(doc.meta))
+        too_long = pb.PutRequest(chunk=pb.ChunkFrame(chunk_id=0, data=b"\\0" * (TINY.chunk_nbytes(0) + 8)))
+        assert put_error(c._stub, header, too_long) == grpc.StatusCode.INVALID_ARGUMENT
+        huge_l1 = pb.PutHeader(meta=meta_to_pb(doc.meta), l1=[pb.TensorSpec(name="keys", dtype=pb.DTYPE_FLOAT32,
+                                                                             shape=[1 << 20, 1 << 20])])
+        assert put_error(c._stub, huge_l1) == grpc.StatusCode.INVALID_ARGUMENT
+        doc.meta.extra["big"] = "x" * MAX_META_BYTES
+        assert put_error(c._stub, pb.PutHeader(meta=meta_to_pb(doc.meta))) == grpc.StatusCode.INVALID_ARGUMENT
+        assert c.list() == [] and c.stats().disk.reserved_bytes == 0
