@@ -44,7 +44,7 @@ class Store:
         self.data_dir = DataDir(config)
         self.path, self.backend, self.disk = self.data_dir.path, self.data_dir.backend, self.data_dir.disk
         self.discarded_at_start = self.data_dir.discarded_at_start
-        self.index = DocIndex(self.disk.records())
+        self.index = DocIndex(self.disk.records())  # damaged records are set aside (disk.quarantined)
         self.budget = DiskBudget(config.disk_bytes, self.index, lambda rec: self._remove_locked(rec.doc_id, evicted=True))
         self._commit_lock = threading.Lock()  # serialises publish/delete against each other
         self.counters = StoreCounters()
@@ -110,6 +110,7 @@ class Store:
                 self.budget.check_room(session.nbytes)  # documents pinned meanwhile may leave no room
                 session.staging.commit(record)
                 self.index.add(record)
+                self.disk.drop_quarantined(record.doc_id)  # put again: the damaged copy goes
                 self.budget.evict_over_cap(keep=record.doc_id)  # only now: a put that fails evicts nothing
                 self.counters.add(puts=1)
                 return record.meta
@@ -130,6 +131,10 @@ class Store:
     def delete(self, doc_id: str) -> None:
         check_doc_id(doc_id)
         if not self._remove(doc_id, evicted=False):
+            with self._commit_lock:
+                if self.disk.drop_quarantined(doc_id):  # a damaged document set aside at start-up
+                    self.counters.add(deletes=1)
+                    return
             raise DocumentNotFound(f"unknown document {doc_id}")
 
     def _remove(self, doc_id: str, evicted: bool) -> bool:
@@ -189,7 +194,8 @@ class Store:
                                evictions=c.disk_evictions, checksum_failures=c.checksum_failures),
             ops=OpStats(puts=c.puts, put_noops=c.put_noops, put_aborts=c.put_aborts,
                         fetched_chunks=c.fetched_chunks, fetched_bytes=c.fetched_bytes, deletes=c.deletes,
-                        discarded_at_start=self.discarded_at_start))
+                        discarded_at_start=self.discarded_at_start),
+            quarantined=dict(self.disk.quarantined))
 
     def close(self) -> None:
         if self._closed:

@@ -9,9 +9,10 @@ import threading
 import time
 
 import grpc
+import lmdb
 import pytest
 
-from acre_store import DocLayout, DocMeta
+from acre_store import DocLayout, DocMeta, DocumentNotFound
 from acre_store._proto import store_pb2 as pb
 from acre_store._proto import store_pb2_grpc
 from acre_store.client import StoreClient
@@ -215,3 +216,47 @@ def test_put_limits(daemon):
         doc.meta.extra["big"] = "x" * MAX_META_BYTES
         assert put_error(c._stub, pb.PutHeader(meta=meta_to_pb(doc.meta))) == grpc.StatusCode.INVALID_ARGUMENT
         assert c.list() == [] and c.stats().disk.reserved_bytes == 0
+
+
+def damage_record(data_dir: str, backend: str, doc_id: str) -> None:
+    """Truncate a committed document's record (the daemon is stopped)."""
+    if backend == "zarr":
+        path = os.path.join(data_dir, "zarr", "docs", doc_id, "acre.json")
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        return
+    env = lmdb.open(os.path.join(data_dir, "lmdb"), subdir=True, map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        key = b"m/" + doc_id.encode()
+        txn.put(key, txn.get(key)[:40])
+    env.close()
+
+
+def test_a_damaged_record_quarantines_one_document(daemon, backend):
+    good, bad = make_doc(seed=1), make_doc(seed=2)
+    with daemon.client() as c:
+        for doc in (good, bad):
+            c.put(doc.meta, doc.l1, doc.chunks)
+    daemon.stop()
+    damage_record(daemon.data, backend, bad.doc_id)
+    daemon.start()  # starts, and serves the rest
+    assert "set aside as damaged" in daemon.log() and bad.doc_id in daemon.log()
+    with daemon.client() as c:
+        assert [m.doc_id for m in c.list()] == [good.doc_id]
+        assert_doc_equal(c, good)
+        assert list(c.stats().quarantined) == [bad.doc_id]
+        c.put(bad.meta, bad.l1, bad.chunks)  # re-ingested: its id is not blocked
+        assert_doc_equal(c, bad)
+        assert not c.stats().quarantined
+    daemon.stop()
+    damage_record(daemon.data, backend, bad.doc_id)
+    daemon.start()
+    with daemon.client() as c:
+        assert list(c.stats().quarantined) == [bad.doc_id]
+        c.delete(bad.doc_id)  # deletable
+        assert not c.stats().quarantined
+        with pytest.raises(DocumentNotFound):
+            c.delete(bad.doc_id)
+    daemon.restart()
+    with daemon.client() as c:
+        assert not c.stats().quarantined and [m.doc_id for m in c.list()] == [good.doc_id]
