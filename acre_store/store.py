@@ -102,11 +102,10 @@ class Store:
     def _commit(self, session: PutSession, record: DocRecord) -> DocMeta:
         try:
             with self._commit_lock:
-                dup = self.index.find(record.doc_id)
+                dup = self._existing(record.meta)  # LayoutMismatch if it differs
                 if dup is not None:  # a concurrent put of the same document won
                     session.staging.abort()
-                    self.counters.add(put_noops=1)
-                    return dup.meta
+                    return dup
                 self.budget.check_room(session.nbytes)  # documents pinned meanwhile may leave no room
                 session.staging.commit(record)
                 self.index.add(record)

@@ -12,7 +12,7 @@ import grpc
 import lmdb
 import pytest
 
-from acre_store import DocLayout, DocMeta, DocumentNotFound
+from acre_store import DocLayout, DocMeta, DocumentNotFound, EmbeddedStore, LayoutMismatch
 from acre_store._proto import store_pb2 as pb
 from acre_store._proto import store_pb2_grpc
 from acre_store.client import StoreClient
@@ -260,3 +260,22 @@ def test_a_damaged_record_quarantines_one_document(daemon, backend):
     daemon.restart()
     with daemon.client() as c:
         assert not c.stats().quarantined and [m.doc_id for m in c.list()] == [good.doc_id]
+
+
+def test_concurrent_puts_of_one_id_with_different_layouts(tmp_path, backend):
+    a = make_doc(TINY)
+    other = DocLayout(n_layers=2, n_kv_heads=2, head_dim=8, chunk_size=16, dtype="float32", n_tokens=40)
+    b = make_doc(other)
+    b.meta.doc_id = a.doc_id
+    with EmbeddedStore(str(tmp_path / "s"), backend=backend) as s:
+        sessions = [s.store.begin_put(doc.meta, []) for doc in (a, b)]  # both start before either commits
+        for sess, doc in zip(sessions, (a, b)):
+            for c, chunk in enumerate(doc.chunks):
+                sess.add_chunk(c, chunk)
+        sessions[0].commit()
+        with pytest.raises(LayoutMismatch):
+            sessions[1].commit()
+        (m,) = s.list()
+        assert m.layout == TINY
+        assert [c.tobytes() for _, c in s.fetch(a.doc_id, range(TINY.n_chunks))] == [c.tobytes() for c in a.chunks]
+        assert s.stats().disk.reserved_bytes == 0
