@@ -118,8 +118,13 @@ def _ls(args) -> int:
     for doc_id, n_tokens, n_chunks, nbytes, pinned, created, name in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
         print(f"{doc_id[:20]:<20} {n_tokens:>8} {n_chunks:>6} {_fmt_bytes(nbytes):>10} "
-              f"{'yes' if pinned else '':>3}  {when:<19}  {name}")
+              f"{'yes' if pinned else '':>3}  {when:<19}  {printable(name)}")
     return 0
+
+
+def printable(text: str) -> str:
+    """`text` with its control (and other unprintable) characters escaped: a name cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
 
 def _stats(args) -> int:

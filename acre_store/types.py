@@ -131,6 +131,8 @@ class DocMeta:
             raise InvalidArgument(f"unsupported format_version {self.format_version} (this store writes {FORMAT_VERSION})")
         if not isinstance(self.extra, dict):
             raise InvalidArgument("meta.extra must be a dict")
+        if not isinstance(self.name, str) or not self.name.isprintable():  # no terminal escapes in `acre store ls`
+            raise InvalidArgument(f"meta.name {self.name!r} has control characters")
         L = self.layout
         if L.n_tokens > MAX_TOKENS or L.chunk_nbytes(0) > MAX_CHUNK_BYTES:
             raise InvalidArgument(f"layout too large: {L.n_tokens} tokens (at most {MAX_TOKENS}), chunks of "

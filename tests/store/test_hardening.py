@@ -12,9 +12,10 @@ import grpc
 import lmdb
 import pytest
 
-from acre_store import DocLayout, DocMeta, DocumentNotFound, EmbeddedStore, LayoutMismatch
+from acre_store import DocLayout, DocMeta, DocumentNotFound, EmbeddedStore, InvalidArgument, LayoutMismatch
 from acre_store._proto import store_pb2 as pb
 from acre_store._proto import store_pb2_grpc
+from acre_store.cli import printable
 from acre_store.client import StoreClient
 from acre_store.shared import MAX_LEASES_PER_CLIENT
 from acre_store.types import MAX_META_BYTES
@@ -279,3 +280,14 @@ def test_concurrent_puts_of_one_id_with_different_layouts(tmp_path, backend):
         assert m.layout == TINY
         assert [c.tobytes() for _, c in s.fetch(a.doc_id, range(TINY.n_chunks))] == [c.tobytes() for c in a.chunks]
         assert s.stats().disk.reserved_bytes == 0
+
+
+def test_names_cannot_inject_terminal_escapes(daemon):
+    evil = make_doc(seed=5, name="x\x1b]0;pwned\x07\x1b[2J\u202e")
+    with daemon.client() as c:
+        with pytest.raises(InvalidArgument, match="control characters"):
+            c.put(evil.meta, evil.l1, evil.chunks)
+        assert c.list() == []
+    # Names stored before the check, or listed by another server, are printed escaped by `acre store ls`.
+    out = printable(evil.meta.name)
+    assert out.isprintable() and out == "x\\x1b]0;pwned\\x07\\x1b[2J\\u202e"
