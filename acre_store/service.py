@@ -291,6 +291,9 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                           **{k: sum(p[k] for p in planes) for k in planes[0]}}
         stats = dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane,
                                     streams=self.guard.stats() if self.guard is not None else None)
+        if local_peer(context) is None:  # a remote client learns no local paths
+            stats = dataclasses.replace(stats, path="", shared=None,
+                                        data_plane={k: v for k, v in (data_plane or {}).items() if k != "paths"} or None)
         return pb.StatsResponse(json=json.dumps(stats.to_dict()))
 
 

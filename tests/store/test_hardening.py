@@ -291,3 +291,15 @@ def test_names_cannot_inject_terminal_escapes(daemon):
     # Names stored before the check, or listed by another server, are printed escaped by `acre store ls`.
     out = printable(evil.meta.name)
     assert out.isprintable() and out == "x\\x1b]0;pwned\\x07\\x1b[2J\\u202e"
+
+
+def test_stats_reveal_no_local_paths_to_remote_clients(daemon_factory):
+    port = free_port()
+    d = daemon_factory("lmdb", "--listen", f"127.0.0.1:{port}")
+    with d.client() as local:
+        assert local.stats().path == os.path.abspath(d.data) and local.stats().shared["dir"]
+    with StoreClient(f"127.0.0.1:{port}") as remote:
+        raw = remote._stub.Stats(pb.StatsRequest(), timeout=10).json
+        assert "/" not in raw, raw
+        assert remote.stats().n_docs == 0
+
