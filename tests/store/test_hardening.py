@@ -303,3 +303,15 @@ def test_stats_reveal_no_local_paths_to_remote_clients(daemon_factory):
         assert "/" not in raw, raw
         assert remote.stats().n_docs == 0
 
+
+def test_rm_refuses_short_prefixes(daemon):
+    docs = [make_doc(seed=i) for i in range(3)]
+    with daemon.client() as c:
+        for doc in docs:
+            c.put(doc.meta, doc.l1, doc.chunks)
+    for prefix in (docs[0].doc_id[:n] for n in (1, 2, 3)):
+        r = subprocess.run([sys.executable, "-m", "acre_store.cli", "store", "rm", prefix, "--store", daemon.addr],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "too short" in r.stderr, (prefix, r.stdout, r.stderr)
+    with daemon.client() as c:
+        assert len(c.list()) == len(docs)
