@@ -315,3 +315,28 @@ def test_rm_refuses_short_prefixes(daemon):
         assert r.returncode == 1 and "too short" in r.stderr, (prefix, r.stdout, r.stderr)
     with daemon.client() as c:
         assert len(c.list()) == len(docs)
+
+
+def test_leases_of_a_client_that_goes_away_end_with_it(daemon):
+    doc = make_doc(REAL)
+    with daemon.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+        list(c.fetch(doc.doc_id, range(REAL.n_chunks)))  # in RAM: the next fetches are leased
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom acre_store.client import StoreClient\n"
+         f"c = StoreClient({daemon.addr!r})\nheld = [a for _, a in c.fetch({doc.doc_id!r}, [0, 1, 2])]\n"
+         "print('mapped', flush=True)\ntime.sleep(600)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        with daemon.client() as c:
+            assert c.stats().shared["leases_active"] == 3
+            holder.kill()
+            holder.wait()
+            deadline = time.monotonic() + 5
+            while c.stats().shared["leases_active"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert c.stats().shared["leases_active"] == 0
+            assert_doc_equal(c, doc)
+    finally:
+        holder.kill()
+        holder.wait()
