@@ -340,3 +340,26 @@ def test_leases_of_a_client_that_goes_away_end_with_it(daemon):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_one_remote_host_holds_at_most_half_the_streams(daemon_factory):
+    port = free_port()
+    d = daemon_factory("lmdb", "--listen", f"127.0.0.1:{port}", "--workers", "16")
+    doc = make_doc(REAL)
+    with d.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = store_pb2_grpc.StoreStub(channel)
+    try:
+        stalled = [stub.Fetch(pb.FetchRequest(doc_id=doc.doc_id, chunk_ids=[0] * 300)) for _ in range(6)]
+        time.sleep(1.0)
+        with pytest.raises(grpc.RpcError) as e:
+            next(stub.Fetch(pb.FetchRequest(doc_id=doc.doc_id, chunk_ids=[1]), timeout=5))
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "127.0.0.1" in e.value.details()
+        with d.client() as c:  # a local client still streams
+            assert_doc_equal(c, doc)
+            assert c.stats().streams["refused"] == 1
+    finally:
+        for call in stalled:
+            call.cancel()
+        channel.close()
