@@ -163,9 +163,13 @@ class DataPlaneServer:
                         _send(conn, _error_record(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down"))
                         return
                     self._conns[conn] = True
+                # A client that stops reading mid-call is dropped after the daemon's stream idle time (the
+                # connection is then closed; it holds a thread until then). Between calls it may stay idle.
+                conn.settimeout(getattr(self.servicer.guard, "idle_s", None))
                 try:
                     self._call(conn, head, pid)
                 finally:
+                    conn.settimeout(None)
                     with self._lock:
                         self._conns[conn] = False
                         self._idle.notify_all()

@@ -17,6 +17,7 @@ from acre_store._proto import store_pb2 as pb
 from acre_store._proto import store_pb2_grpc
 from acre_store.cli import printable
 from acre_store.client import StoreClient
+from acre_store.dataplane import HELLO, K_FETCH, REC
 from acre_store.shared import MAX_LEASES_PER_CLIENT
 from acre_store.types import MAX_META_BYTES
 from acre_store.wire import meta_to_pb
@@ -363,3 +364,26 @@ def test_one_remote_host_holds_at_most_half_the_streams(daemon_factory):
         for call in stalled:
             call.cancel()
         channel.close()
+
+
+def test_a_data_socket_client_that_stops_reading_is_dropped(daemon_factory):
+    d = daemon_factory("lmdb", "--stream-idle", "2")
+    doc = make_doc(REAL)
+    with d.client() as c:
+        c.put(doc.meta, doc.l1, doc.chunks)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(d.addr[len("unix://"):] + ".data")
+    try:
+        s.sendall(HELLO)
+        head = pb.FetchRequest(doc_id=doc.doc_id, chunk_ids=[0] * 100).SerializeToString()
+        s.sendall(REC.pack(K_FETCH, len(head), 0) + head)  # and never read the answer
+        with d.client(data_plane=False) as c:
+            time.sleep(1.0)
+            assert c.stats().data_plane["connections"] == 1
+            deadline = time.monotonic() + 6
+            while c.stats().data_plane["connections"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert c.stats().data_plane["connections"] == 0
+    finally:
+        s.close()
