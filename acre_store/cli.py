@@ -54,6 +54,8 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--disk-bytes", type=parse_bytes, default=0,
                    help="disk tier cap; least recently used unpinned documents are evicted (default 0: no cap)")
     s.add_argument("--workers", type=int, default=16, help="gRPC handler threads (default 16)")
+    s.add_argument("--stream-idle", type=float, default=60.0,
+                   help="cancel a streaming call that reads or sends nothing for this many seconds (default 60)")
     s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls may run on at shutdown")
     s.add_argument("--no-shared", action="store_true", help="disable the same-host shared-memory fast path")
     s.add_argument("--no-data-plane", action="store_true",
@@ -135,8 +137,13 @@ def _ls(args) -> int:
     for doc_id, n_tokens, n_chunks, nbytes, pinned, created, name in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
         print(f"{doc_id[:20]:<20} {n_tokens:>8} {n_chunks:>6} {_fmt_bytes(nbytes):>10} "
-              f"{'yes' if pinned else '':>3}  {when:<19}  {name}")
+              f"{'yes' if pinned else '':>3}  {when:<19}  {printable(name)}")
     return 0
+
+
+def printable(text: str) -> str:
+    """`text` with its control (and other unprintable) characters escaped: a name cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
 
 def _stats(args) -> int:
@@ -212,7 +219,8 @@ def _serve(args) -> int:
 
     listen = args.listen or [DEFAULT_LISTEN]
     server = StoreServer(store_cfg, ServerConfig(listen=listen[0], extra_listen=tuple(listen[1:]), workers=args.workers,
-                                                 grace_s=args.grace, shared=not args.no_shared,
+                                                 stream_idle_s=args.stream_idle, grace_s=args.grace,
+                                                 shared=not args.no_shared,
                                                  data_plane=not args.no_data_plane, tls_cert=args.tls_cert,
                                                  tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                                  token=read_token(args.token_file), insecure=args.insecure,

@@ -369,7 +369,14 @@ class StoreClient(StoreAPI):
                 log.debug("release of %d leases failed: %s", len(leases), e)
 
     def list(self) -> list[DocMeta]:
-        return [meta_from_pb(m) for m in self._call(self._stub.List, pb.ListRequest()).docs]
+        """Every document, oldest first (the daemon sends pages; this follows them)."""
+        out, token = [], ""
+        while True:
+            page = self._call(self._stub.List, pb.ListRequest(page_token=token))
+            out += [meta_from_pb(m) for m in page.docs]
+            token = page.next_page_token
+            if not token:
+                return out
 
     def delete(self, doc_id: str) -> None:
         self._call(self._stub.Delete, pb.DeleteRequest(doc_id=doc_id))

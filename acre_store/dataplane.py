@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import struct
 import threading
@@ -105,6 +106,7 @@ class DataPlaneServer:
         self.token = token  # when set, a connection must send it (K_AUTH) before its first call, as on gRPC
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, bool] = {}  # connection -> busy (a call in progress)
+        self._pids: dict[socket.socket, int | None] = {}  # connection -> the client's pid
         self._stopping = False
         self._idle = threading.Condition(self._lock)
         self.calls = self.chunks = self.bytes = self.refused = self.errors = 0
@@ -136,7 +138,13 @@ class DataPlaneServer:
             threading.Thread(target=self._serve_conn, args=(conn,), daemon=True, name="acre-data").start()
 
     def _serve_conn(self, conn: socket.socket) -> None:
+        pid = _peer_pid(conn)  # the client process: it owns the leases of its calls
+        with self._lock:
+            self._pids[conn] = pid
         try:
+            if pid is None:
+                _send(conn, _error_record(grpc.StatusCode.PERMISSION_DENIED, "the data socket serves this user only"))
+                return
             if _recv(conn, len(HELLO)) != HELLO:
                 _send(conn, _error_record(grpc.StatusCode.FAILED_PRECONDITION, "expected the ACRE-DATA/1 hello"))
                 return
@@ -168,9 +176,13 @@ class DataPlaneServer:
                         _send(conn, _error_record(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down"))
                         return
                     self._conns[conn] = True
+                # A client that stops reading mid-call is dropped after the daemon's stream idle time (the
+                # connection is then closed; it holds a thread until then). Between calls it may stay idle.
+                conn.settimeout(getattr(self.servicer.guard, "idle_s", None))
                 try:
-                    self._call(conn, head)
+                    self._call(conn, head, pid)
                 finally:
+                    conn.settimeout(None)
                     with self._lock:
                         self._conns[conn] = False
                         self._idle.notify_all()
@@ -179,10 +191,14 @@ class DataPlaneServer:
         finally:
             with self._lock:
                 self._conns.pop(conn, None)
+                self._pids.pop(conn, None)
+                last = pid not in self._pids.values()
                 self._idle.notify_all()
             conn.close()
+            if last and pid is not None:  # the client's last connection closed: so do its leases
+                self.servicer.client_gone(pid)
 
-    def _call(self, conn: socket.socket, head: bytes) -> None:
+    def _call(self, conn: socket.socket, head: bytes, pid: int) -> None:
         with self._lock:
             self.calls += 1
         try:
@@ -190,7 +206,7 @@ class DataPlaneServer:
                 request = pb.FetchRequest.FromString(head)
             except Exception as e:  # noqa: BLE001 - a request protobuf cannot parse
                 raise ProtocolError(f"malformed FetchRequest: {e}") from None
-            for frame, data in self.servicer.fetch_chunks(request):
+            for frame, data in self.servicer.fetch_chunks(request, pid):
                 h = frame.SerializeToString()
                 try:
                     _send(conn, [REC.pack(K_FRAME, len(h), len(data)), h, data])
@@ -239,6 +255,15 @@ class DataPlaneServer:
         with self._lock:
             return {"path": self.path, "connections": len(self._conns), "calls": self.calls, "chunks": self.chunks,
                     "bytes": self.bytes, "errors": self.errors, "refused": self.refused}
+
+
+def _peer_pid(conn: socket.socket) -> int | None:
+    """The pid of the process at the other end, if it runs as this user (or root); else None."""
+    try:
+        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except (OSError, AttributeError):
+        return None
+    return pid if uid in (os.getuid(), 0) else None
 
 
 def _shutdown(conn: socket.socket) -> None:

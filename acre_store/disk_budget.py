@@ -1,8 +1,11 @@
 """DiskBudget: room under the disk cap for the puts in progress.
 
-A put reserves its payload bytes when it starts, so two puts cannot both count on the same free room;
-the reservation ends when it commits (its bytes are then the document's, in `DocIndex.used_bytes`) or
-aborts. When the cap is reached, whole least-recently-used unpinned documents are evicted first.
+A put reserves its payload bytes when it starts (for the stats; it fails at once if the pinned documents
+leave no room for it); the reservation ends when it commits (its bytes are then the document's, in
+`DocIndex.used_bytes`) or aborts. Nothing is evicted for a put until it commits: then whole
+least-recently-used unpinned documents go until the committed ones fit under the cap again. So a put that
+never delivers its bytes (a header, then a cancel) evicts nothing; while puts are in progress their staged
+bytes may take the disk over the cap by their size.
 """
 from __future__ import annotations
 
@@ -34,26 +37,29 @@ class DiskBudget:
             return self._reserved
 
     def reserve(self, nbytes: int) -> None:
-        """Make room for a put of nbytes, evicting LRU unpinned documents; ResourceExhausted if it cannot."""
+        """Count a put of nbytes in progress; ResourceExhausted if it could not fit even after evicting."""
+        self.check_room(nbytes)
+        with self._lock:
+            self._reserved += nbytes
+
+    def check_room(self, nbytes: int) -> None:
+        """ResourceExhausted if a document of nbytes cannot fit under the cap beside the pinned ones."""
         cap = self.cap
         if not cap:
-            with self._lock:
-                self._reserved += nbytes
             return
         if nbytes > cap:
             raise ResourceExhausted(f"document needs {nbytes} bytes, more than the disk cap of {cap}")
-        while True:
-            with self._lock:
-                used = self.index.used_bytes
-                if used + self._reserved + nbytes <= cap:
-                    self._reserved += nbytes
-                    return
-                victim = self.index.lru_unpinned()
-                reserved = self._reserved
+        pinned = self.index.pinned_bytes()
+        if pinned + nbytes > cap:
+            raise ResourceExhausted(f"disk cap of {cap} bytes reached: {pinned} bytes pinned; cannot fit {nbytes} more")
+
+    def evict_over_cap(self, keep: str) -> None:
+        """Evict LRU unpinned documents other than `keep` (the one just committed) until the committed
+        documents fit under the cap. The caller holds the store's commit lock."""
+        while self.cap and self.index.used_bytes > self.cap:
+            victim = self.index.lru_unpinned(exclude=keep)
             if victim is None:
-                raise ResourceExhausted(
-                    f"disk cap of {cap} bytes reached: {used} used, {reserved} reserved by puts "
-                    f"in progress, the rest pinned; cannot fit {nbytes} more")
+                return
             if self.evict(victim):
                 log.info("evicted document %s (%d bytes) from disk", victim.doc_id, victim.meta.nbytes)
 

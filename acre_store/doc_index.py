@@ -70,15 +70,19 @@ class DocIndex:
             if record.doc_id in self._docs:
                 self._docs[record.doc_id] = record
 
-    def lru_unpinned(self) -> DocRecord | None:
-        """The least recently used document that is not pinned (the next to evict), or None."""
+    def lru_unpinned(self, exclude: str | None = None) -> DocRecord | None:
+        """The least recently used document that is not pinned (the next to evict) other than `exclude`, or None."""
         with self._lock:
-            return next((r for r in self._docs.values() if not r.meta.pinned), None)
+            return next((r for r in self._docs.values() if not r.meta.pinned and r.doc_id != exclude), None)
 
     @property
     def used_bytes(self) -> int:
         with self._lock:
             return self._used
+
+    def pinned_bytes(self) -> int:
+        with self._lock:
+            return sum(r.meta.nbytes for r in self._docs.values() if r.meta.pinned)
 
     def n_pinned(self) -> int:
         with self._lock:

@@ -21,6 +21,7 @@ from .metrics import StoreMetrics
 from .service import StoreServicer, add_store_servicer
 from .shm_space import shm_shortfall
 from .store import Store
+from .stream_guard import StreamGuard
 from .wire import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     extra_listen: tuple[str, ...] = ()  # more addresses served by the same daemon (e.g. a unix socket and TCP)
     workers: int = 16      # gRPC handler threads (each streaming call holds one)
+    control_threads: int = 4  # of those, kept for unary calls: streaming calls may hold the rest
+    stream_idle_s: float = 60.0  # a streaming call that reads or sends nothing for this long is cancelled
     grace_s: float = 10.0  # how long in-flight calls may run on at shutdown
     shared: bool = True    # offer the same-host shared-memory fast path on unix sockets
     data_plane: bool = True  # also serve Fetch on <unix socket path>.data (dataplane.py)
@@ -99,6 +102,9 @@ class StoreServer:
         self.shared = None
         self.metrics = None
         _check_tcp_security(config, (config.listen, *config.extra_listen))
+        # Owner-only files whatever umask the daemon was started with: data 0600/0700, sockets and shared
+        # files 0600 (the daemon's clients are processes of the same user; see docs/store.md).
+        os.umask(0o077)
         local = any(unix_path(a) is not None for a in (config.listen, *config.extra_listen))
         if config.shared and local:  # a unix socket: clients on this host can map the daemon's files
             from .shared import SharedArena
@@ -124,11 +130,17 @@ class StoreServer:
             if config.metrics_port is not None:
                 self.metrics = StoreMetrics(lambda: self.servicer.daemon_stats())
                 interceptors.append(self.metrics.interceptor())
+            # so_reuseport 0: a second daemon on a TCP port in use fails to start instead of taking a share of
+            # its connections.
             self.server = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix="acre-rpc"),
-                                      options=CHANNEL_OPTIONS, interceptors=interceptors)
+                                      options=CHANNEL_OPTIONS + [("grpc.so_reuseport", 0)],
+                                      interceptors=interceptors)
             tls = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
                    if config.tls_cert else None)
-            self.servicer = StoreServicer(self.store, self.shared)
+            self.guard = StreamGuard(max_streams=max(1, config.workers - config.control_threads),
+                                     max_per_client=max(1, (config.workers - config.control_threads) // 2),
+                                     idle_s=config.stream_idle_s)
+            self.servicer = StoreServicer(self.store, self.shared, self.guard)
             add_store_servicer(self.servicer, self.server)
             self.health = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -139,8 +151,9 @@ class StoreServer:
                         port = self.server.add_secure_port(a, tls)
                     else:
                         port = self.server.add_insecure_port(a)
-                except RuntimeError as e:
-                    raise StoreUnavailable(f"cannot listen on {a}: {e}") from None
+                except RuntimeError:
+                    raise StoreUnavailable(f"cannot listen on {a}: the address is in use (another daemon?) "
+                                           "or cannot be bound") from None
                 if port == 0:
                     raise StoreUnavailable(f"cannot listen on {a} (address in use?)")
                 self.addrs.append(a[:-1] + str(port) if unix_path(a) is None and a.endswith(":0") else a)
@@ -162,6 +175,8 @@ class StoreServer:
             for dp in getattr(self, "data_planes", ()):
                 dp.stop(0)
                 _unlink(dp.path)
+            if getattr(self, "guard", None) is not None:
+                self.guard.close()
             self.store.close()
             if self.shared is not None:
                 self.shared.close()
@@ -179,6 +194,10 @@ class StoreServer:
         self.server.start()
         for dp in self.data_planes:
             dp.start()
+        for path in [unix_path(a) for a in self.addrs] + [dp.path for dp in self.data_planes]:
+            if path is not None:
+                os.chmod(path, 0o600)
+        os.chmod(self.store.path, 0o700)  # made by an older daemon, or by hand, under another umask
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", self.store.path, ", ".join(self.addrs))
@@ -194,6 +213,7 @@ class StoreServer:
         stopped.wait()
         if self.metrics is not None:
             self.metrics.close()
+        self.guard.close()
         self.store.close()
         if self.shared is not None:
             self.shared.close()

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import logging
+import time
 from typing import Iterator
 
 import grpc
@@ -46,12 +47,21 @@ def unary(fn):
 
 
 def streaming(fn):
+    """A response-streaming handler, admitted by the servicer's StreamGuard (each sent message is progress)."""
     @functools.wraps(fn)
     def wrapper(self, request, context):
+        stream = None
         try:
-            yield from fn(self, request, context)
+            stream = self.admit(context)
+            for msg in fn(self, request, context):
+                yield msg
+                if stream is not None:
+                    stream.last = time.monotonic()
         except Exception as e:  # noqa: BLE001 - mapped to a status code
             _abort(context, e)
+        finally:
+            if stream is not None:
+                self.guard.done(stream)
     return wrapper
 
 
@@ -109,13 +119,26 @@ class _PutAssembler:
 
 
 class StoreServicer(store_pb2_grpc.StoreServicer):
-    def __init__(self, store: Store, shared=None):
+    def __init__(self, store: Store, shared=None, guard=None):
         self.store = store
         self.shared = shared  # SharedArena for same-host clients, or None
+        self.guard = guard  # StreamGuard bounding streaming calls, or None
         self.data_planes: list = []  # DataPlaneServers serving fetch_chunks (set by the server)
+
+    def admit(self, context):
+        """A streaming call starts: its StreamGuard entry (None without a guard); UNAVAILABLE when full."""
+        return self.guard.admit(context) if self.guard is not None else None
 
     @unary
     def Put(self, request_iterator, context):
+        stream = self.admit(context)
+        try:
+            return self._put(_progressing(request_iterator, stream), context)
+        finally:
+            if stream is not None:
+                self.guard.done(stream)
+
+    def _put(self, request_iterator, context):
         it = iter(request_iterator)
         first = next(it, None)
         if first is None or first.WhichOneof("frame") != "header":
@@ -169,10 +192,11 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                 yield pb.L1Frame(name=name, offset=off, data=bytes(data[off:off + MAX_FRAME_BYTES]),
                                  spec=spec_to_pb(spec) if off == 0 else None)
 
-    def fetch_chunks(self, request) -> Iterator[tuple[pb.FetchFrame, memoryview]]:
+    def fetch_chunks(self, request, client=None) -> Iterator[tuple[pb.FetchFrame, memoryview]]:
         """Per requested chunk, in order: its frame header (offset 0, layout, checksums; a SharedRef with a
         fresh lease on the same-host fast path) and its payload (a view of the cached bytes; empty when
-        shared). Shared by the gRPC Fetch and the same-host data plane."""
+        shared). Shared by the gRPC Fetch and the same-host data plane. `client`: who asks, when it is on
+        this host (a pid, or a unix-socket peer); None (a remote client) never gets shared memory."""
         if request.release and self.shared is not None:
             self.shared.release(list(request.release))
         layers = (request.layer_start, request.layer_end) if request.has_layers else None
@@ -180,16 +204,21 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         it = self.store.fetch(request.doc_id, list(request.chunk_ids), layers)
         l0, l1 = layers or (0, rec.meta.layout.n_layers)
         layout_pb = layout_to_pb(rec.meta.layout)
-        shared = self.shared if (request.shared_ok and self.shared is not None) else None
+        shared = self.shared if (request.shared_ok and client is not None) else None
         for c, view in it:
             head = pb.FetchFrame(chunk_id=c, layer_start=l0, layer_end=l1, n_tokens=view.shape[3],
                                  chunk_bytes=view.nbytes, layer_crc32c=rec.chunk_crcs[c][l0:l1], layout=layout_pb)
-            ref = shared.lease(rec.doc_id, c, l0, l1) if shared is not None else None
+            ref = shared.lease(rec.doc_id, c, l0, l1, client) if shared is not None else None
             if ref is not None:
                 head.shared.CopyFrom(ref)
                 yield head, memoryview(b"")
             else:
                 yield head, memoryview(view.reshape(-1).view(np.uint8))
+
+    def client_gone(self, client) -> None:
+        """A same-host client went away: its leases end."""
+        if self.shared is not None:
+            self.shared.end_client(client)
 
     def unsent(self, frame: pb.FetchFrame) -> None:
         """`frame` never reached the client: its lease ends now. (A lease whose frame went out but may not
@@ -199,7 +228,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @streaming
     def Fetch(self, request, context):
-        for head, data in self.fetch_chunks(request):
+        for head, data in self.fetch_chunks(request, local_peer(context)):
             if head.HasField("shared"):
                 yield head
                 continue
@@ -218,13 +247,29 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @unary
     def Release(self, request, context):
-        if self.shared is not None:
+        if self.shared is not None and local_peer(context) is not None:  # remote clients hold no leases
             self.shared.release(list(request.leases))
         return pb.ReleaseResponse()
 
     @unary
     def List(self, request, context):
-        return pb.ListResponse(docs=[meta_to_pb(m) for m in self.store.list()])
+        # Pages bounded in count and bytes, so that any number of documents (or large metadata) lists
+        # under the message size limit. The token is the last sent document's (created, doc_id), the
+        # list's sort key: a page starts after it, whatever was added or deleted meanwhile.
+        size = min(request.page_size or LIST_PAGE_DOCS, LIST_PAGE_DOCS)
+        after = _list_key(request.page_token) if request.page_token else None
+        resp, nbytes = pb.ListResponse(), 0
+        for m in self.store.list():
+            if after is not None and (m.created, m.doc_id) <= after:
+                continue
+            doc = meta_to_pb(m)
+            if len(resp.docs) >= size or (resp.docs and nbytes + doc.ByteSize() > LIST_PAGE_BYTES):
+                last = resp.docs[-1]
+                resp.next_page_token = f"{last.created!r}/{last.doc_id}"
+                break
+            resp.docs.append(doc)
+            nbytes += doc.ByteSize()
+        return resp
 
     @unary
     def Delete(self, request, context):
@@ -238,7 +283,12 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @unary
     def Stats(self, request, context):
-        return pb.StatsResponse(json=json.dumps(self.daemon_stats().to_dict()))
+        stats = self.daemon_stats()
+        if local_peer(context) is None:  # a remote client learns no local paths
+            dp = stats.data_plane
+            stats = dataclasses.replace(stats, path="", shared=None,
+                                        data_plane={k: v for k, v in (dp or {}).items() if k != "paths"} or None)
+        return pb.StatsResponse(json=json.dumps(stats.to_dict()))
 
     def daemon_stats(self):
         """The store's stats with the daemon's transport sections (also read by metrics.py)."""
@@ -248,7 +298,34 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
             planes = [dp.stats() for dp in self.data_planes]
             data_plane = {"paths": [p.pop("path") for p in planes],
                           **{k: sum(p[k] for p in planes) for k in planes[0]}}
-        return dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane)
+        return dataclasses.replace(self.store.stats(), shared=shared, data_plane=data_plane,
+                                   streams=self.guard.stats() if self.guard is not None else None)
+
+
+LIST_PAGE_DOCS = 1000
+LIST_PAGE_BYTES = 1 << 20
+
+
+def _list_key(token: str) -> tuple[float, str]:
+    created, _, doc_id = token.partition("/")
+    try:
+        return float(created), doc_id
+    except ValueError:
+        raise InvalidArgument(f"bad List page token {token!r}") from None
+
+
+def _progressing(requests, stream):
+    """The requests, each one marking progress of the guarded stream."""
+    for req in requests:
+        if stream is not None:
+            stream.last = time.monotonic()
+        yield req
+
+
+def local_peer(context) -> str | None:
+    """The caller's peer name if it came through a unix socket (so it is on this host), else None."""
+    peer = context.peer() or ""
+    return peer if peer.startswith("unix:") else None
 
 
 def _serialize_fetch_frame(frame) -> bytes:

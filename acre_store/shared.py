@@ -22,10 +22,12 @@ and yields a view (`map_shared`), or `preadv`s the bytes into its own array (`re
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import mmap
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SHM_ROOT = "/dev/shm"
 LEASE_TTL_S = 60.0
+MAX_LEASES_PER_CLIENT = 4096  # beyond this, a client's chunks come over the socket instead
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,7 +80,11 @@ class SharedArena:
         self.dir = tempfile.mkdtemp(prefix=f"acre-{os.getpid()}-", dir=root)  # mode 0700
         self.ram = None  # the RamTier whose allocator this is (set by the Store)
         self._files: dict[int, _File] = {}  # id(array) -> its file
-        self._leases: dict[int, tuple[Hashable, float, _File]] = {}
+        # lease id -> (key, expiry, file, owner). Ids are random 63-bit numbers: a client can end only leases
+        # whose ids it was given (another client cannot guess them). `owner` names the client (a pid when
+        # known: its leases end when it dies) and bounds how many leases it may hold.
+        self._leases: dict[int, tuple[Hashable, float, _File, Hashable]] = {}
+        self._owned: collections.Counter = collections.Counter()
         self._pool: list[_File] = []  # freed, clean files (renamed pool-*), oldest first
         self._bounce: list[np.ndarray] = []  # at most 2 buffers for chunks bound for a new file
         self._ids = itertools.count(1)
@@ -248,8 +255,12 @@ class SharedArena:
 
     # -- leases -------------------------------------------------------------------------------
 
-    def lease(self, doc_id: str, c: int, l0: int, l1: int) -> pb.SharedRef | None:
-        """A reference to chunk c's layers [l0, l1) in shared memory, pinned until released; None if not there."""
+    def lease(self, doc_id: str, c: int, l0: int, l1: int, owner: Hashable = None) -> pb.SharedRef | None:
+        """A reference to chunk c's layers [l0, l1) in shared memory, pinned until released; None if not there
+        or if `owner` (the client: a pid, or a peer name) already holds MAX_LEASES_PER_CLIENT leases."""
+        with self._lock:
+            if self._owned[owner] >= MAX_LEASES_PER_CLIENT:
+                return None
         key = (doc_id, c)
         arr = self.ram.lease(key)
         if arr is None:
@@ -262,8 +273,11 @@ class SharedArena:
         layer_bytes = arr.nbytes // arr.shape[0]
         now = time.monotonic()
         with self._lock:
-            lease = next(self._ids)
-            self._leases[lease] = (key, now + LEASE_TTL_S, f)
+            lease = secrets.randbits(63)
+            while lease == 0 or lease in self._leases:
+                lease = secrets.randbits(63)
+            self._leases[lease] = (key, now + LEASE_TTL_S, f, owner)
+            self._owned[owner] += 1
             f.leases += 1
             self.granted += 1
         if now > self._next_reap:
@@ -276,24 +290,38 @@ class SharedArena:
                 entry = self._leases.pop(lease, None)
                 if entry is None:
                     continue
-                key, _, f = entry
+                key, _, f, owner = entry
                 f.leases -= 1
+                self._owned[owner] -= 1
+                if not self._owned[owner]:
+                    del self._owned[owner]
                 if expired:  # the client may still map the file: never rewrite it
                     f.tainted = True
             self.ram.release(key)
 
+    def end_client(self, owner: Hashable) -> None:
+        """The client went away: its leases end (as expired: it may still map their files, so they are
+        never rewritten)."""
+        with self._lock:
+            dead = [k for k, (_, _, _, o) in self._leases.items() if o == owner]
+            self.expired += len(dead)
+        self.release(dead, expired=True)
+
     def reap_leases(self, now: float) -> None:
-        """End the leases that expired by `now` (time.monotonic()): their clients died or forgot them. Their
-        files are never rewritten (a client may still map one). `lease` calls this now and then."""
+        """End the leases that expired by `now` (time.monotonic()), and those of clients (pids) that died:
+        their clients forgot them or went away. Their files are never rewritten (a client may still map
+        one). `lease` calls this now and then."""
         with self._lock:
             self._next_reap = now + LEASE_TTL_S / 4
-            dead = [k for k, (_, exp, _) in self._leases.items() if exp < now]
+            gone = {o for o in self._owned if isinstance(o, int) and not _pid_alive(o)}
+            dead = [k for k, (_, exp, _, o) in self._leases.items() if exp < now or o in gone]
             self.expired += len(dead)
         self.release(dead, expired=True)
 
     def stats(self) -> dict:
         with self._lock:
             return {"dir": self.dir, "files": len(self._files), "leases_active": len(self._leases),
+                    "clients": len(self._owned),
                     "leases_granted": self.granted, "leases_expired": self.expired, "unplaced": self.unplaced,
                     "pool_files": len(self._pool), "pool_bytes": sum(f.nbytes for f in self._pool),
                     "reused": self.reused}

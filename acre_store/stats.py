@@ -60,11 +60,15 @@ class StoreStats:
     shared: dict[str, Any] | None = None
     # A daemon serving a data plane: {paths, connections, calls, chunks, bytes, errors, refused}.
     data_plane: dict[str, Any] | None = None
+    # Documents set aside as damaged at start-up: doc_id -> why (delete them, or put them again).
+    quarantined: dict[str, str] | None = None
+    # A daemon: its streaming calls {active, max, refused, idle_cancelled} (StreamGuard.stats()).
+    streams: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (absent daemon sections are left out)."""
         d = asdict(self)
-        for k in ("shared", "data_plane"):
+        for k in ("shared", "data_plane", "streams", "quarantined"):
             if d[k] is None:
                 del d[k]
         return d

@@ -30,7 +30,7 @@ from .record import DocRecord, TensorSpec
 from .stats import DiskTierStats, OpStats, RamTierStats, StoreCounters, StoreStats
 from .tier_reader import TierReader
 from .tiers.ram_tier import Allocator, RamTier
-from .types import FORMAT_VERSION, DocMeta, check_doc_id
+from .types import FORMAT_VERSION, MAX_CHUNK_BYTES, DocMeta, check_doc_id
 
 __all__ = ["DEFAULT_RAM_BYTES", "PutSession", "Store", "StoreConfig"]
 
@@ -44,8 +44,8 @@ class Store:
         self.data_dir = DataDir(config)
         self.path, self.backend, self.disk = self.data_dir.path, self.data_dir.backend, self.data_dir.disk
         self.discarded_at_start = self.data_dir.discarded_at_start
-        self.index = DocIndex(self.disk.records())
-        self.budget = DiskBudget(config.disk_bytes, self.index, lambda rec: self._remove(rec.doc_id, evicted=True))
+        self.index = DocIndex(self.disk.records())  # damaged records are set aside (disk.quarantined)
+        self.budget = DiskBudget(config.disk_bytes, self.index, lambda rec: self._remove_locked(rec.doc_id, evicted=True))
         self._commit_lock = threading.Lock()  # serialises publish/delete against each other
         self.counters = StoreCounters()
         self.ram = RamTier(config.ram_bytes, allocator=allocator)
@@ -73,6 +73,9 @@ class Store:
         names = [s.name for s in l1]
         if len(set(names)) != len(names):
             raise InvalidArgument("duplicate L1 part names")
+        too_big = [s.name for s in l1 if s.nbytes > MAX_CHUNK_BYTES]
+        if too_big:
+            raise InvalidArgument(f"L1 parts {too_big} are larger than {MAX_CHUNK_BYTES} bytes")
         existing = self._existing(meta)
         if existing is not None:
             return None
@@ -99,13 +102,15 @@ class Store:
     def _commit(self, session: PutSession, record: DocRecord) -> DocMeta:
         try:
             with self._commit_lock:
-                dup = self.index.find(record.doc_id)
+                dup = self._existing(record.meta)  # LayoutMismatch if it differs
                 if dup is not None:  # a concurrent put of the same document won
                     session.staging.abort()
-                    self.counters.add(put_noops=1)
-                    return dup.meta
+                    return dup
+                self.budget.check_room(session.nbytes)  # documents pinned meanwhile may leave no room
                 session.staging.commit(record)
                 self.index.add(record)
+                self.disk.drop_quarantined(record.doc_id)  # put again: the damaged copy goes
+                self.budget.evict_over_cap(keep=record.doc_id)  # only now: a put that fails evicts nothing
                 self.counters.add(puts=1)
                 return record.meta
         except BaseException:
@@ -125,20 +130,27 @@ class Store:
     def delete(self, doc_id: str) -> None:
         check_doc_id(doc_id)
         if not self._remove(doc_id, evicted=False):
+            with self._commit_lock:
+                if self.disk.drop_quarantined(doc_id):  # a damaged document set aside at start-up
+                    self.counters.add(deletes=1)
+                    return
             raise DocumentNotFound(f"unknown document {doc_id}")
 
     def _remove(self, doc_id: str, evicted: bool) -> bool:
         with self._commit_lock:
-            rec = self.index.pop(doc_id)
-            if rec is None:
-                return False
-            if evicted:
-                self.counters.add(disk_evictions=1)
-            else:
-                self.counters.add(deletes=1)
-            self.ram.drop(lambda k: k[0] == doc_id)
-            self.disk.delete(rec)
-            return True
+            return self._remove_locked(doc_id, evicted)
+
+    def _remove_locked(self, doc_id: str, evicted: bool) -> bool:
+        rec = self.index.pop(doc_id)
+        if rec is None:
+            return False
+        if evicted:
+            self.counters.add(disk_evictions=1)
+        else:
+            self.counters.add(deletes=1)
+        self.ram.drop(lambda k: k[0] == doc_id)
+        self.disk.delete(rec)
+        return True
 
     def pin(self, doc_id: str, pinned: bool = True) -> None:
         rec = self.record(doc_id, touch=False)
@@ -181,7 +193,8 @@ class Store:
                                evictions=c.disk_evictions, checksum_failures=c.checksum_failures),
             ops=OpStats(puts=c.puts, put_noops=c.put_noops, put_aborts=c.put_aborts,
                         fetched_chunks=c.fetched_chunks, fetched_bytes=c.fetched_bytes, deletes=c.deletes,
-                        discarded_at_start=self.discarded_at_start))
+                        discarded_at_start=self.discarded_at_start),
+            quarantined=dict(self.disk.quarantined))
 
     def close(self) -> None:
         if self._closed:

@@ -5,6 +5,7 @@ A document's L2 chunk `c` holds the KV of tokens `[c*C, (c+1)*C)` for every laye
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,12 @@ LAYOUT_DTYPES: dict[str, np.dtype] = {
 }
 # dtypes accepted for L1 parts.
 L1_DTYPES = ("float32", "float16", "uint16", "int8", "int16", "int32", "int64", "uint8")
+
+# What one put may declare: a chunk is assembled whole in the daemon's memory, and the metadata travels in
+# every List page; larger values are refused (INVALID_ARGUMENT) before anything is allocated or written.
+MAX_CHUNK_BYTES = 256 << 20
+MAX_TOKENS = 1 << 26
+MAX_META_BYTES = 256 << 10  # name + extra, as JSON
 
 _DOC_ID = re.compile(r"[0-9a-f]{16,128}")
 _PART_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
@@ -124,3 +131,15 @@ class DocMeta:
             raise InvalidArgument(f"unsupported format_version {self.format_version} (this store writes {FORMAT_VERSION})")
         if not isinstance(self.extra, dict):
             raise InvalidArgument("meta.extra must be a dict")
+        if not isinstance(self.name, str) or not self.name.isprintable():  # no terminal escapes in `acre store ls`
+            raise InvalidArgument(f"meta.name {self.name!r} has control characters")
+        L = self.layout
+        if L.n_tokens > MAX_TOKENS or L.chunk_nbytes(0) > MAX_CHUNK_BYTES:
+            raise InvalidArgument(f"layout too large: {L.n_tokens} tokens (at most {MAX_TOKENS}), chunks of "
+                                  f"{L.chunk_nbytes(0)} bytes (at most {MAX_CHUNK_BYTES})")
+        try:
+            meta_bytes = len(json.dumps([self.name, self.extra]).encode())
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"meta.extra is not JSON-serialisable: {e}") from None
+        if meta_bytes > MAX_META_BYTES:
+            raise InvalidArgument(f"metadata too large: {meta_bytes} bytes of name and extra (at most {MAX_META_BYTES})")

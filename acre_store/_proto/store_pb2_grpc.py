@@ -136,7 +136,7 @@ class StoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Every committed document.
+        """The committed documents, oldest first, a page at a time (follow next_page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,6 +40,13 @@ class DiskTier(ABC):
     """Durable home of every committed document."""
 
     name: str
+    # Documents whose record `records` found damaged: doc_id -> why. They were set aside (their id is free
+    # for a new put) and stay until `drop_quarantined`.
+    quarantined: dict[str, str]
+
+    def drop_quarantined(self, doc_id: str) -> bool:
+        """Remove what is left of a document set aside as damaged; False if there is none."""
+        return False
 
     @abstractmethod
     def recover(self) -> int:

@@ -1,6 +1,7 @@
 """LMDB disk tier: one environment, one key space.
 
     m/<doc_id>              committed DocRecord (JSON); its `token` names the payload keys
+    q/<doc_id>              a damaged record, set aside at start-up (until deleted or put again)
     s/<token>               staging marker of a put in progress (value: doc_id)
     d/<token>/c/<c:08d>     chunk c, raw little-endian bytes [n_layers, 2, n_kv_heads, len_c, head_dim]
     d/<token>/l/<name>      one L1 part, raw little-endian bytes
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import mmap
 import os
+import re
 import threading
 import uuid
 from contextlib import contextmanager
@@ -28,6 +31,8 @@ from ..errors import ResourceExhausted
 from ..record import DocRecord, TensorSpec
 from ..types import DocLayout
 from .base import DiskTier, Staging
+
+log = logging.getLogger(__name__)
 
 MADV_WILLNEED = 3
 
@@ -137,6 +142,7 @@ class LmdbTier(DiskTier):
                              max_readers=1024)
         self._gate = _Gate()
         self._wlock = threading.Lock()
+        self.quarantined: dict[str, str] = {}
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -186,13 +192,35 @@ class LmdbTier(DiskTier):
     def records(self) -> list[DocRecord]:
         with self._gate.shared(), self.env.begin(buffers=False) as txn:
             cur = txn.cursor()
-            out = []
+            out, bad = [], []
             if cur.set_range(b"m/"):
                 for k, v in cur:
                     if not k.startswith(b"m/"):
                         break
-                    out.append(DocRecord.from_json(v))
-            return out
+                    try:
+                        out.append(DocRecord.from_json(v))
+                    except Exception as e:  # noqa: BLE001 - any damage sets this one document aside
+                        bad.append((k, v, f"{type(e).__name__}: {e}"))
+            if cur.set_range(b"q/"):
+                for k, _ in cur:
+                    if not k.startswith(b"q/"):
+                        break
+                    self.quarantined[k[2:].decode(errors="replace")] = "damaged record (found by an earlier start)"
+        for k, v, why in bad:
+            doc_id = k[2:].decode(errors="replace")
+            self.write([(b"q/" + k[2:], v)], delete=[k])
+            self.quarantined[doc_id] = why
+            log.error("document %s set aside as damaged (%s); delete it or put it again", doc_id, why)
+        return out
+
+    def drop_quarantined(self, doc_id: str) -> bool:
+        if self.quarantined.pop(doc_id, None) is None:
+            return False
+        raw = self._get(b"q/" + doc_id.encode()) or b""
+        token = re.search(rb'"token":\s*"([0-9a-f]+)"', raw)  # its payload, if the record still names it
+        self.write([], delete=[b"q/" + doc_id.encode()],
+                   delete_prefixes=[b"d/" + token.group(1) + b"/"] if token else [])
+        return True
 
     def stage(self, doc_id: str, layout: DocLayout, l1: list[TensorSpec]) -> Staging:
         return LmdbStaging(self, doc_id)

@@ -109,8 +109,11 @@ class ZarrTier(DiskTier):
         self.docs_dir = os.path.join(root, "docs")
         self.staging_dir = os.path.join(root, "staging")
         self.trash_dir = os.path.join(root, "trash")
-        for d in (self.docs_dir, self.staging_dir, self.trash_dir):
+        self.quarantine_dir = os.path.join(root, "quarantine")  # damaged documents, set aside
+        for d in (self.docs_dir, self.staging_dir, self.trash_dir, self.quarantine_dir):
             os.makedirs(d, exist_ok=True)
+        self.quarantined = {name: "damaged record (found by an earlier start)"
+                            for name in os.listdir(self.quarantine_dir)}
 
     def doc_dir(self, doc_id: str) -> str:
         return os.path.join(self.docs_dir, doc_id)
@@ -137,9 +140,23 @@ class ZarrTier(DiskTier):
             try:
                 with open(os.path.join(self.doc_dir(name), RECORD), "rb") as f:
                     out.append(DocRecord.from_json(f.read()))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.error("skipping unreadable document %s: %s", name, e)
+            except Exception as e:  # noqa: BLE001 - any damage sets this one document aside
+                self._quarantine(name, f"{type(e).__name__}: {e}")
         return out
+
+    def _quarantine(self, name: str, why: str) -> None:
+        dest = os.path.join(self.quarantine_dir, name)
+        shutil.rmtree(dest, ignore_errors=True)  # an older damaged copy of the same id
+        os.rename(self.doc_dir(name), dest)
+        _fsync_dir(self.docs_dir)
+        self.quarantined[name] = why
+        log.error("document %s set aside as damaged (%s); delete it or put it again", name, why)
+
+    def drop_quarantined(self, doc_id: str) -> bool:
+        if self.quarantined.pop(doc_id, None) is None:
+            return False
+        shutil.rmtree(os.path.join(self.quarantine_dir, doc_id), ignore_errors=True)
+        return True
 
     def stage(self, doc_id: str, layout: DocLayout, l1: list[TensorSpec]) -> Staging:
         return ZarrStaging(self, doc_id, layout, l1)
