@@ -33,10 +33,10 @@ def free_port() -> int:
 
 def test_one_daemon_per_tcp_port(daemon_factory, tmp_path):
     port = free_port()
-    first = daemon_factory("lmdb", "--listen", f"127.0.0.1:{port}")
+    first = daemon_factory("lmdb", "--insecure", "--listen", f"127.0.0.1:{port}")
     second = subprocess.run(
         [sys.executable, "-m", "acre_store.cli", "store", "serve", "--data", str(tmp_path / "other"),
-         "--listen", f"127.0.0.1:{port}"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+         "--insecure", "--listen", f"127.0.0.1:{port}"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert second.returncode == 1
     errors = [ln for ln in second.stderr.splitlines() if ln.startswith("acre store: error:")]
     assert len(errors) == 1 and f"127.0.0.1:{port}: the address is in use" in errors[0], second.stderr
@@ -85,7 +85,7 @@ def test_a_client_cannot_end_another_clients_leases(daemon_factory):
 
 def test_remote_clients_get_no_shared_memory_and_leases_are_bounded(daemon_factory):
     port = free_port()
-    d = daemon_factory("lmdb", "--listen", f"127.0.0.1:{port}")
+    d = daemon_factory("lmdb", "--insecure", "--listen", f"127.0.0.1:{port}")
     doc = make_doc()
     with d.client() as local:
         local.put(doc.meta, doc.l1, doc.chunks)
@@ -296,7 +296,7 @@ def test_names_cannot_inject_terminal_escapes(daemon):
 
 def test_stats_reveal_no_local_paths_to_remote_clients(daemon_factory):
     port = free_port()
-    d = daemon_factory("lmdb", "--listen", f"127.0.0.1:{port}")
+    d = daemon_factory("lmdb", "--insecure", "--listen", f"127.0.0.1:{port}")
     with d.client() as local:
         assert local.stats().path == os.path.abspath(d.data) and local.stats().shared["dir"]
     with StoreClient(f"127.0.0.1:{port}") as remote:
@@ -345,7 +345,7 @@ def test_leases_of_a_client_that_goes_away_end_with_it(daemon):
 
 def test_one_remote_host_holds_at_most_half_the_streams(daemon_factory):
     port = free_port()
-    d = daemon_factory("lmdb", "--listen", f"127.0.0.1:{port}", "--workers", "16")
+    d = daemon_factory("lmdb", "--insecure", "--listen", f"127.0.0.1:{port}", "--workers", "16")
     doc = make_doc(REAL)
     with d.client() as c:
         c.put(doc.meta, doc.l1, doc.chunks)
