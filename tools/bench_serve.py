@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--per-client", type=int, default=2, help="questions per client in each client run")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--process-asks", type=int, default=2, help="questions for baseline (a), one process each")
+    ap.add_argument("--ttft-pairs", type=int, default=5, help="rounds of paired HTTP / in-process TTFT per document")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from acre_model.engine import Engine
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
             rows.append(r)
             print(f"  {n_c} clients: {r['questions']} questions in {r['wall_s']:.1f}s", file=sys.stderr)
         # (c) one at a time in-process, the same questions as the 1-client run
-        seq = bodies(clients[0] * args.per_client)
+        seq = bodies(max(clients[0] * args.per_client, 3 * len(docs)))
         for b in seq[: len(docs)]:  # warm: L1 loaded here too
             eng.ask(b["doc_id"], b["question"], answer_prefix=b["answer_prefix"], store=store, max_new_tokens=1)
         t0 = time.perf_counter()
@@ -179,24 +180,30 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         inproc = {"ttft_p50": pct([a.ttft_s for a in local], 0.5), "qps": len(local) / wall,
                   "tok_s": sum(a.n_new_tokens for a in local) / wall}
-        # (d) in-process through the scheduler, one at a time, to the first token that shows text (what a
-        # streaming client sees first): the difference to the 1-client HTTP run is what HTTP adds
+        # (d) what HTTP adds to TTFT: the same question streamed through the server (1 client) and through a
+        # scheduler in this process, in turns (so that drift on a shared machine hits both), each timed to the
+        # first token that shows text, as a streaming client sees it
         from acre_model.scheduler import AskRequest, Delta, Scheduler
 
         sched = Scheduler(eng)
-        first = []
+        pairs = []
         try:
-            for b in seq:
-                t0 = time.perf_counter()
-                seen = None
-                for ev in sched.submit(AskRequest(b["doc_id"], b["question"], answer_prefix=b["answer_prefix"],
-                                                  max_new_tokens=args.max_new_tokens, store=store)):
-                    if seen is None and isinstance(ev, Delta) and ev.text.strip():
-                        seen = time.perf_counter() - t0
-                first.append(seen if seen is not None else time.perf_counter() - t0)  # no text: the whole answer
+            with httpx.Client() as c:
+                for _ in range(args.ttft_pairs):
+                    for b in bodies(len(docs)):
+                        http_ttft = ask_streaming(c, url, b)[0]
+                        t0 = time.perf_counter()
+                        seen = None
+                        for ev in sched.submit(AskRequest(b["doc_id"], b["question"], answer_prefix=b["answer_prefix"],
+                                                          max_new_tokens=args.max_new_tokens, store=store)):
+                            if seen is None and isinstance(ev, Delta) and ev.text.strip():
+                                seen = time.perf_counter() - t0
+                        pairs.append((http_ttft, seen if seen is not None else time.perf_counter() - t0))
         finally:
             sched.close()
-        inproc["ttft_first_text_p50"] = pct(first, 0.5)
+        inproc["ttft_first_text_p50"] = pct([p[1] for p in pairs], 0.5)
+        inproc["http_ttft_p50"] = pct([p[0] for p in pairs], 0.5)
+        inproc["http_minus_inproc_p50_ms"] = 1000 * pct([p[0] - p[1] for p in pairs], 0.5)
         # (b) re-prefill document + question, then decode, per question; per length
         reprefill = {}
         for n, d, _ in docs:
@@ -238,16 +245,17 @@ def main(argv=None) -> int:
               f"{r['qps']:>7.2f} {r['tok_s']:>7.1f}" + (f"  ({r['errors']} errors: {r['first_error']})" if r['errors'] else ""))
     print(f"{'(c) in-process, one at a time':<34} {inproc['ttft_p50']:>9.3f} {'':>9} {inproc['qps']:>7.2f} "
           f"{inproc['tok_s']:>7.1f}")
-    print(f"{'(d) in-process, first text token':<34} {inproc['ttft_first_text_p50']:>9.3f}")
+    print(f"{'(d) in-process, first text token':<34} {inproc['ttft_first_text_p50']:>9.3f}   (paired HTTP: "
+          f"{inproc['http_ttft_p50']:.3f}; median difference {inproc['http_minus_inproc_p50_ms']:.1f} ms over "
+          f"{args.ttft_pairs * len(docs)} pairs)")
     for n in lengths:
         print(f"{'(b) re-prefill, ' + str(n) + ' tokens':<34} {reprefill[n]['ttft']:>9.3f} {'':>9} "
               f"{1 / reprefill[n]['total']:>7.2f}")
     print(f"{'(b) re-prefill, same mix':<34} {'':>9} {'':>9} {1 / mix_reprefill_s:>7.2f}")
     print(f"{'(a) one acre ask process each':<34} {'':>9} {'':>9} {1 / statistics.mean(proc_s):>7.2f}")
-    one = next((r for r in rows if r["clients"] == 1), rows[0])
     top = rows[-1]
     head = {
-        "http_ttft_overhead_ms": 1000 * (one["ttft_p50"] - inproc["ttft_first_text_p50"]),
+        "http_ttft_overhead_ms": inproc["http_minus_inproc_p50_ms"],
         f"qps_{top['clients']}_clients_over_one_at_a_time": top["qps"] / inproc["qps"],
         f"qps_{top['clients']}_clients_over_reprefill_{longest}": top["qps"] * reprefill[longest]["total"],
         f"qps_{top['clients']}_clients_over_reprefill_mix": top["qps"] * mix_reprefill_s,
