@@ -19,7 +19,11 @@ from .types import DocLayout, DocMeta
 
 
 def connect(addr: str, timeout: float = 30.0, **kw):
-    """A gRPC client of the daemon at `addr` (`unix:///path` or `host:port`)."""
+    """A gRPC client of the daemon at `addr` (`unix:///path` or `host:port`); a comma list of addresses
+    gives a `MultiStoreClient` that routes each document to one daemon (multi_client.py)."""
+    if "," in addr:
+        from .multi_client import MultiStoreClient
+        return MultiStoreClient.from_string(addr, timeout=timeout, **kw)
     from .client import StoreClient
     return StoreClient(addr, timeout=timeout, **kw)
 

@@ -59,6 +59,13 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--no-data-plane", action="store_true",
                    help="serve Fetch over gRPC only (no plain data socket <unix socket>.data beside it)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    s.add_argument("--object-store", default=None, metavar="s3://BUCKET/PREFIX",
+                   help="shared S3-compatible bucket under RAM and disk: puts publish there, local misses read "
+                        "through (credentials and region from the AWS environment variables)")
+    s.add_argument("--object-store-endpoint", default=None, metavar="URL",
+                   help="endpoint of an S3-compatible server (default: $AWS_ENDPOINT_URL, else AWS S3)")
+    s.add_argument("--object-shard-bytes", type=parse_bytes, default=64 << 20,
+                   help="chunks per shard object in the bucket: as many as fit in this size (default 64M)")
     s.set_defaults(func=_guard(_serve))
 
     for name, helptext in (("ls", "list documents"), ("stats", "tier usage, caps and hit rates")):
@@ -78,7 +85,8 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=os.environ.get("ACRE_STORE") or None,
-                   help="daemon address (unix:///path.sock or HOST:PORT); default: $ACRE_STORE, else the "
+                   help="daemon address (unix:///path.sock or HOST:PORT; a comma list routes documents over "
+                        "several daemons); default: $ACRE_STORE, else the "
                         "embedded store under $ACRE_HOME/store")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -167,7 +175,7 @@ def _serve(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     store_cfg = StoreConfig(path=args.data, backend=args.backend,
                             ram_bytes=DEFAULT_RAM_BYTES if args.ram_bytes is None else args.ram_bytes,
-                            disk_bytes=args.disk_bytes)
+                            disk_bytes=args.disk_bytes, object_store=_object_store(args))
     listen = args.listen or [DEFAULT_LISTEN]
     server = StoreServer(store_cfg, ServerConfig(listen=listen[0], extra_listen=tuple(listen[1:]), workers=args.workers,
                                                  grace_s=args.grace, shared=not args.no_shared,
@@ -180,6 +188,13 @@ def _serve(args) -> int:
     print("acre store: shutting down", file=sys.stderr, flush=True)
     server.stop()
     return 0
+
+
+def _object_store(args):
+    if not args.object_store:
+        return None
+    from .tiers.object_tier import ObjectStoreConfig
+    return ObjectStoreConfig(args.object_store, endpoint=args.object_store_endpoint, shard_bytes=args.object_shard_bytes)
 
 
 def _guard(handler):
