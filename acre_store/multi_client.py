@@ -7,11 +7,13 @@ bucket. A fetch that loses its daemon mid-stream resumes the remaining chunks on
 merges every reachable daemon's list (deduplicated by id); `delete` deletes on every reachable daemon
 (each drops its local copy; the bucket copy goes with the first); `stats` adds up the daemons' numbers.
 
-Clients connect on first use; a daemon that cannot be reached is tried again on the next call.
+Clients connect on first use. A daemon found down is tried last for `down_s` seconds (so each call
+does not wait for its connect timeout again), then in its place again.
 """
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import fields, is_dataclass, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -27,14 +29,16 @@ T = TypeVar("T")
 
 
 class MultiStoreClient(StoreAPI):
-    def __init__(self, addrs: Sequence[str], **client_kw):
+    def __init__(self, addrs: Sequence[str], down_s: float = 5.0, **client_kw):
         """addrs: daemon addresses (the same list, in any order, routes the same way in every worker);
-        client_kw: passed to each `StoreClient`."""
+        client_kw: passed to each `StoreClient` (connect_timeout defaults to 2 s here)."""
         self.addrs = list(addrs)
         if not self.addrs:
             raise StoreUnavailable("no store daemon address given")
-        self._kw = client_kw
+        self.down_s = down_s
+        self._kw = {"connect_timeout": 2.0, **client_kw}
         self._clients: dict = {}
+        self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -42,8 +46,10 @@ class MultiStoreClient(StoreAPI):
         return cls(split_addrs(addr), **client_kw)
 
     def order(self, doc_id: str) -> list[str]:
-        """The daemons this document is tried on, its home first."""
-        return rendezvous_order(doc_id, self.addrs)
+        """The daemons this document is tried on: its home first, daemons recently found down last."""
+        now = time.monotonic()
+        order = rendezvous_order(doc_id, self.addrs)
+        return sorted(order, key=lambda a: self._down_until.get(a, 0.0) > now)
 
     def client(self, addr: str):
         """The connected client of one daemon; StoreUnavailable if it cannot be reached now."""
@@ -58,8 +64,9 @@ class MultiStoreClient(StoreAPI):
         return c
 
     def _drop(self, addr: str) -> None:
-        """Forget a client whose daemon went away (reconnect on next use)."""
+        """Forget a client whose daemon went away (reconnect on next use) and try it last for a while."""
         with self._lock:
+            self._down_until[addr] = time.monotonic() + self.down_s
             c = self._clients.pop(addr, None)
         if c is not None:
             c.close()
