@@ -395,19 +395,38 @@ def read_through(tier: ObjectTier, store, doc_id: str) -> DocRecord | None:
         record = DocRecord(src.meta, src.l1, src.chunk_crcs)
         nbytes = record.meta.nbytes
         store.budget.reserve(nbytes)
+        staging = None
+        # NOTE: verified chunks go to the RAM tier as they land (the first fetch is then served from RAM)
+        # and to local disk on a writer thread, so the disk writes overlap the download.
+        writer, writes = ThreadPoolExecutor(1, thread_name_prefix="acre-s3-write"), []
+
+        def on_l1(spec: TensorSpec, arr: np.ndarray) -> None:
+            store.ram.put((doc_id, "l1", spec.name), arr)
+            writes.append(writer.submit(staging.write_l1, spec, arr))
+
+        def on_chunk(c: int, arr: np.ndarray) -> None:
+            store.ram.put((doc_id, c), arr)
+            writes.append(writer.submit(staging.write_chunk, c, arr))
         try:
             staging = store.disk.stage(doc_id, record.meta.layout, record.l1)
-            try:
-                tier.download(man, staging.write_l1, staging.write_chunk)
-                with store._commit_lock:
-                    staging.commit(record)
-                    store.index.add(record)
-            except BaseException as e:
+            tier.download(man, on_l1, on_chunk)
+            for f in writes:
+                f.result()
+            with store._commit_lock:
+                staging.commit(record)
+                store.index.add(record)
+        except BaseException as e:
+            for f in writes:
+                f.cancel()
+            writer.shutdown(wait=True)
+            store.ram.drop(lambda k: k[0] == doc_id)
+            if staging is not None:
                 staging.abort()
-                if isinstance(e, DataLoss):
-                    store.counters.add(checksum_failures=1)
-                raise
+            if isinstance(e, DataLoss):
+                store.counters.add(checksum_failures=1)
+            raise
         finally:
+            writer.shutdown(wait=False)
             store.budget.release(nbytes)
         log.info("read document %s through from %s (%d bytes)", doc_id, tier.url, nbytes)
         return record
