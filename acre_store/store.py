@@ -51,10 +51,12 @@ class Store:
         self.counters = StoreCounters()
         self.ram = RamTier(config.ram_bytes, allocator=allocator)
         self.reader = TierReader(self.ram, self.disk, self.index, self.counters)
-        self.objects = None
+        self.objects = self.read_through = None
         if config.object_store is not None:
+            from .read_through import ReadThrough
             from .tiers.object_tier import ObjectTier
             self.objects = ObjectTier(config.object_store)
+            self.read_through = ReadThrough(self.objects, self)
         self._closed = False
         log.info("store %s (%s): %d documents, %d bytes", self.path, self.backend, len(self.index),
                  self.index.used_bytes)
@@ -64,9 +66,10 @@ class Store:
     def record(self, doc_id: str, touch: bool = True) -> DocRecord:
         """The committed document's record; `touch` marks it most recently used (disk LRU)."""
         check_doc_id(doc_id)
-        if self.objects is not None and doc_id not in self.index:
-            from .tiers.object_tier import read_through
-            read_through(self.objects, self, doc_id)
+        if self.read_through is not None and doc_id not in self.index:
+            rec = self.read_through.record(doc_id)  # from the bucket; served from RAM while it lands on disk
+            if rec is not None:
+                return rec
         return self.index.get(doc_id, touch)
 
     def info(self, doc_id: str) -> DocMeta:
@@ -142,6 +145,7 @@ class Store:
         check_doc_id(doc_id)
         local = self._remove(doc_id, evicted=False)
         if self.objects is not None:
+            local = self.read_through.forget(doc_id) or local
             try:
                 published = self.objects.delete(doc_id)
             except StoreUnavailable as e:
@@ -213,6 +217,7 @@ class Store:
         self._closed = True
         self.reader.close()
         if self.objects is not None:
+            self.read_through.close()
             self.objects.close()
         self.ram.clear()
         self.data_dir.close()

@@ -107,6 +107,7 @@ def measure(quick: bool, backend: str, reps: int, layout_for, daemon_cls, free_p
             r.info(ids[0])  # warm-up: connections, first read-through
             for i in range(reps):
                 doc_daemon, doc_direct = ids[1 + 2 * i], ids[2 + 2 * i]
+                time.sleep(1.0)  # the previous read-through's disk commit runs in the background: let it end
                 t0 = time.perf_counter()
                 n = sum(a.nbytes for _, a in r.fetch(doc_daemon, range(n_chunks)))
                 through.append(time.perf_counter() - t0)

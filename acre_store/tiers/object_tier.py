@@ -109,7 +109,10 @@ class ObjectTier:
     """The bucket: publish (through `PublishingStaging`), read a manifest, download, list, delete."""
 
     def __init__(self, config: ObjectStoreConfig):
-        from obstore.store import S3Store
+        try:
+            from obstore.store import S3Store
+        except ImportError:
+            raise InvalidArgument("the object-store tier needs obstore: pip install 'acre[s3]'") from None
 
         self.config = config
         endpoint = config.endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -379,57 +382,6 @@ class PublishingStaging(Staging):
         for f in self._uploads:
             f.cancel()
         self.local.abort()
-
-
-def read_through(tier: ObjectTier, store, doc_id: str) -> DocRecord | None:
-    """Copy a published document from the bucket into the store's disk tier (verified as it lands) and
-    index it; its record, or None if the bucket does not have it. Concurrent misses download it once."""
-    with tier.doc_lock(doc_id):
-        rec = store.index.find(doc_id)
-        if rec is not None:
-            return rec
-        man = tier.manifest(doc_id)
-        if man is None:
-            return None
-        src = man.record
-        record = DocRecord(src.meta, src.l1, src.chunk_crcs)
-        nbytes = record.meta.nbytes
-        store.budget.reserve(nbytes)
-        staging = None
-        # NOTE: verified chunks go to the RAM tier as they land (the first fetch is then served from RAM)
-        # and to local disk on a writer thread, so the disk writes overlap the download.
-        writer, writes = ThreadPoolExecutor(1, thread_name_prefix="acre-s3-write"), []
-
-        def on_l1(spec: TensorSpec, arr: np.ndarray) -> None:
-            store.ram.put((doc_id, "l1", spec.name), arr)
-            writes.append(writer.submit(staging.write_l1, spec, arr))
-
-        def on_chunk(c: int, arr: np.ndarray) -> None:
-            store.ram.put((doc_id, c), arr)
-            writes.append(writer.submit(staging.write_chunk, c, arr))
-        try:
-            staging = store.disk.stage(doc_id, record.meta.layout, record.l1)
-            tier.download(man, on_l1, on_chunk)
-            for f in writes:
-                f.result()
-            with store._commit_lock:
-                staging.commit(record)
-                store.index.add(record)
-        except BaseException as e:
-            for f in writes:
-                f.cancel()
-            writer.shutdown(wait=True)
-            store.ram.drop(lambda k: k[0] == doc_id)
-            if staging is not None:
-                staging.abort()
-            if isinstance(e, DataLoss):
-                store.counters.add(checksum_failures=1)
-            raise
-        finally:
-            writer.shutdown(wait=False)
-            store.budget.release(nbytes)
-        log.info("read document %s through from %s (%d bytes)", doc_id, tier.url, nbytes)
-        return record
 
 
 def iter_unique(metas: Iterator[DocMeta]) -> list[DocMeta]:
