@@ -4,7 +4,9 @@ same client library (obstore), same range size and parallelism, in the same run.
 
 The S3-compatible server is moto's standalone server in its own process on 127.0.0.1 (no network): its
 throughput is a Python web server's, so both sides share that ceiling; the ratio is the figure to read.
-Each repetition reads a document neither path has read before (ingested through another daemon first).
+Each repetition reads a document neither path has read before (ingested through another daemon first),
+each timed read after a second's pause (the daemon commits a read-through copy to its disk in the
+background: that pause lets it end before either path is timed again).
 """
 from __future__ import annotations
 
@@ -115,6 +117,7 @@ def measure(quick: bool, backend: str, reps: int, layout_for, daemon_cls, free_p
                 t0 = time.perf_counter()
                 sum(a.nbytes for _, a in r.fetch(doc_daemon, range(n_chunks)))
                 hot.append(time.perf_counter() - t0)
+                time.sleep(1.0)  # the same quiet start for the direct read
                 direct.append(direct_read(cfg, doc_direct))
         gb = L.kv_nbytes / 1e9
         med = lambda xs: float(np.median(xs))  # noqa: E731
