@@ -62,7 +62,7 @@ class ReadThrough:
         try:
             st.budget.reserve(nbytes)
         except ResourceExhausted:  # landing documents hold room until committed (then they can be evicted)
-            self._committer.submit(lambda: None).result()
+            self.wait_idle()
             st.budget.reserve(nbytes)
         staging, leased, writes, deferred = None, [], [], []
         writer = ThreadPoolExecutor(1, thread_name_prefix="acre-s3-write")
@@ -115,7 +115,7 @@ class ReadThrough:
                 with st._commit_lock:
                     with self._lock:
                         wanted = self._landing.pop(doc_id, None) is not None or not landing
-                    if not wanted:
+                    if not wanted or st.index.find(doc_id) is not None:  # deleted, or a put committed it
                         staging.abort()
                     else:
                         staging.commit(record)
@@ -140,6 +140,10 @@ class ReadThrough:
             self._landing[doc_id] = record
         self._committer.submit(_logged, commit, doc_id)
         return record
+
+    def wait_idle(self) -> None:
+        """Return once every landing document committed so far is on disk (or dropped)."""
+        self._committer.submit(lambda: None).result()
 
     def close(self) -> None:
         """Let the commits in progress finish."""

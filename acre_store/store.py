@@ -170,6 +170,9 @@ class Store:
 
     def pin(self, doc_id: str, pinned: bool = True) -> None:
         rec = self.record(doc_id, touch=False)
+        if self.read_through is not None and doc_id not in self.index:
+            self.read_through.wait_idle()  # a copy landing from the bucket: pin it once it is on disk
+            rec = self.index.get(doc_id, touch=False)
         with self._commit_lock:
             new = DocRecord(replace(rec.meta, pinned=bool(pinned)), rec.l1, rec.chunk_crcs, rec.token)
             self.disk.update_record(new)

@@ -78,7 +78,8 @@ def test_put_on_a_read_on_b_kill_a_restart_b_empty(on_bucket, bucket, backend, t
     with fresh.client() as cf:
         assert cf.stats().n_docs == 0
         assert_doc_equal(cf, doc)
-        assert local_docs(cf, 1) == 1
+        cf.pin(doc.doc_id)  # waits for the landing copy
+        assert cf.stats().n_docs == 1 and cf.info(doc.doc_id).pinned
 
 
 def test_engine_answers_the_same_through_a_and_b(on_bucket, tiny_folder):
