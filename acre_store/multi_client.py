@@ -23,6 +23,7 @@ from .api import StoreAPI
 from .errors import DocumentNotFound, StoreUnavailable
 from .routing import rendezvous_order, split_addrs
 from .stats import StoreStats
+from .tiers.object_tier import iter_unique
 from .types import DocMeta
 
 T = TypeVar("T")
@@ -132,11 +133,7 @@ class MultiStoreClient(StoreAPI):
         self._routed(doc_id, lambda c: c.prefetch(doc_id, chunk_ids))
 
     def list(self) -> list[DocMeta]:
-        seen: dict[str, DocMeta] = {}
-        for metas in self._each(lambda c: c.list()):
-            for m in metas:
-                seen.setdefault(m.doc_id, m)
-        return sorted(seen.values(), key=lambda m: (m.created, m.doc_id))
+        return iter_unique(m for metas in self._each(lambda c: c.list()) for m in metas)
 
     def delete(self, doc_id: str) -> None:
         def one(c) -> bool:

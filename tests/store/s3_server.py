@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass
 
 _BUCKETS = itertools.count()
@@ -73,3 +74,12 @@ class Bucket:
 
     def put(self, key: str, data: bytes) -> None:
         self.server.client().put_object(Bucket=self.name, Key=f"{self.prefix}/{key}", Body=data)
+
+
+def local_docs(client, want: int, timeout: float = 10.0) -> int:
+    """The daemon's count of documents on its local disk, once it reaches `want` (a document read through
+    is served from RAM at once and committed to disk in the background) or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while (n := client.stats().n_docs) != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return n

@@ -14,17 +14,8 @@ import pytest
 from acre_store import DataLoss, DocumentNotFound, StoreUnavailable
 from acre_store.tiers.object_tier import ObjectStoreConfig, ObjectTier
 
-from .s3_server import S3Server
+from .s3_server import local_docs
 from .support import REAL, TINY, assert_doc_equal, make_doc
-
-
-def local_docs(client, want: int, timeout: float = 10.0) -> int:
-    """The daemon's count of documents on its local disk, once it reaches `want` (a document read through
-    is served from RAM at once and committed to disk in the background) or the timeout passes."""
-    deadline = time.monotonic() + timeout
-    while (n := client.stats().n_docs) != want and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return n
 
 
 @pytest.fixture(scope="module")
@@ -32,29 +23,6 @@ def tiny_folder(tmp_path_factory, default_model_path):
     from tests.model.tiny import make_tiny_folder
 
     return make_tiny_folder(tmp_path_factory.mktemp("obj") / "model", default_model_path, seed=21)
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    server = S3Server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_server, monkeypatch):
-    """A fresh bucket; the AWS variables point every daemon started by this test at the server."""
-    for k, v in s3_server.env().items():
-        monkeypatch.setenv(k, v)
-    return s3_server.new_bucket()
-
-
-@pytest.fixture
-def on_bucket(daemon_factory, bucket):
-    """Start a daemon on the test's bucket: `on_bucket(*extra, data=..., backend="lmdb")`."""
-    def start(*extra: str, backend: str = "lmdb", **kw):
-        return daemon_factory(backend, "--object-store", bucket.url, *extra, **kw)
-    return start
 
 
 def test_put_on_a_read_on_b_kill_a_restart_b_empty(on_bucket, bucket, backend, tmp_path):
@@ -225,7 +193,6 @@ def test_a_document_is_read_in_few_ranged_requests(s3_server, bucket):
     try:
         from acre_store.checksum import crc32c, layer_crcs
         from acre_store.record import DocRecord, TensorSpec
-        from acre_store.tiers.object_tier import Manifest
 
         class Null:
             def write_l1(self, spec, arr): pass

@@ -10,7 +10,7 @@ from acre_store.multi_client import MultiStoreClient
 from acre_store.routing import rendezvous_order, split_addrs
 
 from .support import TINY, assert_doc_equal, make_doc
-from .test_object_store import bucket, local_docs, on_bucket, s3_server  # noqa: F401 - fixtures
+from .s3_server import local_docs
 
 
 def test_rendezvous_order_is_stable_and_moves_only_the_removed_homes():
@@ -26,7 +26,7 @@ def test_rendezvous_order_is_stable_and_moves_only_the_removed_homes():
     assert split_addrs(" unix:///a.sock, h:1,,h:1 ") == ["unix:///a.sock", "h:1"]
 
 
-def test_three_daemons_route_by_hash_and_stopping_one_moves_only_its_documents(on_bucket):  # noqa: F811
+def test_three_daemons_route_by_hash_and_stopping_one_moves_only_its_documents(on_bucket):
     daemons = [on_bucket() for _ in range(3)]
     addrs = [d.addr for d in daemons]
     docs = [make_doc(TINY, seed=100 + i) for i in range(12)]
