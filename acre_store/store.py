@@ -143,16 +143,18 @@ class Store:
 
     def delete(self, doc_id: str) -> None:
         check_doc_id(doc_id)
-        local = self._remove(doc_id, evicted=False)
-        if self.objects is not None:
-            local = self.read_through.forget(doc_id) or local
+        if self.objects is None:
+            if not self._remove(doc_id, evicted=False):
+                raise DocumentNotFound(f"unknown document {doc_id}")
+            return
+        with self.objects.doc_lock(doc_id):  # waits for a read-through of it in progress
+            found = self._remove(doc_id, evicted=False) | self.read_through.forget(doc_id)
             try:
-                published = self.objects.delete(doc_id)
+                found |= self.objects.delete(doc_id)
             except StoreUnavailable as e:
-                where = "deleted from this daemon's tiers but " if local else ""
+                where = "deleted from this daemon's tiers but " if found else ""
                 raise StoreUnavailable(f"document {doc_id}: {where}not from the object store: {e}") from None
-            local = local or published
-        if not local:
+        if not found:
             raise DocumentNotFound(f"unknown document {doc_id}")
 
     def _remove(self, doc_id: str, evicted: bool) -> bool:
