@@ -14,6 +14,7 @@ bucket keeps (the staging is discarded at the next start).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,7 +33,8 @@ class ReadThrough:
         self.tier, self.store = tier, store
         self._landing: dict[str, DocRecord] = {}
         self._lock = threading.Lock()
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="acre-s3-commit")
+        # NOTE: niced (Linux: per thread): the commit must not slow down serving the document it lands
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="acre-s3-commit", initializer=_nice)
 
     def record(self, doc_id: str) -> DocRecord | None:
         """The document's record once it is readable here (read through from the bucket if need be), or
@@ -148,6 +150,13 @@ class ReadThrough:
     def close(self) -> None:
         """Let the commits in progress finish."""
         self._committer.shutdown(wait=True)
+
+
+def _nice() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux: the thread runs at the process's priority
+        pass
 
 
 def _logged(commit, doc_id: str) -> None:
