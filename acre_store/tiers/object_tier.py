@@ -30,6 +30,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
@@ -121,6 +122,11 @@ class ObjectTier:
             kw["endpoint"] = endpoint
             if endpoint.startswith("http://"):  # a local S3-compatible server (MinIO, moto) without TLS
                 kw["client_options"] = {"allow_http": True}
+        # NOTE: bounded retries (obstore's default waits up to 3 minutes): a bucket that cannot be reached
+        # fails the call in seconds, with a clear StoreUnavailable, instead of holding a handler thread.
+        kw["retry_config"] = {"max_retries": 3, "retry_timeout": timedelta(seconds=15),
+                              "backoff": {"init_backoff": timedelta(milliseconds=100),
+                                          "max_backoff": timedelta(seconds=2), "base": 2}}
         try:
             self.store = S3Store(config.bucket, prefix=config.prefix or None, **kw)
         except Exception as e:  # noqa: BLE001 - obstore's configuration errors carry the reason

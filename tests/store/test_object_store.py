@@ -219,3 +219,22 @@ def test_a_document_is_read_in_few_ranged_requests(s3_server, bucket):
         assert tier.counters["gets"] - before["gets"] == 5
     finally:
         tier.close()
+
+
+def test_unreachable_bucket_fails_the_put_and_keeps_nothing(tmp_path, monkeypatch):
+    from acre_store import EmbeddedStore
+    from acre_store.tiers.object_tier import ObjectStoreConfig
+
+    from .s3_server import CREDENTIALS
+
+    for k, v in CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+    doc = make_doc(TINY, seed=11)
+    cfg = ObjectStoreConfig("s3://acre-nowhere/kv", endpoint="http://127.0.0.1:9")  # nothing listens on port 9
+    with EmbeddedStore(str(tmp_path / "s"), object_store=cfg) as s:
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="object store s3://acre-nowhere/kv"):
+            s.put(doc.meta, doc.l1, doc.chunks)
+        with pytest.raises(StoreUnavailable):
+            s.info(doc.doc_id)
+        assert s.stats().n_docs == 0 and time.monotonic() - t0 < 30
