@@ -148,6 +148,11 @@ def _stats(args) -> int:
           f"{disk.evictions} evictions, {disk.checksum_failures} checksum failures")
     print(f"ops       {ops.puts} puts ({ops.put_noops} no-op, {ops.put_aborts} aborted), "
           f"{ops.fetched_chunks} chunks fetched ({_fmt_bytes(ops.fetched_bytes)}), {ops.deletes} deletes")
+    if st.object_store:
+        o = st.object_store
+        print(f"bucket    {o['url']}: {o['gets']} GETs ({_fmt_bytes(o['get_bytes'])}), {o['puts']} PUTs "
+              f"({_fmt_bytes(o['put_bytes'])}), {o['deletes']} deletes, {o['errors']} errors, "
+              f"{o['read_throughs']} documents read through")
     return 0
 
 

@@ -137,11 +137,19 @@ class ReadThrough:
             raise
         if len(leased) < record.meta.layout.n_chunks + len(record.l1):
             commit(landing=False)  # the RAM tier could not keep it all: serve it from disk once committed
+            self.tier._count(read_throughs=1)
             return record
         with self._lock:
             self._landing[doc_id] = record
         self._committer.submit(_logged, commit, doc_id)
+        self.tier._count(read_throughs=1)
         return record
+
+    @property
+    def n_landing(self) -> int:
+        """Documents read through and served from RAM whose disk commit has not ended yet."""
+        with self._lock:
+            return len(self._landing)
 
     def wait_idle(self) -> None:
         """Return once every landing document committed so far is on disk (or dropped)."""

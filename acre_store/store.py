@@ -214,7 +214,9 @@ class Store:
                                evictions=c.disk_evictions, checksum_failures=c.checksum_failures),
             ops=OpStats(puts=c.puts, put_noops=c.put_noops, put_aborts=c.put_aborts,
                         fetched_chunks=c.fetched_chunks, fetched_bytes=c.fetched_bytes, deletes=c.deletes,
-                        discarded_at_start=self.discarded_at_start))
+                        discarded_at_start=self.discarded_at_start),
+            object_store=None if self.objects is None else {**self.objects.stats(),
+                                                            "landing": self.read_through.n_landing})
 
     def close(self) -> None:
         if self._closed:

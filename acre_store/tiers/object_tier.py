@@ -133,7 +133,8 @@ class ObjectTier:
             raise InvalidArgument(f"object store {config.url}: {e}") from None
         self._pool = ThreadPoolExecutor(config.parallel, thread_name_prefix="acre-s3")
         self._manifests: dict[str, tuple[str, DocMeta]] = {}  # path -> (e_tag, meta): list() reads each once
-        self.counters = {"gets": 0, "puts": 0, "deletes": 0, "get_bytes": 0, "put_bytes": 0, "errors": 0}
+        self.counters = {"gets": 0, "get_bytes": 0, "puts": 0, "put_bytes": 0, "deletes": 0, "errors": 0,
+                         "read_throughs": 0}
         self._lock = threading.Lock()
         self._doc_locks: dict[str, threading.Lock] = {}
 
@@ -141,6 +142,11 @@ class ObjectTier:
         """The lock that makes concurrent read-throughs of one document download it once."""
         with self._lock:
             return self._doc_locks.setdefault(doc_id, threading.Lock())
+
+    def stats(self) -> dict:
+        """The bucket's URL and the request counters (the `object_store` section of `StoreStats`)."""
+        with self._lock:
+            return {"url": self.url, **self.counters}
 
     @property
     def url(self) -> str:

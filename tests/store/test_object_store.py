@@ -38,6 +38,8 @@ def test_put_on_a_read_on_b_kill_a_restart_b_empty(on_bucket, bucket, backend, t
         assert cb.info(doc.doc_id) == meta  # read through
         assert local_docs(cb, 1) == 1
         assert_doc_equal(cb, doc)
+        o = cb.stats().object_store
+        assert o["url"] == bucket.url and o["read_throughs"] == 1 and o["gets"] >= 3 and o["errors"] == 0
     a.kill9()
     with b.client() as cb:
         assert_doc_equal(cb, doc)
