@@ -20,7 +20,11 @@ from .types import DocLayout, DocMeta
 
 def connect(addr: str, timeout: float = 30.0, **kw):
     """A gRPC client of the daemon at `addr` (`unix:///path` or `host:port`); `tls_ca=` and `token=`
-    (defaults: $ACRE_STORE_TLS_CA, $ACRE_STORE_TOKEN) for a daemon that wants them (auth.py)."""
+    (defaults: $ACRE_STORE_TLS_CA, $ACRE_STORE_TOKEN) for a daemon that wants them (auth.py). A comma list
+    of addresses gives a `MultiStoreClient` that routes each document to one daemon (multi_client.py)."""
+    if "," in addr:
+        from .multi_client import MultiStoreClient
+        return MultiStoreClient.from_string(addr, timeout=timeout, **kw)
     from .client import StoreClient
     return StoreClient(addr, timeout=timeout, **kw)
 

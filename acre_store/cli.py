@@ -71,6 +71,13 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     sec.add_argument("--insecure", action="store_true", help="allow a TCP listener with neither TLS nor a token")
     s.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0: any)")
     s.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)")
+    s.add_argument("--object-store", default=None, metavar="s3://BUCKET/PREFIX",
+                   help="shared S3-compatible bucket under RAM and disk: puts publish there, local misses read "
+                        "through (credentials and region from the AWS environment variables)")
+    s.add_argument("--object-store-endpoint", default=None, metavar="URL",
+                   help="endpoint of an S3-compatible server (default: $AWS_ENDPOINT_URL, else AWS S3)")
+    s.add_argument("--object-shard-bytes", type=parse_bytes, default=64 << 20,
+                   help="chunks per shard object in the bucket: as many as fit in this size (default 64M)")
     s.set_defaults(func=_guard(_serve))
 
     for name, helptext in (("ls", "list documents"), ("stats", "tier usage, caps and hit rates")):
@@ -94,7 +101,8 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=os.environ.get("ACRE_STORE") or None,
-                   help="daemon address (unix:///path.sock or HOST:PORT); default: $ACRE_STORE, else the "
+                   help="daemon address (unix:///path.sock or HOST:PORT; a comma list routes documents over "
+                        "several daemons); default: $ACRE_STORE, else the "
                         "embedded store under $ACRE_HOME/store")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--tls-ca", default=None, help="CA of the daemon's TLS certificate (default: $ACRE_STORE_TLS_CA)")
@@ -166,6 +174,11 @@ def _stats(args) -> int:
           f"{disk.evictions} evictions, {disk.checksum_failures} checksum failures")
     print(f"ops       {ops.puts} puts ({ops.put_noops} no-op, {ops.put_aborts} aborted), "
           f"{ops.fetched_chunks} chunks fetched ({_fmt_bytes(ops.fetched_bytes)}), {ops.deletes} deletes")
+    if st.object_store:
+        o = st.object_store
+        print(f"bucket    {o['url']}: {o['gets']} GETs ({_fmt_bytes(o['get_bytes'])}), {o['puts']} PUTs "
+              f"({_fmt_bytes(o['put_bytes'])}), {o['deletes']} deletes, {o['errors']} errors, "
+              f"{o['read_throughs']} documents read through")
     return 0
 
 
@@ -214,7 +227,7 @@ def _serve(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     store_cfg = StoreConfig(path=args.data, backend=args.backend,
                             ram_bytes=DEFAULT_RAM_BYTES if args.ram_bytes is None else args.ram_bytes,
-                            disk_bytes=args.disk_bytes)
+                            disk_bytes=args.disk_bytes, object_store=_object_store(args))
     from .auth import read_token
 
     listen = args.listen or [DEFAULT_LISTEN]
@@ -235,6 +248,13 @@ def _serve(args) -> int:
     print("acre store: shutting down", file=sys.stderr, flush=True)
     server.stop()
     return 0
+
+
+def _object_store(args):
+    if not args.object_store:
+        return None
+    from .tiers.object_tier import ObjectStoreConfig
+    return ObjectStoreConfig(args.object_store, endpoint=args.object_store_endpoint, shard_bytes=args.object_shard_bytes)
 
 
 def _guard(handler):

@@ -202,11 +202,11 @@ class StoreClient(StoreAPI):
             req.has_layers, req.layer_start, req.layer_end = True, int(layers[0]), int(layers[1])
         return self._fetch(req)
 
-    def _fetch(self, req: pb.FetchRequest) -> Iterator[tuple[int, np.ndarray]]:
+    def _fetch(self, req: pb.FetchRequest, data_plane: bool = True) -> Iterator[tuple[int, np.ndarray]]:
         # Retry only a call that yielded nothing (chunks must come once, in order): each attempt is started
         # and its first chunk taken inside `_retry`; an error after that is not retried.
         def attempt():
-            chunks = self._fetch_once(req)
+            chunks = self._fetch_once(req, data_plane)
             return next(chunks, _END), chunks
 
         try:
@@ -217,7 +217,9 @@ class StoreClient(StoreAPI):
             # StoreUnavailable instead.
             log.debug("data socket of %s unusable (%s); Fetch over gRPC", self.addr, e)
             self._dp.mark_down()
-            yield from self._fetch(req)
+            # NOTE: data_plane=False: with the daemon gone, gRPC's retries outlast the data plane's pause,
+            # and going back to it would fall back again, for ever.
+            yield from self._fetch(req, data_plane=False)
             return
         if first is _END:
             return
@@ -229,21 +231,22 @@ class StoreClient(StoreAPI):
         finally:
             chunks.close()
 
-    def _fetch_once(self, req: pb.FetchRequest) -> Iterator[tuple[int, np.ndarray]]:
+    def _fetch_once(self, req: pb.FetchRequest, data_plane: bool = True) -> Iterator[tuple[int, np.ndarray]]:
         """One attempt of a Fetch call: (chunk_id, array) as each one is complete."""
         leases: list[int] = []
         frames = None
         try:
-            frames = self._frames(req, leases)
+            frames = self._frames(req, leases, data_plane)
             yield from self._assemble(frames, req, leases)
         finally:
             if frames is not None:
                 frames.close()  # a consumer that stopped early: the leases on their way are collected
             self._finished(leases)
 
-    def _frames(self, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[pb.FetchFrame, object, bool]]:
+    def _frames(self, req: pb.FetchRequest, leases: list[int], data_plane: bool = True
+                ) -> Iterator[tuple[pb.FetchFrame, object, bool]]:
         """(frame header, payload, payload is a fresh array owned by the caller) of one Fetch call."""
-        if self._dp is not None and self._dp.usable():
+        if data_plane and self._dp is not None and self._dp.usable():
             gen = self._dp.fetch(req, leases)
             try:
                 for f, buf in gen:

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from .tiers.object_tier import ObjectStoreConfig
 
 BACKENDS = ("lmdb", "zarr")
 DEFAULT_RAM_BYTES = 1 << 30
@@ -18,6 +22,7 @@ class StoreConfig:
     ram_bytes: int = DEFAULT_RAM_BYTES
     disk_bytes: int = 0
     lmdb_map_size: int = 256 << 20  # initial; grows as needed
+    object_store: "ObjectStoreConfig | None" = None  # the shared bucket under disk (tiers/object_tier.py)
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:

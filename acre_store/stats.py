@@ -64,11 +64,14 @@ class StoreStats:
     quarantined: dict[str, str] | None = None
     # A daemon: its streaming calls {active, max, refused, idle_cancelled} (StreamGuard.stats()).
     streams: dict[str, Any] | None = None
+    # A store with an object-store tier: {url, gets, get_bytes, puts, put_bytes, deletes, errors,
+    # read_throughs, landing} (ObjectTier.stats(); requests to the bucket since the store opened).
+    object_store: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (absent daemon sections are left out)."""
         d = asdict(self)
-        for k in ("shared", "data_plane", "streams", "quarantined"):
+        for k in ("shared", "data_plane", "streams", "quarantined", "object_store"):
             if d[k] is None:
                 del d[k]
         return d

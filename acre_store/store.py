@@ -7,6 +7,7 @@ disk tier (Zarr v3 or LMDB), and ties together the parts that each do one job:
     DiskBudget   disk_budget.py   room under the disk cap for puts in progress; evicts LRU unpinned documents
     PutSession   put_session.py   one document being written: parts checked and staged, then committed
     TierReader   tier_reader.py   reads: RAM tier first, then disk (checksum-verified, promoted to RAM); prefetch
+    ObjectTier   tiers/object_tier.py   optional shared bucket: puts publish there, local misses read through
     StoreStats   stats.py         counters, and the snapshot `stats()` returns
 
 Here: publishing and removing documents (serialised against each other), pinning, and the stats.
@@ -24,7 +25,7 @@ from .config import DEFAULT_RAM_BYTES, StoreConfig
 from .data_dir import DataDir
 from .disk_budget import DiskBudget
 from .doc_index import DocIndex
-from .errors import DocumentNotFound, InvalidArgument, LayoutMismatch
+from .errors import DocumentNotFound, InvalidArgument, LayoutMismatch, StoreUnavailable
 from .put_session import PutSession
 from .record import DocRecord, TensorSpec
 from .stats import DiskTierStats, OpStats, RamTierStats, StoreCounters, StoreStats
@@ -50,6 +51,12 @@ class Store:
         self.counters = StoreCounters()
         self.ram = RamTier(config.ram_bytes, allocator=allocator)
         self.reader = TierReader(self.ram, self.disk, self.index, self.counters)
+        self.objects = self.read_through = None
+        if config.object_store is not None:
+            from .read_through import ReadThrough
+            from .tiers.object_tier import ObjectTier
+            self.objects = ObjectTier(config.object_store)
+            self.read_through = ReadThrough(self.objects, self)
         self._closed = False
         log.info("store %s (%s): %d documents, %d bytes", self.path, self.backend, len(self.index),
                  self.index.used_bytes)
@@ -59,13 +66,21 @@ class Store:
     def record(self, doc_id: str, touch: bool = True) -> DocRecord:
         """The committed document's record; `touch` marks it most recently used (disk LRU)."""
         check_doc_id(doc_id)
+        if self.read_through is not None and doc_id not in self.index:
+            rec = self.read_through.record(doc_id)  # from the bucket; served from RAM while it lands on disk
+            if rec is not None:
+                return rec
         return self.index.get(doc_id, touch)
 
     def info(self, doc_id: str) -> DocMeta:
         return self.record(doc_id).meta
 
     def list(self) -> list[DocMeta]:
-        return self.index.metas()
+        """Every document here, and with an object store every document published there."""
+        if self.objects is None:
+            return self.index.metas()
+        from .tiers.object_tier import iter_unique
+        return iter_unique([*self.index.metas(), *self.objects.list()])
 
     def begin_put(self, meta: DocMeta, l1: list[TensorSpec]) -> PutSession | None:
         """A session to write the document, or None if it is already stored (a put is then a no-op)."""
@@ -83,6 +98,8 @@ class Store:
         self.budget.reserve(nbytes)
         try:
             staging = self.disk.stage(meta.doc_id, meta.layout, l1)
+            if self.objects is not None:  # uploads shards as chunks arrive; the manifest at commit
+                staging = self.objects.publishing(staging, meta, l1)
         except BaseException:
             self.budget.release(nbytes)
             raise
@@ -101,6 +118,8 @@ class Store:
 
     def _commit(self, session: PutSession, record: DocRecord) -> DocMeta:
         try:
+            if self.objects is not None:  # in the bucket first: a local copy is then always also there
+                session.staging.publish(record)
             with self._commit_lock:
                 dup = self._existing(record.meta)  # LayoutMismatch if it differs
                 if dup is not None:  # a concurrent put of the same document won
@@ -129,11 +148,26 @@ class Store:
 
     def delete(self, doc_id: str) -> None:
         check_doc_id(doc_id)
-        if not self._remove(doc_id, evicted=False):
+        if self.objects is None:
+            if not self._remove(doc_id, evicted=False):
+                with self._commit_lock:
+                    if self.disk.drop_quarantined(doc_id):  # a damaged document set aside at start-up
+                        self.counters.add(deletes=1)
+                        return
+                raise DocumentNotFound(f"unknown document {doc_id}")
+            return
+        with self.objects.doc_lock(doc_id):  # waits for a read-through of it in progress
+            found = self._remove(doc_id, evicted=False) | self.read_through.forget(doc_id)
             with self._commit_lock:
-                if self.disk.drop_quarantined(doc_id):  # a damaged document set aside at start-up
+                if self.disk.drop_quarantined(doc_id):
                     self.counters.add(deletes=1)
-                    return
+                    found = True
+            try:
+                found |= self.objects.delete(doc_id)
+            except StoreUnavailable as e:
+                where = "deleted from this daemon's tiers but " if found else ""
+                raise StoreUnavailable(f"document {doc_id}: {where}not from the object store: {e}") from None
+        if not found:
             raise DocumentNotFound(f"unknown document {doc_id}")
 
     def _remove(self, doc_id: str, evicted: bool) -> bool:
@@ -154,6 +188,9 @@ class Store:
 
     def pin(self, doc_id: str, pinned: bool = True) -> None:
         rec = self.record(doc_id, touch=False)
+        if self.read_through is not None and doc_id not in self.index:
+            self.read_through.wait_idle()  # a copy landing from the bucket: pin it once it is on disk
+            rec = self.index.get(doc_id, touch=False)
         with self._commit_lock:
             new = DocRecord(replace(rec.meta, pinned=bool(pinned)), rec.l1, rec.chunk_crcs, rec.token)
             self.disk.update_record(new)
@@ -194,12 +231,17 @@ class Store:
             ops=OpStats(puts=c.puts, put_noops=c.put_noops, put_aborts=c.put_aborts,
                         fetched_chunks=c.fetched_chunks, fetched_bytes=c.fetched_bytes, deletes=c.deletes,
                         discarded_at_start=self.discarded_at_start),
-            quarantined=dict(self.disk.quarantined))
+            quarantined=dict(self.disk.quarantined),
+            object_store=None if self.objects is None else {**self.objects.stats(),
+                                                            "landing": self.read_through.n_landing})
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.reader.close()
+        if self.objects is not None:
+            self.read_through.close()
+            self.objects.close()
         self.ram.clear()
         self.data_dir.close()

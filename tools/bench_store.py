@@ -20,6 +20,7 @@ cold cells are skipped and the pcache cells stand in). The direct-read baseline 
 under the same condition (disk-cold: just before and just after the cold cells; the faster counts).
 
     python tools/bench_store.py --quick --out results/bench_store
+    python tools/bench_store.py --quick --s3-only     # the object-store cells alone (--s3 adds them to a run)
 
 The last stdout line is one JSON object with the headline figures and ratios.
 """
@@ -282,7 +283,7 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, data: str, backend: str, ram_bytes: int, sock_dir: str):
+    def __init__(self, data: str, backend: str, ram_bytes: int, sock_dir: str, extra: list[str] = ()):
         from acre_store.client import StoreClient
         from acre_store.errors import StoreUnavailable
 
@@ -290,7 +291,7 @@ class Daemon:
         self.tcp = f"127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "acre_store.cli", "store", "serve", "--data", data, "--backend", backend,
-             "--listen", self.unix, "--listen", self.tcp, "--insecure", "--ram-bytes", str(ram_bytes), "--log-level", "WARNING"],
+             "--listen", self.unix, "--listen", self.tcp, "--insecure", "--ram-bytes", str(ram_bytes), "--log-level", "WARNING", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -326,7 +327,19 @@ def main() -> int:
                          "(default 3; other sizes run once with --quick)")
     ap.add_argument("--no-drop-caches", action="store_true",
                     help="never drop the OS page cache (disk-cold cells are then skipped)")
+    ap.add_argument("--s3", action="store_true",
+                    help="add the object-store cells (tools/bench_object_store.py; starts moto's S3 server itself)")
+    ap.add_argument("--s3-only", action="store_true", help="run the object-store cells only")
     args = ap.parse_args()
+    if args.s3 or args.s3_only:
+        from tools.bench_object_store import measure, print_cells
+
+        s3 = measure(args.quick, args.backends.split(",")[0], args.reps or 3, layout_for, Daemon, free_port)
+        print_cells(s3)
+        if args.s3_only:
+            print(json.dumps({"quick": args.quick, "load_avg_1m": round(os.getloadavg()[0], 2),
+                              "cpus": os.cpu_count(), "object_store": s3}))
+            return 0
 
     sizes = [float(x) if "." in x else int(x) for x in args.sizes.split(",")]
     if HEADLINE_MIB not in sizes:
@@ -481,6 +494,8 @@ def main() -> int:
             "grpc_bare_unix_p50_gbps": round(base[("grpc_bare", HEADLINE_MIB)]["p50_gbps"], 3)}
     memcpy = base[("memcpy", HEADLINE_MIB)]
     head["page_cache_dropped"] = drop
+    if args.s3:
+        head["object_store"] = s3
     for b in backends:
         # disk-cold: the page cache dropped (true disk reads) when the bench may do it, else page-cache reads
         cold = "cold" if drop else "pcache"

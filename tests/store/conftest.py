@@ -1,10 +1,11 @@
-"""Fixtures of the store tests: backends, and real daemon processes that are always cleaned up."""
+"""Fixtures of the store tests: backends, real daemon processes, a local S3 server and its buckets (all cleaned up)."""
 from __future__ import annotations
 
 import shutil
 
 import pytest
 
+from .s3_server import S3Server
 from .support import Daemon, short_tmp
 
 
@@ -39,3 +40,26 @@ def daemon_factory(tmp_path):
 @pytest.fixture
 def daemon(daemon_factory, backend) -> Daemon:
     return daemon_factory(backend)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    server = S3Server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch):
+    """A fresh bucket; the AWS variables point every daemon started by this test at the server."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server.new_bucket()
+
+
+@pytest.fixture
+def on_bucket(daemon_factory, bucket):
+    """Start a daemon on the test's bucket: `on_bucket(*extra, data=..., backend="lmdb")`."""
+    def start(*extra: str, backend: str = "lmdb", **kw):
+        return daemon_factory(backend, "--object-store", bucket.url, *extra, **kw)
+    return start
