@@ -142,8 +142,11 @@ class _StatsCollector:
             log.warning("metrics: stats failed: %s", e)
             return
         # Another tier's numbers: a section of the stats named after it (e.g. StoreStats.object, a dict, if
-        # the store grows one), or a source registered with add_tier_source (which wins).
+        # the store grows one), the object-store tier's own section, or a source registered with
+        # add_tier_source (which wins).
         extra = {t: dict(getattr(st, t)) for t in ("object",) if isinstance(getattr(st, t, None), dict)}
+        if isinstance(getattr(st, "object_store", None), dict):
+            extra["object"] = object_tier_numbers(st.object_store)
         for tier, fn in self.m._tier_sources.items():
             try:
                 extra[tier] = fn() or {}
@@ -211,3 +214,11 @@ class _StatsCollector:
         yield gauge("data_socket_connections", "Open connections on the data socket",
                     rows=[((), dp.get("connections", 0))])
 
+
+def object_tier_numbers(section: dict) -> dict:
+    """The object-store tier's stats section (`StoreStats.object_store`: gets, get_bytes, puts, put_bytes,
+    deletes, errors, read_throughs, ...) in the terms of the tier families: documents read through,
+    bytes fetched from the bucket, requests made, failed requests."""
+    return {"reads": section.get("read_throughs", 0), "read_bytes": section.get("get_bytes", 0),
+            "requests": sum(section.get(k, 0) for k in ("gets", "puts", "deletes")),
+            "errors": section.get("errors", 0)}

@@ -164,3 +164,24 @@ def test_another_tier_reports_under_the_same_families():
     assert value(samples, "acre_store_object_requests_total") == 9
     assert value(samples, "acre_store_object_errors_total") == 1
     assert value(samples, "acre_store_ram_hit_ratio") == 0.75
+
+
+def test_the_object_store_section_is_exported():
+    """StoreStats.object_store (the S3 tier's counters) appears under tier="object" and the object families."""
+    from types import SimpleNamespace as NS
+
+    from prometheus_client import generate_latest
+
+    from acre_store.metrics import StoreMetrics
+
+    st = NS(ram=NS(hits=1, misses=1, evictions=0, used_bytes=10, capacity_bytes=100, entries=2),
+            disk=NS(reads=1, evictions=0, checksum_failures=0, used_bytes=5, capacity_bytes=0),
+            ops=NS(fetched_chunks=4, fetched_bytes=40, puts=1, put_noops=0, put_aborts=0, deletes=0),
+            shared=None, data_plane=None, n_docs=1, n_pinned=0,
+            object_store={"url": "s3://b/p", "gets": 5, "get_bytes": 500, "puts": 3, "put_bytes": 300,
+                          "deletes": 1, "errors": 2, "read_throughs": 4, "landing": 0})
+    samples = parse(generate_latest(StoreMetrics(lambda: st).registry).decode())
+    assert value(samples, "acre_store_tier_reads_total", tier="object") == 4
+    assert value(samples, "acre_store_tier_read_bytes_total", tier="object") == 500
+    assert value(samples, "acre_store_object_requests_total") == 9
+    assert value(samples, "acre_store_object_errors_total") == 2
