@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -20,3 +21,10 @@ def assert_clean_error(proc, needle: str) -> None:
     lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1, proc.stderr
     assert needle.lower() in lines[0].lower(), lines[0]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

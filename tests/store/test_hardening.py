@@ -22,13 +22,9 @@ from acre_store.shared import MAX_LEASES_PER_CLIENT
 from acre_store.types import MAX_META_BYTES
 from acre_store.wire import meta_to_pb
 
+from tests.helpers import free_port
+
 from .support import REAL, ROOT, TINY, assert_doc_equal, make_doc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_one_daemon_per_tcp_port(daemon_factory, tmp_path):

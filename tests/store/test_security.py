@@ -3,7 +3,6 @@ a plain TCP listener only with --insecure; owner-only modes of the sockets and s
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -13,15 +12,9 @@ import pytest
 from acre_store import StoreUnavailable, Unauthenticated
 from acre_store.client import StoreClient
 
+from tests.helpers import free_port
+
 from .support import ROOT, TINY, assert_doc_equal, make_doc
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _openssl(*args: str, cwd) -> None:
