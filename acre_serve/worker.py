@@ -94,7 +94,7 @@ class Worker:
         if len(p.question) > MAX_QUESTION_CHARS:
             raise bad_request(question_field, f"is {len(p.question)} characters; at most {MAX_QUESTION_CHARS}")
         doc_id = self.resolve(p.doc_id)
-        n_doc = self.store.info(doc_id).layout.n_tokens
+        n_doc = self.engine.load_document(doc_id, self.store).n_tokens  # loaded once, then cached: no store call
         n_q = self.question_tokens(p.question, p.answer_prefix)
         if n_doc + n_q + p.max_new_tokens > self.engine.max_context:
             raise bad_request(question_field, f"is {n_q} tokens (with the answer prefix); with the document's {n_doc} "
