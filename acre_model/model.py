@@ -231,12 +231,16 @@ class LlamaModel(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
                 *, probe: AttnProbe | None = None, all_logits: bool = False,
-                before_layer: LayerHook | None = None) -> torch.Tensor:
+                before_layer: LayerHook | None = None, last_layer: int | None = None) -> torch.Tensor | None:
         """Run new tokens input_ids [T] over `cache` (appended to it).
 
         positions [T] default to continuing after the cache's largest position. Returns logits
         [vocab] of the last token, or [T, vocab] with all_logits. `before_layer(i, cache)` runs before
         layer i (the refill pipeline uses it to install layer i's chunks just in time).
+
+        `last_layer`: run layers 0..last_layer only, up to that layer's attention, and return None: what
+        a probe needs (a layer's queries and attention do not depend on any later layer). The cache may
+        then hold just those layers.
         """
         ids = input_ids.to(self.device).view(-1)
         t = ids.shape[0]
@@ -252,6 +256,8 @@ class LlamaModel(nn.Module):
             if before_layer is not None:
                 before_layer(i, cache)
             h = h + lay.self_attn(lay.input_layernorm(h), i, cache, positions, cos, sin, probe)
+            if i == last_layer:
+                return None
             h = h + lay.mlp(lay.post_attention_layernorm(h))
         if not all_logits:
             h = h[-1:]

@@ -141,3 +141,21 @@ def test_cache_grows_without_copying_per_token(tiny_llama):
         buffers.add(cache.layers[0].k.data_ptr())
     # doubling growth: ~log2(205/8) reallocations, not one per token
     assert len(buffers) <= 6
+
+
+def test_probe_with_last_layer_records_the_same_and_stops(tiny_llama):
+    """A probe-only forward that stops at the last probed layer records exactly what a full forward does,
+    and touches no later layer of the cache (pass 1 runs this way)."""
+    _, m, _ = tiny_llama
+    ids = torch.randint(0, 256, (30,), generator=torch.Generator().manual_seed(7))
+    full_cache, short_cache = m.new_cache(), m.new_cache()
+    m.prefill(ids[:20], full_cache)
+    m.prefill(ids[:20], short_cache)
+    full = AttnProbe(layers=[0], want_queries=True)
+    short = AttnProbe(layers=[0], want_queries=True)
+    assert m(ids[20:], full_cache, probe=full) is not None
+    assert m(ids[20:], short_cache, probe=short, last_layer=0) is None
+    assert torch.equal(full.queries[0], short.queries[0])
+    assert torch.equal(full.probs[0], short.probs[0])
+    assert short_cache.length(0) == 30
+    assert short_cache.length(1) == 20  # the later layer never ran
