@@ -103,14 +103,19 @@ class ChunkFetcher:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._stop.set()  # the forward pass failed: fetch no further group
+        self.finish(failed=exc_type is not None)
+
+    def finish(self, failed: bool = False) -> None:
+        """Join the fetch thread. `failed`: pass 2 failed or was dropped: fetch no further group and
+        raise nothing (its own error wins). Otherwise re-raise a fetch error, or fill the device cache."""
+        if failed:
+            self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self.stager is not None:
             self.stager.finish()
-        if exc_type is not None:
-            return  # the forward pass's own error wins
+        if failed:
+            return
         if self.error is not None:
             raise self.error
         for c in self.missing:

@@ -34,9 +34,8 @@ from .errors import DocumentError, InputError, UnknownDocument
 from .fingerprint import model_fingerprint
 from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
-from .kv_cache import KVCache
 from .policies import PlanContext, Policy, make_policy
-from .results import Answer, DocInfo, Generation, Prepared
+from .results import Answer, DocInfo, Generation, Planned, Prepared
 from .sequence import Sequence
 from .tokenizer import Tokenizer
 from .weights import load_model
@@ -253,6 +252,18 @@ class Engine:
         """Run a question over its active cache, up to the first answer token's logits.
 
         `knobs` are the policy's own (e.g. k_max=4 for acre); None values mean "the default"."""
+        # 1-5. L1, question ids, plan, layout, refill started (see `plan_question`)
+        planned = self.plan_question(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
+        # 6. pass 2: the question over its active cache, each layer's entries installed just before it runs
+        result = self.run_pass2([planned])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def plan_question(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
+                      store: StoreAPI | str | None = None, max_new_tokens: int = 1, **knobs) -> Planned:
+        """Steps 1-5 of `prepare`: everything before pass 2, with the refill started in the background.
+        The caller runs `run_pass2` on it (alone or with other questions) or `abandon`s it."""
         if not question or not question.strip():
             raise InputError("empty question")
         knobs = {k: v for k, v in knobs.items() if v is not None}
@@ -272,19 +283,35 @@ class Engine:
         # 4. the active layout: entries each layer attends and their positions (exact or focus)
         layout = ActiveLayout.build(plan, doc, self.cfg.num_hidden_layers)
         cache = self.model.new_cache(capacity=max(layout.n_active, default=0) + len(q_ids) + max_new_tokens)
-        # 5. fetch the chunks (device cache first, then the store, layer groups in the background) ...
-        with ChunkFetcher(st, doc_id, layout.chunks_needed, self.cfg.num_hidden_layers, self.chunk_cache,
-                          self.model.dtype, self.device) as fetcher:
-            def install(layer: int, kv: KVCache) -> None:
-                entries = layout.assemble(layer, doc, fetcher.chunk_layer)
-                if entries is not None:
-                    k, v, pos = entries
-                    kv.append(layer, self.model.rope.rotate(k, pos), v, pos)
+        # 5. the refill: chunks from the device cache first, then the store, layer groups in the background
+        fetcher = ChunkFetcher(st, doc_id, layout.chunks_needed, self.cfg.num_hidden_layers, self.chunk_cache,
+                               self.model.dtype, self.device)
+        fetcher.__enter__()
+        return Planned(pol, doc, plan, layout, cache, q_ids, fetcher, self.model.rope)
 
-            # 6. ... while pass 2 runs the question over the active cache, installing each layer first
-            logits = self.model.forward(q_ids, cache, layout.question_positions(len(q_ids)),
-                                        before_layer=install)
-        return Prepared(pol, doc, plan, layout, cache, logits, fetcher.stats, len(q_ids))
+    def run_pass2(self, planned: Seq[Planned]) -> list[Prepared | BaseException]:
+        """Step 6 for planned questions together: one forward runs every question's tokens over its own
+        active cache (`LlamaModel.forward_batch`; a question's numbers do not depend on the others).
+        Returns per question its `Prepared`, or the error that stopped it (its refill's or the forward's)."""
+        try:
+            logits = self.model.forward_batch([p.pass2_item() for p in planned])
+        except BaseException:
+            for p in planned:
+                p.abandon()
+            raise
+        out: list[Prepared | BaseException] = []
+        for p, lg in zip(planned, logits):
+            if isinstance(lg, BaseException):
+                p.abandon()
+                out.append(lg)
+                continue
+            try:
+                p.fetcher.finish()  # re-raises a fetch error; fills the device chunk cache
+            except BaseException as e:
+                out.append(e)
+                continue
+            out.append(Prepared(p.policy, p.doc, p.plan, p.layout, p.cache, lg, p.fetcher.stats, len(p.q_ids)))
+        return out
 
     def first_token_logits(self, doc_id: str, question: str, policy: str | Policy = "acre",
                            answer_prefix: str = "", store: StoreAPI | str | None = None, **knobs) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """A Llama-family decoder in pure torch over an explicit, entry-addressable KV cache.
 
-RMSNorm, RoPE, grouped-query attention through `scaled_dot_product_attention`, SwiGLU. Batch size 1:
-ACRE serves one question at a time over one document's cache. Weights use the Hugging Face parameter
-names so a `model.safetensors` loads without renaming.
+RMSNorm, RoPE, grouped-query attention through `scaled_dot_product_attention`, SwiGLU. Every sequence
+has a cache of its own: `forward` runs one sequence's new tokens; `forward_batch` (questions' pass 2)
+and `decode_batch` (one decoding step) run several sequences' tokens through the matrix products at
+once while each attends over its own cache. Weights use the Hugging Face parameter names so a
+`model.safetensors` loads without renaming.
 """
 from __future__ import annotations
 
@@ -79,17 +81,41 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, layer: int, cache: KVCache, positions: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, probe: AttnProbe | None) -> torch.Tensor:
         # x: [T, hidden]; positions/cos/sin: [T] / [T, hd]
+        q, k_raw, k_rot, v = self._heads(x, cos, sin)
+        return self.o_proj(self._attend(q, k_raw, k_rot, v, layer, cache, positions, probe))
+
+    def forward_spans(self, x: torch.Tensor, layer: int, spans: Sequence[tuple[int, int, KVCache]],
+                      positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Several sequences' new tokens in one tensor: rows [s, s + t) of x belong to the cache of span
+        (s, t, cache). Projections and RoPE run over all rows at once; each span attends over its own
+        cache exactly as `forward` does alone. Rows outside every span are padding (zero before o_proj)."""
+        q, k_raw, k_rot, v = self._heads(x, cos, sin)
+        out = x.new_zeros(x.shape[0], self.n_heads * self.hd)
+        for s, t, cache in spans:
+            r = slice(s, s + t)
+            out[r] = self._attend(q[:, r], k_raw[:, r], k_rot[:, r], v[:, r], layer, cache, positions[r], None)
+        return self.o_proj(out)
+
+    def _heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [T, hidden] -> rotated q [Hq, T, D], pre-RoPE and rotated k [Hkv, T, D], v [Hkv, T, D]."""
         t = x.shape[0]
         q, k, v = self._project(x)
-        q = q.view(t, self.n_heads, self.hd).transpose(0, 1)  # [Hq, T, D]
-        k_raw = k.view(t, self.n_kv, self.hd).transpose(0, 1)  # [Hkv, T, D]
+        q = q.view(t, self.n_heads, self.hd).transpose(0, 1)
+        k_raw = k.view(t, self.n_kv, self.hd).transpose(0, 1)
         v = v.view(t, self.n_kv, self.hd).transpose(0, 1)
         if t > 1:
             # Head-major rows: the CPU flash kernel runs 1.25x faster at 4k on contiguous q/k/v than on
             # the projections' token-major views (measured: 278 vs 218 ms per layer, one thread).
             q, k_raw, v = q.contiguous(), k_raw.contiguous(), v.contiguous()
-        q = Rope.apply(q, cos, sin)
-        k_rot = Rope.apply(k_raw, cos, sin)
+        return Rope.apply(q, cos, sin), k_raw, Rope.apply(k_raw, cos, sin), v
+
+    def _attend(self, q: torch.Tensor, k_raw: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor, layer: int,
+                cache: KVCache, positions: torch.Tensor, probe: AttnProbe | None) -> torch.Tensor:
+        """New tokens' rotated q [Hq, T, D], k (pre-RoPE and rotated) and v [Hkv, T, D]: append to the
+        cache, attend over it. Returns the attention output [T, Hq*D] (before o_proj)."""
+        t = q.shape[1]
+        if t > 1 and not q.is_contiguous():  # a span of a batch: contiguous rows for the flash kernel
+            q, k_rot, v = q.contiguous(), k_rot.contiguous(), v.contiguous()
         n_past = cache.length(layer)
         keys, values = cache.append(layer, k_rot, v, positions, k_raw if cache.keep_raw else None)
         n = keys.shape[1]
@@ -105,33 +131,12 @@ class Attention(nn.Module):
                                                  is_causal=True, enable_gqa=True)
         else:
             # New tokens after cached entries: all cached entries are visible, causal among the new.
-            mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n_past)
+            mask = torch.ones(t, n, dtype=torch.bool, device=q.device).tril(n_past)
             out = F.scaled_dot_product_attention(q.unsqueeze(0), k4, v4, attn_mask=mask, enable_gqa=True)
         out = out.reshape(self.n_heads, t, self.hd).transpose(0, 1).reshape(t, self.n_heads * self.hd)
         if probe is not None and layer in probe.layers:
             self._record(probe, layer, q, keys, n_past)
-        return self.o_proj(out)
-
-    def decode_rows(self, x: torch.Tensor, layer: int, caches: Sequence[KVCache], positions: torch.Tensor,
-                    cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """One new token per row, each appended to its own cache. x: [R, hidden]; positions/cos/sin:
-        [R] / [R, hd]; rows past len(caches) are padding (their output is zero before o_proj)."""
-        r = x.shape[0]
-        q, k, v = self._project(x)
-        # Elementwise RoPE over all rows at once gives each row the numbers it gets alone.
-        q = Rope.apply(q.view(r, self.n_heads, self.hd).transpose(0, 1), cos, sin)  # [Hq, R, D]
-        k_raw = k.view(r, self.n_kv, self.hd).transpose(0, 1)  # [Hkv, R, D]
-        k_rot = Rope.apply(k_raw, cos, sin)
-        v = v.view(r, self.n_kv, self.hd).transpose(0, 1)
-        out = x.new_zeros(r, self.n_heads * self.hd)
-        for b, cache in enumerate(caches):
-            keys, values = cache.append(layer, k_rot[:, b:b + 1], v[:, b:b + 1], positions[b:b + 1],
-                                        k_raw[:, b:b + 1] if cache.keep_raw else None)
-            # as the single-token path of forward(): query heads of a KV head as rows, no mask
-            o = F.scaled_dot_product_attention(q[:, b].reshape(1, self.n_kv, self.n_rep, self.hd),
-                                               keys.unsqueeze(0), values.unsqueeze(0))
-            out[b] = o.reshape(-1)
-        return self.o_proj(out)
+        return out
 
     def _record(self, probe: AttnProbe, layer: int, q: torch.Tensor, keys: torch.Tensor,
                 n_past: int) -> None:
@@ -192,6 +197,16 @@ ROW_MULTIPLE = 4  # decode_batch pads its rows to a multiple of this (see there)
 # Called after each layer with (layer index, cache) so a caller can, e.g., wait for the next layer's
 # refilled chunks before that layer runs.
 LayerHook = Callable[[int, KVCache], None]
+
+
+@dataclass
+class BatchItem:
+    """One sequence of `LlamaModel.forward_batch`: new tokens ids [T] at positions [T] over `cache`."""
+
+    ids: torch.Tensor
+    cache: KVCache
+    positions: torch.Tensor
+    before_layer: LayerHook | None = None
 
 
 class LlamaModel(nn.Module):
@@ -286,10 +301,59 @@ class LlamaModel(nn.Module):
         ids, pos = ids.to(self.device), pos.to(self.device)
         cos, sin = self.rope.cos_sin(pos, self.dtype)
         h = self.model.embed_tokens(ids)
+        spans = [(j, 1, cache) for j, cache in enumerate(caches)]  # rows past b are padding
         for i, lay in enumerate(self.model.layers):
-            h = h + lay.self_attn.decode_rows(lay.input_layernorm(h), i, caches, pos, cos, sin)
+            h = h + lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, cos, sin)
             h = h + lay.mlp(lay.post_attention_layernorm(h))
         return self.logits(self.model.norm(h))[:b]
+
+    @torch.inference_mode()
+    def forward_batch(self, items: Sequence["BatchItem"]) -> list[torch.Tensor | BaseException]:
+        """Several sequences' new tokens, each over its own cache, in one forward (pass 2 of questions
+        admitted together). Returns per item the logits [vocab] of its last token, or the exception its
+        `before_layer` hook raised (that item leaves the forward; the others go on).
+
+        Each item's rows are padded to a multiple of ROW_MULTIPLE, so that an item's numbers are the
+        same in a batch of one and in any batch (the CPU BLAS gives a row the same bits whatever the
+        other rows are when blocks are multiples of 4; measured). The matrix products run over all rows.
+        """
+        if not items:
+            return []
+        spans, starts, r = [], [], 0
+        for it in items:
+            t = int(it.ids.numel())
+            if t == 0 or int(it.positions.numel()) != t:
+                raise ValueError("forward_batch: each item needs at least one token and one position per token")
+            starts.append(r)
+            r += -(-t // ROW_MULTIPLE) * ROW_MULTIPLE
+        ids = torch.zeros(r, dtype=torch.long)
+        pos = torch.zeros(r, dtype=torch.long)
+        for it, s in zip(items, starts):
+            t = int(it.ids.numel())
+            ids[s:s + t] = it.ids.view(-1).cpu()
+            pos[s:s + t] = it.positions.view(-1).cpu()
+        ids, pos = ids.to(self.device), pos.to(self.device)
+        cos, sin = self.rope.cos_sin(pos, self.dtype)
+        results: list[torch.Tensor | BaseException | None] = [None] * len(items)
+        h = self.model.embed_tokens(ids)
+        for i, lay in enumerate(self.model.layers):
+            spans = []
+            for j, (it, s) in enumerate(zip(items, starts)):
+                if results[j] is not None:
+                    continue  # failed earlier
+                if it.before_layer is not None:
+                    try:
+                        it.before_layer(i, it.cache)
+                    except BaseException as e:  # this item's refill failed: it leaves the batch
+                        results[j] = e
+                        continue
+                spans.append((s, int(it.ids.numel()), it.cache))
+            h = h + lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, cos, sin)
+            h = h + lay.mlp(lay.post_attention_layernorm(h))
+        last = [s + int(it.ids.numel()) - 1 for it, s in zip(items, starts)]
+        last += [0] * (-len(last) % ROW_MULTIPLE)  # the head's rows padded too, for the same reason
+        logits = self.logits(self.model.norm(h[torch.tensor(last, device=self.device)]))
+        return [res if res is not None else logits[j] for j, res in enumerate(results)]
 
     def prefill(self, input_ids: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
                 *, chunk_size: int = 4096, progress: Callable[[int], None] | None = None) -> torch.Tensor:

@@ -6,11 +6,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .active_layout import ActiveLayout
-from .chunk_fetcher import FetchStats
+from .chunk_fetcher import ChunkFetcher, FetchStats
 from .doc_state import DocState
 from .kv_cache import KVCache
+from .model import BatchItem
 from .plan import Plan
 from .policies import Policy
+from .rope import Rope
 
 
 @dataclass
@@ -36,6 +38,38 @@ class DocInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Planned:
+    """A question through steps 1-5 of `Engine.prepare` (`Engine.plan_question`): its plan, layout and
+    cache, with the refill of its chunks already running. Pass 2 (`Engine.run_pass2`) is still to run;
+    a planned question that will not run must be `abandon`ed (stops and joins its refill)."""
+
+    policy: Policy
+    doc: DocState
+    plan: Plan
+    layout: ActiveLayout
+    cache: KVCache
+    q_ids: torch.Tensor
+    fetcher: ChunkFetcher
+    rope: Rope
+
+    def pass2_item(self) -> BatchItem:
+        """The question's pass 2 as an item of `LlamaModel.forward_batch`: each layer's active entries
+        are installed (waiting for that layer's refilled chunks) just before the layer runs."""
+        layout, doc, fetcher, rope = self.layout, self.doc, self.fetcher, self.rope
+
+        def install(layer: int, kv: KVCache) -> None:
+            entries = layout.assemble(layer, doc, fetcher.chunk_layer)
+            if entries is not None:
+                k, v, pos = entries
+                kv.append(layer, rope.rotate(k, pos), v, pos)
+
+        return BatchItem(self.q_ids, self.cache, layout.question_positions(len(self.q_ids)), install)
+
+    def abandon(self) -> None:
+        self.fetcher.finish(failed=True)
 
 
 @dataclass

@@ -1,13 +1,17 @@
 """`Scheduler`: many questions at once on one engine, with continuous batching.
 
-Questions are submitted from any thread. Planning threads run each new question's `Engine.prepare`
-(pass 1, refill and pass 2 over its own active cache) while the decoding thread steps every question
-in flight as one batched forward (`LlamaModel.decode_batch`: one row per question, each over its own
-cache). A prepared question joins the running batch at the next step, and a finished or cancelled one
-leaves it at once: the batch is re-formed every step, as serving engines do.
+Questions are submitted from any thread. Planning threads run each new question's steps 1-5
+(`Engine.plan_question`: L1, pass 1, the plan, the layout; its refill starts in the background). The
+decoding thread owns the model's batched forwards: before each decoding step it runs pass 2 of every
+question planned since the last step as one forward (`Engine.run_pass2`, each question over its own
+active cache), and those questions join the running batch; then it steps every question in flight as
+one batched forward (`LlamaModel.decode_batch`: one row per question, each over its own cache). A
+finished or cancelled question leaves the batch at once: the batch is re-formed every step, as serving
+engines do.
 
 Each question decodes through a `Sequence`, as `Engine.ask` does, and a row's numbers do not depend on
-the other rows of its batch, so an answer equals the same question asked alone (greedy, token for token).
+the other rows of its batch (in pass 2 and in decoding), so an answer equals the same question asked
+alone (greedy, token for token).
 """
 from __future__ import annotations
 
@@ -131,7 +135,7 @@ class Scheduler:
         self.max_batch = max_batch
         self.listener = listener  # optional: on_step(batch_size, queue_depth), on_done(answer), on_error(exc)
         self._pending: queue.Queue[AskStream | None] = queue.Queue()
-        self._ready: queue.Queue[tuple[AskStream, Sequence]] = queue.Queue()
+        self._ready: queue.Queue = queue.Queue()  # (stream, Planned), or None when a planner stops
         self._slots = threading.Semaphore(max_batch)  # questions planned or decoding
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -192,14 +196,13 @@ class Scheduler:
             self._slots.acquire()
             try:
                 r = stream.request
-                p = self.engine.prepare(r.doc_id, r.question, r.policy, r.answer_prefix, r.store,
-                                        r.max_new_tokens, **r.knobs)
-                seq = Sequence(p, self.engine.tokenizer, stream.sampling, r.stop, start=stream.submitted)
+                planned = self.engine.plan_question(r.doc_id, r.question, r.policy, r.answer_prefix, r.store,
+                                                    r.max_new_tokens, **r.knobs)
             except BaseException as e:  # the question's own error: reported through its stream
                 self._slots.release()
                 self._report_error(stream, e)
                 continue
-            self._ready.put((stream, seq))
+            self._ready.put((stream, planned))
             self._wake.set()
 
     # ---- decoding thread -----------------------------------------------------------------------
@@ -208,7 +211,9 @@ class Scheduler:
         planners_done = 0
         busy = False
         while True:
-            # admit every prepared question: its first token comes from pass 2's logits
+            # pass 2 of every question planned since the last step, as one forward; they join the batch
+            # with their first token (from pass 2's logits)
+            admitted = []
             while True:
                 try:
                     item = self._ready.get_nowait()
@@ -217,9 +222,15 @@ class Scheduler:
                 if item is None:
                     planners_done += 1
                     continue
-                stream, seq = item
-                if self._step_one(stream, seq, seq.p.logits, 0.0):
-                    self._active.append((stream, seq))
+                stream, planned = item
+                if stream.cancelled:
+                    planned.abandon()
+                    self._slots.release()
+                    stream._end()
+                    continue
+                admitted.append(item)
+            if admitted:
+                self._admit(admitted)
             if not self._active:
                 if busy and self.listener is not None:
                     self.listener.on_step(0, self.queue_depth)  # the batch just emptied
@@ -246,6 +257,27 @@ class Scheduler:
             step_s = time.perf_counter() - t
             self._active = [(stream, seq) for i, (stream, seq) in enumerate(batch)
                             if self._step_one(stream, seq, logits[i], step_s)]
+
+    def _admit(self, admitted: list) -> None:
+        try:
+            prepared = self.engine.run_pass2([planned for _, planned in admitted])
+        except BaseException as e:  # the forward itself failed: every question in it fails
+            log.exception("pass 2 failed")
+            prepared = [e] * len(admitted)
+        for (stream, _), p in zip(admitted, prepared):
+            if isinstance(p, BaseException):
+                self._slots.release()
+                self._report_error(stream, p)
+                continue
+            r = stream.request
+            try:
+                seq = Sequence(p, self.engine.tokenizer, stream.sampling, r.stop, start=stream.submitted)
+            except BaseException as e:
+                self._slots.release()
+                self._report_error(stream, e)
+                continue
+            if self._step_one(stream, seq, p.logits, 0.0):
+                self._active.append((stream, seq))
 
     def _step_one(self, stream: AskStream, seq: Sequence, logits, step_s: float) -> bool:
         """Push one token into a sequence and emit its text. Returns whether it goes on decoding; a

@@ -159,3 +159,38 @@ def test_probe_with_last_layer_records_the_same_and_stops(tiny_llama):
     assert torch.equal(full.probs[0], short.probs[0])
     assert short_cache.length(0) == 30
     assert short_cache.length(1) == 20  # the later layer never ran
+
+
+def test_forward_batch_equals_each_sequence_alone(tiny_llama):
+    """Sequences of different lengths over different caches in one forward give each the same logits as
+    a batch of one (bitwise: rows are padded to blocks of 4), and agree with `forward`; a sequence whose
+    hook fails leaves the batch and the others are unaffected."""
+    from acre_model.model import BatchItem
+
+    _, m, _ = tiny_llama
+    g = torch.Generator().manual_seed(11)
+    contexts = [torch.randint(0, 256, (n,), generator=g) for n in (17, 40, 5)]
+    news = [torch.randint(0, 256, (n,), generator=g) for n in (7, 1, 13)]
+
+    def items(hooks=(None, None, None)):
+        out = []
+        for ctx, new, hook in zip(contexts, news, hooks):
+            cache = m.new_cache()
+            m.prefill(ctx, cache)
+            out.append(BatchItem(new, cache, torch.arange(len(ctx), len(ctx) + len(new)), hook))
+        return out
+
+    batched = m.forward_batch(items())
+    for j, (it, fresh) in enumerate(zip(items(), items())):
+        alone = m.forward_batch([it])[0]
+        assert torch.equal(alone, batched[j])
+        ref = m(fresh.ids, fresh.cache, fresh.positions)
+        assert (ref - alone).abs().max() < 1e-4
+
+    def broken(layer, cache):
+        if layer == 1:
+            raise RuntimeError("refill failed")
+
+    got = m.forward_batch(items((None, broken, None)))
+    assert isinstance(got[1], RuntimeError)
+    assert torch.equal(got[0], batched[0]) and torch.equal(got[2], batched[2])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from acre_model.errors import InputError, UnknownDocument
 from acre_model.scheduler import AskRequest, Cancelled, Delta, Done, Scheduler, SchedulerClosed
@@ -70,6 +71,35 @@ def test_batched_answers_equal_the_same_questions_asked_alone(tiny):
                                                                          a.refilled_chunks, a.policy)
         assert b.kv_ratio == a.kv_ratio and b.doc_id == a.doc_id
     assert len(rec.done) == len(ASKS) and not rec.errors
+
+
+def test_pass_two_of_questions_planned_together_equals_each_alone(tiny):
+    """`Engine.run_pass2` over several planned questions (different documents, policies, lengths) gives
+    each the logits, layout and chunks of `prepare` alone, bitwise; a question whose refill fails gets
+    its error and the others their results."""
+    eng, store, docs = tiny
+    alone = [eng.prepare(docs[d], q, pol, store=store, **k) for d, q, pol, k in ASKS[:5]]
+    planned = [eng.plan_question(docs[d], q, pol, store=store, **k) for d, q, pol, k in ASKS[:5]]
+    got = eng.run_pass2(planned)
+    for a, b in zip(alone, got):
+        assert torch.equal(a.logits, b.logits)
+        assert a.plan.chunks == b.plan.chunks and a.layout.n_active == b.layout.n_active
+
+    class Boom(RuntimeError):
+        pass
+
+    eng.reset_caches()  # the refill must go to the store
+    planned = [eng.plan_question(docs[d], q, pol, store=store, **k) for d, q, pol, k in ASKS[:2]]
+    f = planned[1].fetcher
+    assert f.missing, "the test needs a question that refills from the store"
+
+    def fail(c, layer):
+        raise Boom("refill failed")
+
+    f.chunk_layer = fail
+    got = eng.run_pass2(planned)
+    assert isinstance(got[1], Boom)
+    assert torch.equal(got[0].logits, alone[0].logits)
 
 
 def test_a_question_joins_a_running_batch(tiny):
