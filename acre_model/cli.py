@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
     pa.add_argument("--server", default=os.environ.get("ACRE_SERVER"), help=SERVER_HELP)
     pa.add_argument("--policy", default="acre", help="acre, acre-l1, fixed-k, full, l1-only, random, "
-                    "streaming, h2o, snapkv")
+                    "streaming, h2o, snapkv, quest, infllm")
     pa.add_argument("--answer-prefix", default="")
     pa.add_argument("--max-new-tokens", type=int, default=64)
     pa.add_argument("--mode", choices=["exact", "focus"], default=None,

@@ -12,6 +12,11 @@ document and cached there.
                their original positions (float16, or int8 with index_scale [n_index_heads, n_tokens])
   h2o_scores   [n_layers, n_tokens]  attention each token received during prefill (sampled query rows)
   snapkv_scores[n_layers, n_tokens]  attention from the document's own last tokens
+  quest_kmin,  [n_layers, n_kv_heads, n_pages, head_dim]  Quest's per-page elementwise min / max of the
+  quest_kmax   rotated keys (float16, rounded outwards so they still bound the keys); pages of
+               `quest_page` tokens inside each chunk
+  infllm_keys  [n_layers, n_kv_heads, n_chunks, infllm_reps, head_dim]  InfLLM's representative keys
+               (rotated, float16); infllm_pos [n_layers, n_kv_heads, n_chunks, infllm_reps] their positions
 """
 from __future__ import annotations
 
@@ -33,12 +38,18 @@ class LayoutConfig:
     rep_mode: str = "attention"  # "attention" (highest H2O score in the chunk) | "uniform"
     index_int8: bool = False
     snapkv_window: int = 32
+    # The peers' metadata (policies `quest` and `infllm`; 0: not stored). New fields change every new
+    # document's id, so a document ingested before they existed is never mistaken for one that has them.
+    quest_page: int = 16  # tokens per Quest page (the paper's 16): min/max of keys per page, 2 pages a chunk
+    infllm_reps: int = 1  # InfLLM representative tokens per chunk (the paper's 4 per 128-token block)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.n_sink < 0 or self.n_recent < 0 or self.reps_per_chunk < 0:
             raise ValueError("layout: chunk_size >= 1, n_sink/n_recent/reps_per_chunk >= 0")
-        if self.reps_per_chunk > self.chunk_size:
-            raise ValueError("layout: reps_per_chunk cannot exceed chunk_size")
+        if self.reps_per_chunk > self.chunk_size or self.infllm_reps > self.chunk_size:
+            raise ValueError("layout: reps_per_chunk and infllm_reps cannot exceed chunk_size")
+        if self.quest_page < 0 or self.infllm_reps < 0:
+            raise ValueError("layout: quest_page and infllm_reps must be >= 0 (0: not stored)")
         if self.rep_mode not in ("attention", "uniform"):
             raise ValueError(f"layout: rep_mode must be 'attention' or 'uniform', got {self.rep_mode!r}")
 
@@ -112,6 +123,10 @@ class DocState:
     extra: dict = field(default_factory=dict)  # the document's metadata extras (layout, heads, n_l1, ...)
     index_nbytes: int = 0  # stored bytes of the locator index
     kv_nbytes: int = 0  # stored bytes of the document's full KV (all L2 chunks)
+    quest_kmin: torch.Tensor | None = None  # [L, Hkv, n_pages, D] float16 (None: not stored)
+    quest_kmax: torch.Tensor | None = None
+    infllm_keys: torch.Tensor | None = None  # [L, Hkv, n_chunks, r, D] float16 (None: not stored)
+    infllm_pos: torch.Tensor | None = None  # [L, Hkv, n_chunks, r] long
 
     @property
     def layout(self) -> LayoutConfig:
@@ -165,4 +180,7 @@ class DocState:
             index_keys=idx,
             h2o_scores=t("h2o_scores", torch.float32), snapkv_scores=t("snapkv_scores", torch.float32),
             extra=meta_extra, index_nbytes=index_nbytes, kv_nbytes=kv_nbytes,
+            quest_kmin=t("quest_kmin", torch.float16), quest_kmax=t("quest_kmax", torch.float16),
+            infllm_keys=t("infllm_keys", torch.float16),
+            infllm_pos=None if "infllm_pos" not in parts else t("infllm_pos", torch.long).long(),
         )

@@ -39,6 +39,8 @@ class Prefilled:
     values: list[torch.Tensor]
     h2o: torch.Tensor  # [L, n]
     snapkv: torch.Tensor  # [L, n]
+    group_queries: list[torch.Tensor] | None = None  # per layer [Hkv, n, D] fp32: each KV head's query
+    # heads summed (rotated), for InfLLM's representative scores; None when the layout stores none
 
 
 def prefill_document(model, ids: list[int], layout: LayoutConfig,
@@ -50,14 +52,20 @@ def prefill_document(model, ids: list[int], layout: LayoutConfig,
     h2o = torch.zeros(L, n)
     snap = torch.zeros(L, n)
     w = min(layout.snapkv_window, n)
+    gq: list[list[torch.Tensor]] | None = [[] for _ in range(L)] if layout.infllm_reps else None
     for s in range(0, n, PREFILL_CHUNK):
         e = min(n, s + PREFILL_CHUNK)
         rows = torch.arange(s, e)
         pick = rows % H2O_STRIDE == 0
         snap_rows = rows >= n - w
         sel = (pick | snap_rows).nonzero().flatten()  # local row indices within this chunk
-        probe = AttnProbe(layers=range(L), rows=sel)
+        probe = AttnProbe(layers=range(L), rows=sel, want_queries=gq is not None,
+                          query_rows=slice(None) if gq is not None else None)
         model.forward(x[s:e], cache, torch.arange(s, e), probe=probe)
+        if gq is not None:
+            for l in range(L):
+                q = probe.queries.pop(l)  # [Hq, e - s, D]
+                gq[l].append(q.reshape(model.cfg.num_key_value_heads, -1, *q.shape[1:]).sum(1))
         is_h2o, is_snap = pick[sel], snap_rows[sel]
         for l in range(L):
             p = probe.probs[l]  # [Hq, R, e] over keys 0..e-1
@@ -71,7 +79,8 @@ def prefill_document(model, ids: list[int], layout: LayoutConfig,
     snap = torch.nn.functional.max_pool1d(snap[:, None], 7, stride=1, padding=3)[:, 0]
     return Prefilled(
         n, [cache.raw_keys(l) for l in range(L)], [cache.view(l)[0] for l in range(L)],
-        [cache.view(l)[1] for l in range(L)], h2o, snap)
+        [cache.view(l)[1] for l in range(L)], h2o, snap,
+        None if gq is None else [torch.cat(g, 1) for g in gq])
 
 
 def select_l1(pf: Prefilled, layout: LayoutConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +118,10 @@ def build_l1_parts(pf: Prefilled, layout: LayoutConfig, index_heads: list[tuple[
         "h2o_scores": pf.h2o.numpy().astype(np.float32),
         "snapkv_scores": pf.snapkv.numpy().astype(np.float32),
     }
+    if layout.quest_page:
+        parts["quest_kmin"], parts["quest_kmax"] = quest_bounds(pf, layout.chunk_size, layout.quest_page)
+    if layout.infllm_reps and pf.group_queries is not None:
+        parts["infllm_keys"], parts["infllm_pos"] = infllm_representatives(pf, layout.chunk_size, layout.infllm_reps)
     if index_heads:
         keys = torch.stack([pf.keys_rot[l][g].float().cpu() for l, g in index_heads])  # [H_idx, n, D]
         if layout.index_int8:
@@ -118,6 +131,63 @@ def build_l1_parts(pf: Prefilled, layout: LayoutConfig, index_heads: list[tuple[
         else:
             parts["index_keys"] = keys.to(torch.float16).numpy()
     return parts
+
+
+def page_index(n_tokens: int, chunk_size: int, page: int) -> torch.Tensor:
+    """[n_tokens] the Quest page of each token: pages of `page` tokens inside each chunk (a page never
+    straddles two chunks; the last page of a chunk may be shorter). Chunk c holds pages
+    c*ceil(C/page) .. (c+1)*ceil(C/page) - 1."""
+    t = torch.arange(n_tokens)
+    return (t // chunk_size) * -(-chunk_size // page) + (t % chunk_size) // page
+
+
+def quest_bounds(pf: Prefilled, chunk_size: int, page: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quest's page metadata: elementwise min and max of the rotated keys of each page, per layer and KV
+    head, [L, Hkv, n_pages, D] float16 each. The float16 values are rounded outwards (min down, max up),
+    so they still bound every key of the page."""
+    idx = page_index(pf.n_tokens, chunk_size, page)
+    n_pages = int(idx[-1]) + 1
+    lo, hi = [], []
+    for k in pf.keys_rot:
+        k = k.float().cpu()  # [Hkv, n, D]
+        at = idx.view(1, -1, 1).expand_as(k)
+        empty = k.new_empty(k.shape[0], n_pages, k.shape[2])
+        lo.append(empty.scatter_reduce(1, at, k, "amin", include_self=False))
+        hi.append(empty.clone().scatter_reduce(1, at, k, "amax", include_self=False))
+    lo32, hi32 = torch.stack(lo), torch.stack(hi)
+    lo16, hi16 = lo32.half(), hi32.half()
+    inf = torch.tensor(float("inf"), dtype=torch.float16)
+    lo16 = torch.where(lo16.float() > lo32, torch.nextafter(lo16, -inf), lo16)
+    hi16 = torch.where(hi16.float() < hi32, torch.nextafter(hi16, inf), hi16)
+    return lo16.numpy(), hi16.numpy()
+
+
+def infllm_representatives(pf: Prefilled, chunk_size: int, reps: int) -> tuple[np.ndarray, np.ndarray]:
+    """InfLLM's representative tokens: per layer and KV head, the `reps` tokens of each chunk with the
+    highest representative score r_m = mean over the next `chunk_size` tokens j of q_j . k_m (the
+    attention logit the token receives from the window that follows it, the query heads of the KV head
+    summed). Returns (keys [L, Hkv, n_chunks, reps, D] float16 rotated, positions [L, Hkv, n_chunks, reps]
+    int32)."""
+    n, C, W = pf.n_tokens, chunk_size, chunk_size
+    n_chunks = -(-n // C)
+    t = torch.arange(n)
+    last = (t + W).clamp(max=n - 1)  # the window of token m is (m, last[m]]
+    count = (last - t).clamp(min=1).float()
+    keys, poss = [], []
+    for k, qg in zip(pf.keys_rot, pf.group_queries):
+        k, qg = k.float().cpu(), qg.float().cpu()  # [Hkv, n, D]
+        cs = torch.cat([qg.new_zeros(qg.shape[0], 1, qg.shape[2]), qg.cumsum(1)], 1)  # cs[:, i] = sum_{j<i}
+        window = cs[:, last + 1] - cs[:, t + 1]  # [Hkv, n, D]: sum of the queries in (m, last[m]]
+        score = (k * window).sum(-1) / count  # [Hkv, n]
+        score[:, last == t] = float("-inf")  # the document's last token has no window: never preferred
+        pad = n_chunks * C - n
+        score = torch.cat([score, score.new_full((score.shape[0], pad), float("-inf"))], 1) if pad else score
+        local = score.view(-1, n_chunks, C).topk(reps, -1).indices  # [Hkv, n_chunks, reps]
+        pos = (torch.arange(n_chunks)[:, None] * C + local).clamp(max=n - 1)  # a short last chunk repeats
+        keys.append(torch.gather(k, 1, pos.reshape(k.shape[0], -1, 1).expand(-1, -1, k.shape[2]))
+                    .view(*pos.shape, k.shape[2]))
+        poss.append(pos)
+    return torch.stack(keys).half().numpy(), torch.stack(poss).numpy().astype(np.int32)
 
 
 def iter_chunks(pf: Prefilled, chunk_size: int) -> Iterator[np.ndarray]:

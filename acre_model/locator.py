@@ -62,3 +62,18 @@ def to_distribution(scores: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     if total <= 0:
         return torch.full_like(s, 1.0 / s.numel())
     return s / total
+
+
+def attended_anyway(doc: DocState) -> torch.Tensor:
+    """[n_chunks] bool: chunks all of whose tokens are sink or recent entries (always attended, so a
+    refill of them adds nothing; the peers' rankings leave them out)."""
+    always = torch.zeros(doc.n_chunks * doc.chunk_size, dtype=torch.bool, device=doc.l1_pos.device)
+    always[doc.l1_pos[doc.l1_always]] = True
+    always[doc.n_tokens:] = True  # the short last chunk's padding
+    return always.view(doc.n_chunks, doc.chunk_size).all(-1)
+
+
+def softmax_mass(logits: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """softmax over the last axis with the excluded entries left out (their share 0): the attention share
+    each candidate would get if those logits were the attention's."""
+    return logits.masked_fill(excluded, float("-inf")).softmax(-1).nan_to_num(0.0)

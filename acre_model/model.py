@@ -40,13 +40,15 @@ class AttnProbe:
     layers: which layers to record; rows: which of the new tokens' query rows (None = all).
     After the forward: probs[layer] = [n_heads, n_rows, n_keys] attention probabilities over the whole
     cache including the new tokens (fp32; only when `want_probs`), queries[layer] = [n_heads, n_rows,
-    head_dim] the rotated queries (only when `want_queries`).
+    head_dim] the rotated queries (only when `want_queries`), at `query_rows` when given (else `rows`):
+    the ingest records every row's queries (InfLLM's representative scores) but few rows' probabilities.
     """
 
     layers: Sequence[int]
     rows: slice | torch.Tensor | None = None
     want_probs: bool = True
     want_queries: bool = False
+    query_rows: slice | torch.Tensor | None = None
     probs: dict[int, torch.Tensor] = field(default_factory=dict)
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -146,7 +148,7 @@ class Attention(nn.Module):
             rows = rows[probe.rows]
         qr = q[:, rows].float()  # [Hq, R, D]
         if probe.want_queries:
-            probe.queries[layer] = qr
+            probe.queries[layer] = qr if probe.query_rows is None else q[:, probe.query_rows].float()
         if probe.want_probs:
             kf = keys.float().repeat_interleave(self.n_rep, dim=0)  # [Hq, n, D]
             scores = qr @ kf.transpose(1, 2) / self.hd ** 0.5  # [Hq, R, n]

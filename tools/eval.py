@@ -31,10 +31,10 @@ if __package__ in (None, ""):
 from tools import eval_report  # noqa: E402
 
 # Policies that pick L2 chunks: needle-chunk recall is defined for them (l1-only picks none: recall 0).
-CHUNK_POLICIES = {"acre", "acre-l1", "fixed-k", "random", "l1-only"}
+CHUNK_POLICIES = {"acre", "acre-l1", "fixed-k", "random", "l1-only", "quest", "infllm"}
 SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.4)  # token-level baselines; their default (0.15) is the main row
 SWEEP_K_MAX = (1, 2, 8)                # acre; the default k_max is the main row
-SWEEP_FIXED_K = (1, 4, 8)              # fixed-k; its default (2, acre's mean k) is the main row
+SWEEP_FIXED_K = (1, 4, 8)              # fixed-k, quest, infllm; their default (2, acre's mean k) is the main row
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,21 @@ class Method:
 def main_methods() -> list[Method]:
     ms = [Method("full", "full", curve="full"), Method("acre", "acre", curve="acre"),
           Method("acre-exact", "acre", {"mode": "exact"}), Method("acre-focus", "acre", {"mode": "focus"})]
-    ms += [Method(p, p, curve=p) for p in ("acre-l1", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k")]
+    ms += [Method(p, p, curve=p) for p in ("acre-l1", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k",
+                                           "quest", "infllm")]
     return ms
 
 
 def sweep_methods() -> list[Method]:
     from acre_model.policies import make_policy
 
-    budget, acre, fixed = make_policy("streaming").budget, make_policy("acre"), make_policy("fixed-k")
+    budget, acre = make_policy("streaming").budget, make_policy("acre")
     ms = [Method(f"{p}@{b:g}", p, {"budget": b}, curve=p, sweep=True)
           for p in ("streaming", "h2o", "snapkv") for b in SWEEP_BUDGETS if b != budget]
     ms += [Method(f"acre@k{k}", "acre", {"k_max": k, "k_min": min(k, acre.k_min)}, curve="acre", sweep=True)
            for k in SWEEP_K_MAX if k != acre.k_max]
-    ms += [Method(f"fixed-k@k{k}", "fixed-k", {"fixed_k": k}, curve="fixed-k", sweep=True)
-           for k in SWEEP_FIXED_K if k != fixed.fixed_k]
+    ms += [Method(f"{p}@k{k}", p, {"fixed_k": k}, curve=p, sweep=True)
+           for p in ("fixed-k", "quest", "infllm") for k in SWEEP_FIXED_K if k != make_policy(p).fixed_k]
     return ms
 
 

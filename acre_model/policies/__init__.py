@@ -11,13 +11,16 @@ from .base import PlanContext, Policy
 from .fixed_k import FixedKPolicy
 from .full import FullPolicy
 from .h2o import H2OPolicy
+from .infllm import InfLLMPolicy
 from .l1_only import L1OnlyPolicy
+from .quest import QuestPolicy
 from .random_k import RandomPolicy
 from .snapkv import SnapKVPolicy
 from .streaming import StreamingPolicy
 
 POLICIES: tuple[type[Policy], ...] = (AcrePolicy, AcreL1Policy, FixedKPolicy, FullPolicy, L1OnlyPolicy,
-                                      RandomPolicy, StreamingPolicy, H2OPolicy, SnapKVPolicy)
+                                      RandomPolicy, StreamingPolicy, H2OPolicy, SnapKVPolicy, QuestPolicy,
+                                      InfLLMPolicy)
 _BY_NAME = {p.name: p for p in POLICIES}
 
 
@@ -39,4 +42,4 @@ def make_policy(name: str, **knobs) -> Policy:
 
 __all__ = ["POLICIES", "PlanContext", "Policy", "make_policy", "policy_class", "policy_names", "AcrePolicy",
            "AcreL1Policy", "FixedKPolicy", "FullPolicy", "L1OnlyPolicy", "RandomPolicy", "StreamingPolicy",
-           "H2OPolicy", "SnapKVPolicy"]
+           "H2OPolicy", "SnapKVPolicy", "QuestPolicy", "InfLLMPolicy"]

@@ -106,7 +106,7 @@ def test_model_mismatch_is_refused(tiny, tmp_path, default_model_path):
 
 
 @pytest.mark.parametrize("policy", ["acre", "acre-l1", "full", "streaming", "h2o", "snapkv", "l1-only",
-                                    "random", "fixed-k"])
+                                    "random", "fixed-k", "quest", "infllm"])
 def test_every_policy_answers_and_reports_its_kv_ratio(tiny, policy):
     eng, store = tiny
     info = eng.ingest(DOC, store=store)
