@@ -279,7 +279,7 @@ class Engine:
                 entries = layout.assemble(layer, doc, fetcher.chunk_layer)
                 if entries is not None:
                     k, v, pos = entries
-                    kv.append(layer, self.model.rope.rotate(k, pos), v, pos)
+                    kv.append(layer, self.model.ropes[layer].rotate(k, pos), v, pos)
 
             # 6. ... while pass 2 runs the question over the active cache, installing each layer first
             logits = self.model.forward(q_ids, cache, layout.question_positions(len(q_ids)),
