@@ -80,6 +80,17 @@ def probe_head_ranks(engine, doc, layout: LayoutConfig) -> tuple[torch.Tensor, l
     return ranks, needle_chunks
 
 
+def rank_heads(mrr: torch.Tensor, layers: list[int]) -> torch.Tensor:
+    """Flat indices (layer * n_kv_heads + head) of the heads of `layers`, best mean reciprocal rank
+    (mrr [n_layers, n_kv_heads]) first. Only global layers are candidates: a local (sliding-window)
+    layer's keys are never compared with a question beyond its window, and a hybrid model's store keeps
+    the global layers only."""
+    allowed = torch.zeros_like(mrr, dtype=torch.bool)
+    allowed[layers] = True
+    order = mrr.flatten().argsort(descending=True)
+    return order[allowed.flatten()[order]]
+
+
 def calibrate(engine, n_probes: int = 12, lengths: tuple[int, ...] = (1024, 2048), n_heads: int = 4,
               layout: LayoutConfig | None = None, seed: int = 0, log=print) -> dict:
     layout = layout or LayoutConfig()
@@ -96,7 +107,7 @@ def calibrate(engine, n_probes: int = 12, lengths: tuple[int, ...] = (1024, 2048
             f"{int(ranks.min())}, {time.perf_counter() - t0:.0f}s")
     R = torch.stack(all_ranks)  # [P, L, G]
     mrr = (1.0 / (1.0 + R)).mean(0)  # mean reciprocal rank of the needle's chunk, per head
-    order = mrr.flatten().argsort(descending=True)
+    order = rank_heads(mrr, engine.cfg.global_layers)
     G = engine.cfg.num_key_value_heads
     heads = [(int(i) // G, int(i) % G) for i in order[:n_heads]]
     # recall@8 of the chosen set combined by the max rule is measured at ask time; here per head

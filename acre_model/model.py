@@ -5,6 +5,11 @@ has a cache of its own: `forward` runs one sequence's new tokens; `forward_batch
 and `decode_batch` (one decoding step) run several sequences' tokens through the matrix products at
 once while each attends over its own cache. Weights use the Hugging Face parameter names so a
 `model.safetensors` loads without renaming.
+
+Gemma 3 is the same code under its config's switches (`ModelConfig.is_gemma3`, `layer_types`): norms
+scale by (1 + weight), q/k are normalised per head before RoPE, attention and MLP outputs are normalised
+before the residual add, the MLP gates with tanh-GELU, embeddings are scaled by sqrt(hidden_size), and
+local layers attend through a sliding window with RoPE of their own base.
 """
 from __future__ import annotations
 
@@ -21,16 +26,37 @@ from .rope import Rope
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """offset 0: Llama's `weight * x`; offset 1: Gemma's `(1 + weight) * x`, whose checkpoints store the
+    weight minus one (so a zero weight is the identity)."""
+
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.eps, self.offset = eps, offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fp32 statistics whatever the activation dtype (as transformers' LlamaRMSNorm).
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            # Gemma scales in fp32 and casts after (transformers' Gemma3RMSNorm); Llama casts first.
+            return (xf * (self.offset + self.weight.float())).to(x.dtype)
         return self.weight * xf.to(x.dtype)
+
+
+def _norm(cfg: ModelConfig, dim: int) -> RMSNorm:
+    return RMSNorm(dim, cfg.rms_norm_eps, 1.0 if cfg.is_gemma3 else 0.0)
+
+
+# Local layers attend in query blocks of this many rows, each over its own window of keys only, so a
+# long prefill costs T x (block + window) instead of T x T.
+LOCAL_BLOCK = 1024
+
+
+def window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """[R, n] bool: key at k_pos [n] lies inside the sliding window of the query at q_pos [R]
+    (fewer than `window` positions back; transformers' `kv_idx > q_idx - sliding_window`)."""
+    return (q_pos[:, None] - k_pos[None, :]) < window
 
 
 @dataclass
@@ -54,15 +80,20 @@ class AttnProbe:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.n_rep = cfg.n_rep
+        self.scale = cfg.attn_scale
+        self.window = cfg.sliding_window if cfg.is_local(layer) else None  # None: global attention
         b = cfg.attention_bias
         self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.hd, bias=b)
         self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=b)
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=b)
         self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.hidden_size, bias=False)
+        if cfg.is_gemma3:  # per-head RMSNorm of queries and keys, before RoPE
+            self.q_norm = _norm(cfg, self.hd)
+            self.k_norm = _norm(cfg, self.hd)
         self._fused: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def fuse(self) -> None:
@@ -74,11 +105,18 @@ class Attention(nn.Module):
         self._fused = (w, b)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [T, hidden] -> q [T, Hq*D], k and v [T, Hkv*D]."""
+        """x [T, hidden] -> q [T, Hq*D], k and v [T, Hkv*D] (q and k normalised per head if the model
+        has q/k norms)."""
         if self._fused is not None:
             qkv = F.linear(x, *self._fused)
-            return qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if hasattr(self, "q_norm"):
+            t = x.shape[0]
+            q = self.q_norm(q.view(t, self.n_heads, self.hd)).view(t, -1)
+            k = self.k_norm(k.view(t, self.n_kv, self.hd)).view(t, -1)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, layer: int, cache: KVCache, positions: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, probe: AttnProbe | None) -> torch.Tensor:
@@ -122,26 +160,64 @@ class Attention(nn.Module):
         keys, values = cache.append(layer, k_rot, v, positions, k_raw if cache.keep_raw else None)
         n = keys.shape[1]
         k4, v4 = keys.unsqueeze(0), values.unsqueeze(0)  # [1, Hkv, n, D]
-        if t == 1:
+        sc = self.scale
+        if self.window is not None:
+            # from empty: the fresh, contiguous K/V, as the global prefill below (faster kernel)
+            kv = (k_rot, v) if n_past == 0 else (keys, values)
+            out = self._local(q, *kv, positions, cache.view(layer)[2], n_past)
+        elif t == 1:
             # Decode: the n_rep query heads of a KV head become n_rep query rows of it, so GQA reads
             # K/V once and needs no mask (measured 1.4-1.7x faster than enable_gqa at 4k-8k on CPU).
-            out = F.scaled_dot_product_attention(q.reshape(1, self.n_kv, self.n_rep, self.hd), k4, v4)
+            out = F.scaled_dot_product_attention(q.reshape(1, self.n_kv, self.n_rep, self.hd), k4, v4,
+                                                 scale=sc)
         elif n_past == 0:
             # Prefill from empty: the fused causal kernel (3x faster than an explicit mask at 4k).
             # The fresh K/V (contiguous) rather than the cache's views of them (strided by its capacity).
             out = F.scaled_dot_product_attention(q.unsqueeze(0), k_rot.unsqueeze(0), v.unsqueeze(0),
-                                                 is_causal=True, enable_gqa=True)
+                                                 is_causal=True, enable_gqa=True, scale=sc)
         else:
             # New tokens after cached entries: all cached entries are visible, causal among the new.
             mask = torch.ones(t, n, dtype=torch.bool, device=q.device).tril(n_past)
-            out = F.scaled_dot_product_attention(q.unsqueeze(0), k4, v4, attn_mask=mask, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q.unsqueeze(0), k4, v4, attn_mask=mask, enable_gqa=True,
+                                                 scale=sc)
         out = out.reshape(self.n_heads, t, self.hd).transpose(0, 1).reshape(t, self.n_heads * self.hd)
         if probe is not None and layer in probe.layers:
-            self._record(probe, layer, q, keys, n_past)
+            self._record(probe, layer, q, keys, n_past, positions, cache.view(layer)[2])
         return out
 
+    def _local(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_pos: torch.Tensor,
+               k_pos: torch.Tensor, n_past: int) -> torch.Tensor:
+        """Sliding-window attention of new queries q [Hq, T, D] at q_pos [T] over the layer's entries
+        keys/values [Hkv, n, D] at k_pos [n], the last T of which are the new tokens' own.
+
+        Visible: what the global rule shows (every cached entry, the new tokens causally) AND within the
+        window by position. Queries go in blocks of LOCAL_BLOCK rows; when the cache's positions are
+        sorted (a prefill, a decode after one) a block reads only keys from its window's start on.
+        Returns [1, Hq, T, D]."""
+        t = q.shape[1]
+        if t == 1:
+            mask = window_mask(q_pos, k_pos, self.window)  # [1, n]
+            o = F.scaled_dot_product_attention(q.reshape(1, self.n_kv, self.n_rep, self.hd), keys.unsqueeze(0),
+                                               values.unsqueeze(0), attn_mask=mask, scale=self.scale)
+            return o.reshape(1, self.n_heads, 1, self.hd)
+        ordered = bool((k_pos[1:] >= k_pos[:-1]).all())
+        outs = []
+        for a in range(0, t, LOCAL_BLOCK):
+            b = min(t, a + LOCAL_BLOCK)
+            hi = n_past + b  # entries after this are later new tokens: never visible to the block
+            lo = 0
+            if ordered:
+                lo = int(torch.searchsorted(k_pos[:hi], q_pos[a:b].min() - self.window + 1))
+            rows = torch.arange(n_past + a, n_past + b, device=q.device)
+            mask = (torch.arange(lo, hi, device=q.device)[None, :] <= rows[:, None]) \
+                & window_mask(q_pos[a:b], k_pos[lo:hi], self.window)
+            outs.append(F.scaled_dot_product_attention(
+                q[:, a:b].unsqueeze(0), keys[:, lo:hi].unsqueeze(0), values[:, lo:hi].unsqueeze(0),
+                attn_mask=mask, enable_gqa=True, scale=self.scale))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
     def _record(self, probe: AttnProbe, layer: int, q: torch.Tensor, keys: torch.Tensor,
-                n_past: int) -> None:
+                n_past: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
         t = q.shape[1]
         rows = torch.arange(t, device=q.device)
         if probe.rows is not None:
@@ -151,9 +227,11 @@ class Attention(nn.Module):
             probe.queries[layer] = qr if probe.query_rows is None else q[:, probe.query_rows].float()
         if probe.want_probs:
             kf = keys.float().repeat_interleave(self.n_rep, dim=0)  # [Hq, n, D]
-            scores = qr @ kf.transpose(1, 2) / self.hd ** 0.5  # [Hq, R, n]
+            scores = qr @ kf.transpose(1, 2) * self.scale  # [Hq, R, n]
             n = keys.shape[1]
             allowed = torch.arange(n, device=q.device)[None, :] <= (n_past + rows)[:, None]
+            if self.window is not None:
+                allowed &= window_mask(q_pos[rows], k_pos, self.window)
             scores = scores.masked_fill(~allowed, float("-inf"))
             probe.probs[layer] = scores.softmax(-1)
 
@@ -164,6 +242,7 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = (lambda g: F.gelu(g, approximate="tanh")) if cfg.hidden_act == "gelu_pytorch_tanh" else F.silu
         self._fused: torch.Tensor | None = None
 
     def fuse(self) -> None:
@@ -174,24 +253,40 @@ class MLP(nn.Module):
             g, u = F.linear(x, self._fused).chunk(2, dim=-1)
         else:
             g, u = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(g) * u)
+        return self.down_proj(self.act(g) * u)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Llama: h += attn(norm1(h)); h += mlp(norm2(h)), norm2 named post_attention_layernorm.
+    Gemma ("sandwich"): h += norm2(attn(norm1(h))); h += norm4(mlp(norm3(h))), norm2..4 named
+    post_attention_, pre_feedforward_ and post_feedforward_layernorm (transformers' names)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm = _norm(cfg, cfg.hidden_size)
+        self.post_attention_layernorm = _norm(cfg, cfg.hidden_size)
+        self.sandwich = cfg.is_gemma3
+        if self.sandwich:
+            self.pre_feedforward_layernorm = _norm(cfg, cfg.hidden_size)
+            self.post_feedforward_layernorm = _norm(cfg, cfg.hidden_size)
+
+    def residual(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """h [T, hidden] after adding the attention output attn_out (of input_layernorm(h)) and the MLP."""
+        if not self.sandwich:
+            h = h + attn_out
+            return h + self.mlp(self.post_attention_layernorm(h))
+        h = h + self.post_attention_layernorm(attn_out)
+        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
 
 class _Body(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = _norm(cfg, cfg.hidden_size)
 
 
 ROW_MULTIPLE = 4  # decode_batch pads its rows to a multiple of this (see there)
@@ -219,6 +314,7 @@ class LlamaModel(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size,
                                                                       bias=False)
         self.rope: Rope | None = None  # built by finalize(), once the device is known
+        self.ropes: list[Rope] = []  # per layer: `rope`, or on local layers the local-base one
 
     @property
     def device(self) -> torch.device:
@@ -235,7 +331,22 @@ class LlamaModel(nn.Module):
             lay.self_attn.fuse()
             lay.mlp.fuse()
         self.rope = Rope(self.cfg, self.device)
+        local = Rope(self.cfg.local_rope_config(), self.device) if self.cfg.layer_types else None
+        self.ropes = [local if self.cfg.is_local(i) else self.rope for i in range(self.cfg.num_hidden_layers)]
         return self
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [T] -> [T, hidden]; Gemma scales by sqrt(hidden_size), rounded to the weights' dtype
+        (as transformers)."""
+        h = self.model.embed_tokens(ids)
+        if self.cfg.is_gemma3:
+            h = h * torch.tensor(self.cfg.hidden_size ** 0.5, dtype=h.dtype)
+        return h
+
+    def _cos_sin(self, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (cos, sin) [T, head_dim] of positions [T], computed once per distinct RoPE."""
+        tables = {id(r): r.cos_sin(positions, self.dtype) for r in dict.fromkeys(self.ropes)}
+        return [tables[id(r)] for r in self.ropes]
 
     def new_cache(self, capacity: int = 256, keep_raw: bool = False) -> KVCache:
         return KVCache.for_model(self.cfg, capacity=capacity, dtype=self.dtype, device=self.device,
@@ -243,7 +354,9 @@ class LlamaModel(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, w).float()
+        out = F.linear(h, w).float()
+        cap = self.cfg.final_logit_softcapping
+        return out if not cap else torch.tanh(out / cap) * cap
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
@@ -267,15 +380,15 @@ class LlamaModel(nn.Module):
             start = cache.next_position()
             positions = torch.arange(start, start + t, device=self.device)
         positions = positions.to(self.device)
-        cos, sin = self.rope.cos_sin(positions, self.dtype)
-        h = self.model.embed_tokens(ids)
+        cs = self._cos_sin(positions)
+        h = self.embed(ids)
         for i, lay in enumerate(self.model.layers):
             if before_layer is not None:
                 before_layer(i, cache)
-            h = h + lay.self_attn(lay.input_layernorm(h), i, cache, positions, cos, sin, probe)
+            attn = lay.self_attn(lay.input_layernorm(h), i, cache, positions, *cs[i], probe)
             if i == last_layer:
                 return None
-            h = h + lay.mlp(lay.post_attention_layernorm(h))
+            h = lay.residual(h, attn)
         if not all_logits:
             h = h[-1:]
         out = self.logits(self.model.norm(h))
@@ -301,12 +414,11 @@ class LlamaModel(nn.Module):
         pos = torch.zeros(rows, dtype=torch.long)
         pos[:b] = torch.tensor([c.next_position() for c in caches])
         ids, pos = ids.to(self.device), pos.to(self.device)
-        cos, sin = self.rope.cos_sin(pos, self.dtype)
-        h = self.model.embed_tokens(ids)
+        cs = self._cos_sin(pos)
+        h = self.embed(ids)
         spans = [(j, 1, cache) for j, cache in enumerate(caches)]  # rows past b are padding
         for i, lay in enumerate(self.model.layers):
-            h = h + lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, cos, sin)
-            h = h + lay.mlp(lay.post_attention_layernorm(h))
+            h = lay.residual(h, lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, *cs[i]))
         return self.logits(self.model.norm(h))[:b]
 
     @torch.inference_mode()
@@ -335,9 +447,9 @@ class LlamaModel(nn.Module):
             ids[s:s + t] = it.ids.view(-1).cpu()
             pos[s:s + t] = it.positions.view(-1).cpu()
         ids, pos = ids.to(self.device), pos.to(self.device)
-        cos, sin = self.rope.cos_sin(pos, self.dtype)
+        cs = self._cos_sin(pos)
         results: list[torch.Tensor | BaseException | None] = [None] * len(items)
-        h = self.model.embed_tokens(ids)
+        h = self.embed(ids)
         for i, lay in enumerate(self.model.layers):
             spans = []
             for j, (it, s) in enumerate(zip(items, starts)):
@@ -350,8 +462,7 @@ class LlamaModel(nn.Module):
                         results[j] = e
                         continue
                 spans.append((s, int(it.ids.numel()), it.cache))
-            h = h + lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, cos, sin)
-            h = h + lay.mlp(lay.post_attention_layernorm(h))
+            h = lay.residual(h, lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, *cs[i]))
         last = [s + int(it.ids.numel()) - 1 for it, s in zip(items, starts)]
         last += [0] * (-len(last) % ROW_MULTIPLE)  # the head's rows padded too, for the same reason
         logits = self.logits(self.model.norm(h[torch.tensor(last, device=self.device)]))

@@ -53,18 +53,18 @@ class Planned:
     cache: KVCache
     q_ids: torch.Tensor
     fetcher: ChunkFetcher
-    rope: Rope
+    ropes: list[Rope]  # per layer (`LlamaModel.ropes`)
 
     def pass2_item(self) -> BatchItem:
         """The question's pass 2 as an item of `LlamaModel.forward_batch`: each layer's active entries
         are installed (waiting for that layer's refilled chunks) just before the layer runs."""
-        layout, doc, fetcher, rope = self.layout, self.doc, self.fetcher, self.rope
+        layout, doc, fetcher, ropes = self.layout, self.doc, self.fetcher, self.ropes
 
         def install(layer: int, kv: KVCache) -> None:
             entries = layout.assemble(layer, doc, fetcher.chunk_layer)
             if entries is not None:
                 k, v, pos = entries
-                kv.append(layer, rope.rotate(k, pos), v, pos)
+                kv.append(layer, ropes[layer].rotate(k, pos), v, pos)
 
         return BatchItem(self.q_ids, self.cache, layout.question_positions(len(self.q_ids)), install)
 

@@ -53,8 +53,11 @@ def _raise_template_error(message: str):
 
 class Tokenizer:
     def __init__(self, tk: _HFTokenizer, chat_template: str | None, bos_token: str | None,
-                 eos_token: str | None, stop_tokens: list[str]):
+                 eos_token: str | None, stop_tokens: list[str], add_bos: bool = False):
         self.tk = tk
+        # Without a chat template, prompts are plain text: a model whose tokenizer adds BOS (Gemma: its
+        # hidden states without one are far off) gets it written in front, since encode() adds nothing.
+        self.add_bos = add_bos
         self.chat_template = chat_template
         self.bos_token, self.eos_token = bos_token, eos_token
         ids = [tk.token_to_id(t) for t in stop_tokens]
@@ -91,13 +94,14 @@ class Tokenizer:
             return v.get("content") if isinstance(v, dict) else v
 
         stops = [t for t in (tok("eos_token"), "<|im_end|>", "<|endoftext|>", "<|eot_id|>",
-                             "<|end_of_text|>", "</s>") if t]
+                             "<|end_of_text|>", "</s>", "<end_of_turn>") if t]
         template = _read_chat_template(folder, cfg)
         if template is None:
             log.warning("%s has no chat template (none in tokenizer_config.json, no %s): prompts are the "
                         "messages' plain text, which suits a base model but not a chat model",
                         folder, CHAT_TEMPLATE_FILE)
-        return cls(tk, template, tok("bos_token"), tok("eos_token"), stops)
+        return cls(tk, template, tok("bos_token"), tok("eos_token"), stops,
+                   add_bos=bool(cfg.get("add_bos_token", False)))
 
     @property
     def has_chat_template(self) -> bool:
@@ -118,7 +122,8 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self._template is None:
             # No template (warned at load): plain concatenation, so base models still work.
-            return "\n".join(m["content"] for m in messages) + ("\n" if add_generation_prompt else "")
+            bos = self.bos_token if self.add_bos and self.bos_token else ""
+            return bos + "\n".join(m["content"] for m in messages) + ("\n" if add_generation_prompt else "")
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token or "", eos_token=self.eos_token or "")
 

@@ -1,10 +1,11 @@
 """Benchmark our forward pass against HF transformers on the same weights, same machine, same run.
 
-Measures prefill tokens/s at 1k and 4k tokens and decode ms/token at a 4k context, and checks that a
-decode step allocates no per-token copy of the whole cache. Prints a table; the last stdout line is
-one JSON object with the ratios (ours / transformers; > 1 means we are faster).
+Measures prefill tokens/s at 1k and 4k tokens (or --lengths) and decode ms/token at each context, and
+checks that a decode step allocates no per-token copy of the whole cache. Prints a table; the last stdout
+line is one JSON object with the ratios (ours / transformers; > 1 means we are faster).
 
     python tools/bench_model.py [--quick] [--out DIR]
+    python tools/bench_model.py --model gemma-3-270m --lengths 8192,32768 --quick   # hybrid local/global
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def bench_hf(hf, ids: torch.Tensor, n_decode: int, repeat: int) -> tuple[float, 
 
     def prefill():
         with torch.no_grad():
-            c = DynamicCache()
+            # with the config: a sliding-window layer's cache keeps only its window (Gemma 3)
+            c = DynamicCache(config=hf.config)
             # logits_to_keep=1: only the last position's logits, as ours returns
             hf(ids[None], past_key_values=c, use_cache=True, logits_to_keep=1)
         return c
@@ -82,9 +84,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats and decode steps")
     ap.add_argument("--out", default=None, help="write results.json here")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--lengths", default="1024,4096", help="comma-separated context lengths")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from acre_model.convert import resolve
     from acre_model.weights import load_model
@@ -92,15 +95,16 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     path = resolve(args.model)
     ours = load_model(path)
-    hf = LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
+    lengths = [int(x) for x in args.lengths.split(",") if x]
     repeat = 1 if args.quick else 5
     n_decode = 16 if args.quick else 48
     rows = []
-    results = {"threads": torch.get_num_threads()}
-    for n in (1024, 4096):
+    results = {"model": path.name, "threads": torch.get_num_threads()}
+    for j, n in enumerate(lengths):
         ids = torch.randint(100, ours.cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(n))
         # interleave, alternating who goes first, so that machine noise hits both sides alike
-        if n == 1024:
+        if j % 2 == 0:
             o_pre, o_dec = bench_ours(ours, ids, n_decode, repeat)
             h_pre, h_dec = bench_hf(hf, ids, n_decode, repeat)
         else:
@@ -109,18 +113,16 @@ def main(argv=None) -> int:
         rows.append((n, n / o_pre, n / h_pre, 1000 * o_dec, 1000 * h_dec))
         results[f"prefill_{n}_tok_s"] = {"ours": n / o_pre, "hf": n / h_pre, "ratio": h_pre / o_pre}
         results[f"decode_{n}_ms"] = {"ours": 1000 * o_dec, "hf": 1000 * h_dec, "ratio": h_dec / o_dec}
-    copies = decode_copies_whole_cache(ours, 4096)
+    copies = decode_copies_whole_cache(ours, min(lengths[-1], 4096))
     print(f"{'ctx':>6} | {'prefill tok/s ours':>18} {'hf':>10} {'ratio':>6} | {'decode ms/tok ours':>18} {'hf':>8} {'ratio':>6}")
     for n, op, hp, od, hd in rows:
         print(f"{n:>6} | {op:>18.0f} {hp:>10.0f} {op / hp:>6.2f} | {od:>18.1f} {hd:>8.1f} {hd / od:>6.2f}")
     print(f"decode step reallocates the cache: {copies}")
-    head = {
-        "prefill_1k_ratio": results["prefill_1024_tok_s"]["ratio"],
-        "prefill_4k_ratio": results["prefill_4096_tok_s"]["ratio"],
-        "decode_4k_ratio": results["decode_4096_ms"]["ratio"],
-        "decode_4k_ms": results["decode_4096_ms"]["ours"],
-        "decode_copies_cache": copies,
-    }
+    head = {f"prefill_{n // 1024}k_ratio": results[f"prefill_{n}_tok_s"]["ratio"] for n in lengths}
+    last = lengths[-1]
+    head.update({f"decode_{last // 1024}k_ratio": results[f"decode_{last}_ms"]["ratio"],
+                 f"decode_{last // 1024}k_ms": results[f"decode_{last}_ms"]["ours"],
+                 "decode_copies_cache": copies})
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         Path(args.out, "bench_model.json").write_text(json.dumps({**results, **head}, indent=2))
