@@ -5,6 +5,9 @@ store by a background thread in layer groups (`GROUP_LAYERS` layers per call), i
 while layer l computes, the bytes of later layers are in flight. `chunk_layer(c, layer)` waits (only if
 needed) for its layer's group. As a context manager it always ends the fetch: on exit it stops the
 thread, re-raises a fetch error, and puts completely fetched chunks into the device chunk cache.
+
+A hybrid model's document stores its global layers only: `n_layers` is then the stored layers, and
+`slots(layer)` maps a model layer to its index in a stored chunk (`DocState.slot`).
 """
 from __future__ import annotations
 
@@ -69,8 +72,9 @@ class FetchStats:
 
 class ChunkFetcher:
     def __init__(self, store, doc_id: str, chunks: list[int], n_layers: int, chunk_cache: DeviceChunkCache,
-                 dtype: torch.dtype, device: torch.device, group_layers: int | None = None):
+                 dtype: torch.dtype, device: torch.device, group_layers: int | None = None, slots=None):
         self.store, self.doc_id, self.cc = store, doc_id, chunk_cache
+        self.slots = slots or (lambda layer: layer)
         self.dtype, self.device = dtype, device
         self.local: dict[int, torch.Tensor] = {}  # chunk -> [n_layers, 2, Hkv, len, D] from the device cache
         self.missing: list[int] = []
@@ -145,7 +149,8 @@ class ChunkFetcher:
                 ev.set()
 
     def chunk_layer(self, c: int, layer: int) -> torch.Tensor:
-        """[2, n_kv_heads, len_c, head_dim] of chunk c at `layer` (pre-RoPE keys)."""
+        """[2, n_kv_heads, len_c, head_dim] of chunk c at model layer `layer` (pre-RoPE keys)."""
+        layer = self.slots(layer)
         if c in self.local:
             return self.local[c][layer]
         g = layer // self.group_size
