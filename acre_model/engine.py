@@ -134,15 +134,15 @@ class Engine:
         if meta.model_fingerprint != self.fingerprint:
             raise DocumentError(f"document {doc_id[:12]} was made with another model "
                                 f"(fingerprint {meta.model_fingerprint[:12]}, this model {self.fingerprint[:12]})")
+        theirs_layers = list(meta.extra.get("stored_layers", range(lay.n_layers)))
+        if theirs_layers != self.stored_layers:
+            raise DocumentError(f"document {doc_id[:12]} stores layers {theirs_layers}; this worker's layout "
+                                f"(store_layers={self.store_layers!r}) stores {self.stored_layers}")
         mine = (len(self.stored_layers), self.cfg.num_key_value_heads, self.cfg.head_dim, self.dtype_name)
         theirs = (lay.n_layers, lay.n_kv_heads, lay.head_dim, lay.dtype)
         if mine != theirs:
             raise DocumentError(f"document {doc_id[:12]} has layout (stored layers, kv heads, head_dim, dtype) "
                                 f"{theirs}; this worker's layout has {mine}")
-        theirs_layers = list(meta.extra.get("stored_layers", range(lay.n_layers)))
-        if theirs_layers != self.stored_layers:
-            raise DocumentError(f"document {doc_id[:12]} stores layers {theirs_layers}; this worker's layout "
-                                f"(store_layers={self.store_layers!r}) stores {self.stored_layers}")
         parts = st.get_l1(doc_id)
         # First use on this worker: ask the store to promote the document's chunks to its RAM tier now,
         # so later refills of this document are RAM-hot (returns at once; the store works in the background).
