@@ -14,9 +14,11 @@ A hybrid model's document stored with its global layers only: its local (sliding
 never refilled. Each attends its window entries: the document's last `sliding_window` tokens (all that a
 token after the document can see through the window), and in focus mode with `local_sinks` the
 document's first `n_sink` tokens too. In exact mode they sit at their original positions (so `full` is
-a plain forward); in focus mode they are renumbered to end just before the question (which continues
-after the longest layer), keeping each entry's distance to the question: the window sees what it
-would see right after the document, and sinks, placed just before the window, become visible.
+a plain forward); in focus mode the window is renumbered to end just before the question (which
+continues after the longest layer's window or entries), keeping each entry's distance to the question:
+the window sees what it would see right after the document. Sinks share the positions of the window's
+newest `n_sink` entries: the window mask is by position, so only there do the question and the answer
+see them (placed before the window they would be out of its reach), and they move the question no later.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class LayerEntries:
     positions: torch.Tensor  # [n] original positions, ascending
     rope_positions: torch.Tensor  # [n] the positions keys are rotated at (original, or 0..n-1 in focus)
     window: torch.Tensor | None = None  # an unstored local layer: [n] indices into its window entries
+    n_sinks: int = 0  # of those, sinks that share the window's newest positions (focus, local sinks)
 
     @property
     def n(self) -> int:
@@ -80,13 +83,12 @@ class ActiveLayout:
         for layer in range(n_layers):
             if not doc.is_stored(layer):  # a local layer of a hybrid document: its window, never refilled
                 wpos = doc.win_pos.cpu()
-                keep = wpos >= n - int(doc.extra.get("window", n))
-                if plan.mode == "focus" and local_sinks:
-                    keep = torch.ones_like(keep)
+                in_window = wpos >= n - int(doc.extra.get("window", n))
+                keep = torch.ones_like(in_window) if plan.mode == "focus" and local_sinks else in_window
                 idx = keep.nonzero().flatten()
                 pos = wpos[idx]
                 layers.append(LayerEntries(torch.empty(0, dtype=torch.long), [], [], torch.arange(pos.numel()),
-                                           pos, pos, window=idx))
+                                           pos, pos, window=idx, n_sinks=int((~in_window[idx]).sum())))
                 continue
             sel = base.clone()
             extra = torch.empty(0, dtype=torch.long)
@@ -103,11 +105,12 @@ class ActiveLayout:
             rope = torch.arange(pos.numel()) if plan.mode == "focus" else pos
             layers.append(LayerEntries(l1, list(plan.chunks), groups, order, pos, rope))
         out = cls(plan.mode, n, C, layers, sorted(needed))
-        if plan.mode == "focus":  # window entries end just before the question
+        if plan.mode == "focus":  # window entries end just before the question; sinks share the newest
             q0 = out.question_start
             for e in layers:
                 if e.window is not None:
-                    e.rope_positions = torch.arange(q0 - e.n, q0)
+                    e.rope_positions = torch.cat([torch.arange(q0 - e.n_sinks, q0),
+                                                  torch.arange(q0 - (e.n - e.n_sinks), q0)])
         return out
 
     @property
@@ -117,8 +120,11 @@ class ActiveLayout:
 
     @property
     def question_start(self) -> int:
-        """Position of the question's first token."""
-        return max(self.n_active, default=0) if self.mode == "focus" else self.n_tokens
+        """Position of the question's first token (focus: after the longest layer; a local layer's sinks
+        share its window's positions, so they do not count)."""
+        if self.mode != "focus":
+            return self.n_tokens
+        return max((e.n - e.n_sinks for e in self.layers), default=0)
 
     def question_positions(self, n_question: int) -> torch.Tensor:
         return torch.arange(self.question_start, self.question_start + n_question)

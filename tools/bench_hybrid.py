@@ -5,7 +5,7 @@ Each needle document is prefilled once and written twice: with its global layers
 every layer (`store_layers="all"`: local layers are refilled like global ones, as on a Llama). Reports
 the stored bytes of each (L2 chunks + L1 parts), and the answers of `full` and `acre` under the local-layer
 treatments: `window` (global-only store, local layers attend their window), `window+sinks` (the same,
-plus the document's sinks placed just before the window, focus mode) and `refill` (the all-layers
+plus the document's sinks at the window's newest positions, focus mode) and `refill` (the all-layers
 store: local layers attend the refilled chunks and the attend set too).
 
     python tools/bench_hybrid.py --model gemma-3-270m --lengths 8192 --seeds 3
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--lengths", default="8192")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
     ap.add_argument("--depths", default="0.2,0.5,0.8", help="needle depths, one per seed in turn")
     ap.add_argument("--store", default=None, help="embedded store folder (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=0)
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     depths = [float(x) for x in args.depths.split(",")]
     rows = []
     for n in [int(x) for x in args.lengths.split(",")]:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             doc = make_needle_doc(glob.tokenizer.encode, n, depths[seed % len(depths)], seed)
             t0 = time.perf_counter()
             g = glob.ingest(doc.text, store=store)
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
             runs = [("full", glob, g, "full", {}, False), ("acre-window", glob, g, "acre", {}, False),
                     ("acre-window+sinks", glob, g, "acre", {}, True), ("acre-refill", every, a, "acre", {}, False),
                     ("full-all", every, a, "full", {}, False)]
+            default_sinks = active_layout.LOCAL_SINKS
             for name, eng, info, pol, knobs, sinks in runs:
                 active_layout.LOCAL_SINKS = sinks
                 t = time.perf_counter()
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
                               max_new_tokens=args.max_new_tokens, **knobs)
                 row["runs"][name] = {"answer": ans.answer, "correct": doc.answer in ans.answer,
                                      "kv_ratio": ans.kv_ratio, "s": time.perf_counter() - t}
-            active_layout.LOCAL_SINKS = False
+            active_layout.LOCAL_SINKS = default_sinks
             rows.append(row)
             print(f"{row['n_tokens']} tokens seed {seed}: bytes global/all {bg['total'] / 1e6:.1f}/"
                   f"{ba['total'] / 1e6:.1f} MB (ratio {row['ratio_total']:.3f}, L2 {row['ratio_l2']:.3f}); "

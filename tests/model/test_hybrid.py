@@ -79,7 +79,7 @@ def test_local_layers_keep_their_window_and_focus_ends_it_at_the_question(hybrid
     doc = eng.load_document(info.doc_id, store)
     n = doc.n_tokens
     for mode in ("exact", "focus"):
-        lay = ActiveLayout.build(Plan([2, 5], use_l1=True, mode=mode), doc, len(HYBRID_TYPES))
+        lay = ActiveLayout.build(Plan([2, 5], use_l1=True, mode=mode), doc, len(HYBRID_TYPES), local_sinks=False)
         assert lay.chunks_needed == [2, 5]
         for layer in (0, 2):  # local: the last window, never a refilled chunk
             e = lay.layers[layer]
@@ -90,13 +90,42 @@ def test_local_layers_keep_their_window_and_focus_ends_it_at_the_question(hybrid
             assert e.rope_positions.tolist() == list(range(q0 - HYBRID_WINDOW, q0))
             assert q0 == (n if mode == "exact" else max(lay.n_active))
         assert lay.layers[1].chunks == [2, 5] and lay.layers[1].window is None
-    # with sinks (focus only): the document's first tokens, placed just before the window
+    # with sinks (focus only): the document's first tokens, at the window's newest positions (where the
+    # window mask lets the question and the answer see them); the question starts where it did without
+    plain = ActiveLayout.build(Plan([2], use_l1=True, mode="focus"), doc, len(HYBRID_TYPES), local_sinks=False)
     lay = ActiveLayout.build(Plan([2], use_l1=True, mode="focus"), doc, len(HYBRID_TYPES), local_sinks=True)
-    e = lay.layers[0]
-    assert e.positions[:32].tolist() == list(range(32)) and e.n == 32 + HYBRID_WINDOW
-    assert e.rope_positions.tolist() == list(range(lay.question_start - e.n, lay.question_start))
+    e, q0 = lay.layers[0], lay.question_start
+    assert q0 == plain.question_start
+    assert e.positions[:32].tolist() == list(range(32)) and e.n == 32 + HYBRID_WINDOW and e.n_sinks == 32
+    assert e.rope_positions.tolist() == list(range(q0 - 32, q0)) + list(range(q0 - HYBRID_WINDOW, q0))
     k, v, pos = lay.assemble(0, doc, lambda c, layer: pytest.fail("a local layer fetched a chunk"))
     assert k.shape[1] == e.n and torch.equal(pos, e.rope_positions)
+    # exact mode never adds sinks (a plain forward does not see them)
+    assert ActiveLayout.build(Plan([2], mode="exact"), doc, len(HYBRID_TYPES), local_sinks=True).layers[0].n_sinks == 0
+
+
+def test_local_sinks_reach_the_question_only_when_asked_for(hybrid, monkeypatch):
+    """Focus mode: with local sinks the local layers' sinks change the answer's logits (they lie inside
+    the window mask); without, the sinks' stored entries have no effect."""
+    from acre_model import active_layout
+
+    eng, store, info = hybrid
+
+    def logits(sinks: bool, scramble: bool) -> torch.Tensor:
+        monkeypatch.setattr(active_layout, "LOCAL_SINKS", sinks)
+        eng.reset_caches()
+        doc = eng.load_document(info.doc_id, store)
+        if scramble:
+            g = torch.Generator().manual_seed(0)
+            m = doc.win_pos < doc.layout.n_sink
+            doc.win_keys[:, :, m] = torch.randn(doc.win_keys[:, :, m].shape, generator=g).to(doc.win_keys.dtype) * 10
+            doc.win_values[:, :, m] = torch.randn(doc.win_values[:, :, m].shape, generator=g).to(doc.win_values.dtype) * 10
+        out = eng.first_token_logits(info.doc_id, Q, policy="acre", answer_prefix=PREFIX, store=store, mode="focus")
+        eng.reset_caches()
+        return out
+
+    assert torch.equal(logits(False, False), logits(False, True))
+    assert (logits(True, False) - logits(True, True)).abs().max().item() > 1e-3
 
 
 def test_a_worker_refuses_a_document_stored_under_another_layout(hybrid):
