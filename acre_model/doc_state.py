@@ -112,6 +112,7 @@ class DocState:
     extra: dict = field(default_factory=dict)  # the document's metadata extras (layout, heads, n_l1, ...)
     index_nbytes: int = 0  # stored bytes of the locator index
     kv_nbytes: int = 0  # stored bytes of the document's full KV (all L2 chunks)
+    name: str = ""  # the document's human-readable name (metadata; may be empty)
 
     @property
     def layout(self) -> LayoutConfig:

@@ -35,6 +35,8 @@ from .fingerprint import model_fingerprint
 from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
 from .kv_cache import KVCache
+from .library import Library, LibraryLayout
+from .library import sources as library_sources
 from .policies import PlanContext, Policy, make_policy
 from .results import Answer, DocInfo, Generation, Prepared
 from .sequence import Sequence
@@ -46,6 +48,8 @@ __all__ = ["Engine", "Answer", "DocInfo", "Generation", "Prepared"]
 RESERVED_TOKENS = 256  # room for a question and an answer after the longest accepted document
 MAX_OPEN_DOCS = 16  # documents whose L1 stays loaded on the device (LRU)
 DEFAULT_DEVICE_CACHE_BYTES = 512 << 20
+# Opens each document in a library's active cache (after a blank line, so it reads as a new section).
+LIBRARY_HEADER = "\n\nDocument {n}: {name}\n"
 
 
 def default_device() -> torch.device:
@@ -72,6 +76,7 @@ class Engine:
         self.chunk_cache = DeviceChunkCache(device_cache_bytes)  # the "GPU tier"
         self.stores: dict[str, StoreAPI] = {}  # stores this engine opened: "" (embedded default) or an address
         self._lock = threading.Lock()  # guards docs and stores
+        self.max_open_docs = MAX_OPEN_DOCS  # raise it to keep a whole library's L1 loaded
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device: str | torch.device | None = None,
@@ -140,9 +145,10 @@ class Engine:
         st.prefetch(doc_id)
         ds = DocState.from_parts(doc_id, meta.extra, parts, lay.n_tokens, lay.chunk_size, self.model.dtype,
                                  self.device, kv_nbytes=lay.kv_nbytes)
+        ds.name = meta.name
         with self._lock:
             self.docs[doc_id] = ds
-            while len(self.docs) > MAX_OPEN_DOCS:
+            while len(self.docs) > self.max_open_docs:
                 self.docs.popitem(last=False)
         return ds
 
@@ -248,20 +254,18 @@ class Engine:
         st.put(meta, parts, iter_chunks(pf, layout.chunk_size))
         return DocInfo(doc_id, len(ids), lay.n_chunks, n_l1, time.perf_counter() - t0, False, name or "")
 
-    def prepare(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
+    def prepare(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
                 store: StoreAPI | str | None = None, max_new_tokens: int = 1, **knobs) -> Prepared:
         """Run a question over its active cache, up to the first answer token's logits.
 
+        `doc_id` is one document's id, or a list of ids: a question over a library (`_prepare_library`).
         `knobs` are the policy's own (e.g. k_max=4 for acre); None values mean "the default"."""
         if not question or not question.strip():
             raise InputError("empty question")
-        knobs = {k: v for k, v in knobs.items() if v is not None}
-        if isinstance(policy, Policy):
-            if knobs:
-                raise InputError("pass knobs inside the policy object, not beside it")
-            pol = policy
-        else:
-            pol = make_policy(policy, **knobs)
+        if not isinstance(doc_id, str):
+            return self._prepare_library(list(doc_id), question, policy, answer_prefix, store, max_new_tokens,
+                                         **knobs)
+        pol = self._policy(policy, knobs)
         st = self.open_store(store)
         # 1. the document's L1 (attend set, locator index, proxy map) on the device
         doc = self.load_document(doc_id, st)
@@ -284,18 +288,97 @@ class Engine:
             # 6. ... while pass 2 runs the question over the active cache, installing each layer first
             logits = self.model.forward(q_ids, cache, layout.question_positions(len(q_ids)),
                                         before_layer=install)
-        return Prepared(pol, doc, plan, layout, cache, logits, fetcher.stats, len(q_ids))
+        return Prepared(pol, doc, plan, layout, cache, logits, fetcher.stats, len(q_ids),
+                        library_sources([doc], [plan]))
+
+    @staticmethod
+    def _policy(policy: str | Policy, knobs: dict) -> Policy:
+        knobs = {k: v for k, v in knobs.items() if v is not None}
+        if isinstance(policy, Policy):
+            if knobs:
+                raise InputError("pass knobs inside the policy object, not beside it")
+            return policy
+        return make_policy(policy, **knobs)
+
+    def _prepare_library(self, doc_ids: list[str], question: str, policy: str | Policy, answer_prefix: str,
+                         store: StoreAPI | str | None, max_new_tokens: int, **knobs) -> Prepared:
+        """`prepare` over several documents (library.py): the locator ranks the chunks of all of them, the
+        active cache holds the chosen chunks of each, one document after another at focus positions."""
+        pol = self._policy(policy, knobs)
+        st = self.open_store(store)
+        # 1. every document's L1 (refused: another model; then, by Library, another layout)
+        library = Library([self.load_document(d, st) for d in doc_ids])
+        # 2. the question's ids
+        q_ids = torch.tensor(self.tokenizer.question_ids(question, answer_prefix))
+        # 3. the plan: one pass 1, every document's locator index on one scale, k chunks among all
+        plan = pol.plan_library(self.model, library, q_ids)
+        # 4. the layout: sinks once, then per document with chosen chunks a header and its entries
+        layout = LibraryLayout.build(plan, library, self.cfg.num_hidden_layers, self._header_ids)
+        n_active = max(layout.n_active, default=0)
+        if n_active + len(q_ids) + max_new_tokens > self.max_context:
+            raise InputError(f"the active cache over {len(doc_ids)} documents is {n_active} entries; with the "
+                             f"question and {max_new_tokens} new tokens that exceeds the model's context of "
+                             f"{self.max_context}: lower k_max or neighbors")
+        headers = [self._header_kv(layout.prefix_doc, layout.prefix, s.header_ids, s.header_start)
+                   for s in layout.segments]
+        cache = self.model.new_cache(capacity=n_active + len(q_ids) + max_new_tokens)
+        needed = layout.chunks_needed
+        first = layout.segments[0].doc.doc_id
+        # 5. one fetch for every document's chunks, layer groups in the background ...
+        with ChunkFetcher(st, first, needed.pop(first), self.cfg.num_hidden_layers, self.chunk_cache,
+                          self.model.dtype, self.device, more=needed) as fetcher:
+            def install(layer: int, kv: KVCache) -> None:
+                pre = layout.prefix_entries(layer)
+                if pre is not None:
+                    k, v, pos = pre
+                    kv.append(layer, self.model.rope.rotate(k, pos), v, pos)
+                for seg, hdr, entries in zip(layout.segments, headers, layout.assemble(layer, fetcher.chunk_layer)):
+                    if hdr is not None:
+                        kv.append(layer, *hdr[layer])
+                    if entries is not None:
+                        k, v, pos = entries
+                        kv.append(layer, self.model.rope.rotate(k, pos), v, pos)
+
+            # 6. ... while pass 2 runs the question over the active cache
+            logits = self.model.forward(q_ids, cache, layout.question_positions(len(q_ids)), before_layer=install)
+        return Prepared(pol, library, plan, layout, cache, logits, fetcher.stats, len(q_ids),
+                        library_sources(library.docs, plan.plans))
+
+    def _header_ids(self, i: int, doc: DocState) -> list[int]:
+        """The header that opens the i-th document shown in a library's active cache."""
+        return self.tokenizer.encode(f"{LIBRARY_HEADER.format(n=i + 1, name=doc.name or doc.doc_id[:12])}")
+
+    def _header_kv(self, doc: DocState, sinks: torch.Tensor, ids: list[int], start: int):
+        """Per layer (k rotated, v, positions) of header tokens `ids` at positions start.., computed by a
+        forward over the sinks alone (as each document's chunks were computed without the others)."""
+        if not ids:
+            return None
+        L = self.cfg.num_hidden_layers
+        idx = sinks.to(doc.l1_keys.device)
+        cache = KVCache.from_entries(self.model.rope, [doc.l1_keys[i][:, idx] for i in range(L)],
+                                     [doc.l1_values[i][:, idx] for i in range(L)],
+                                     torch.arange(idx.numel(), device=idx.device), extra_capacity=len(ids))
+        self.model.forward(torch.tensor(ids), cache, torch.arange(start, start + len(ids)))
+        n = idx.numel()
+        out = []
+        for i in range(L):
+            k, v, pos = cache.view(i)
+            out.append((k[:, n:], v[:, n:], pos[n:]))
+        return out
 
     def first_token_logits(self, doc_id: str, question: str, policy: str | Policy = "acre",
                            answer_prefix: str = "", store: StoreAPI | str | None = None, **knobs) -> torch.Tensor:
         """Logits [vocab] of the first answer token under a policy (for exactness checks)."""
         return self.prepare(doc_id, question, policy, answer_prefix, store, 1, **knobs).logits
 
-    def ask(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
+    def ask(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
             store: StoreAPI | str | None = None, max_new_tokens: int = 64, *, temperature: float = 0.0,
             top_p: float = 1.0, sampling_seed: int | None = None, stop: Seq[str] = (), **knobs) -> Answer:
         """Answer a question on an ingested document with a KV policy (see `policies/`). Greedy unless a
         temperature is given; the answer ends at a stop token, a stop string, or `max_new_tokens`.
+
+        `doc_id` may be a list of ids: one question over a library of documents (`library.py`); the
+        answer's `sources` name the documents and chunks it used.
 
         The stored document is never changed: every question starts from the same cached state.
         """

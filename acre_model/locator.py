@@ -30,17 +30,35 @@ def max_per_chunk(x: torch.Tensor, n_tokens: int, chunk_size: int) -> torch.Tens
 
 def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int) -> torch.Tensor:
     """Max-rule chunk scores [n_chunks] from the locator index."""
-    if doc.index_keys is None or not doc.index_heads:
-        raise ValueError("this document has no locator index (ingested without calibration)")
-    best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
-    for h, (layer, g) in enumerate(doc.index_heads):
-        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep]  # [n_rep, T, D] rotated
-        logits = q.reshape(-1, head_dim) @ doc.index_keys[h].T / math.sqrt(head_dim)  # [n_rep*T, n]
+    return library_chunk_scores([doc], probe, n_rep, head_dim)[0]
+
+
+def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, head_dim: int) -> list[torch.Tensor]:
+    """Max-rule chunk scores of several documents on one scale: [n_chunks_d] per document.
+
+    The same queries (one pass 1) score every document's index keys, and each (head, question token)
+    row is one softmax over the tokens of *all* documents: a token that matches the question only in
+    one document keeps its probability, while a phrase every document shares (the same form of fact
+    in each) is split among them. With one document this is `index_chunk_scores`."""
+    for doc in docs:
+        if doc.index_keys is None or not doc.index_heads:
+            raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
+    heads = docs[0].index_heads
+    sizes = [d.n_tokens for d in docs]
+    best = torch.zeros(sum(sizes), device=docs[0].index_keys.device)
+    for h, (layer, g) in enumerate(heads):
+        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)  # [n_rep*T, D] rotated
+        keys = torch.cat([d.index_keys[h] for d in docs]) if len(docs) > 1 else docs[0].index_keys[h]
+        logits = q @ keys.T / math.sqrt(head_dim)  # [n_rep*T, sum n]
         best = torch.maximum(best, logits.softmax(-1).amax(0))
-    # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
-    # (attention sinks would otherwise win every ranking).
-    best[doc.l1_pos[doc.l1_always]] = 0.0
-    return max_per_chunk(best, doc.n_tokens, doc.chunk_size)
+    out = []
+    for doc, b in zip(docs, best.split(sizes)):
+        b = b.clone()
+        # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
+        # (attention sinks would otherwise win every ranking).
+        b[doc.l1_pos[doc.l1_always]] = 0.0
+        out.append(max_per_chunk(b, doc.n_tokens, doc.chunk_size))
+    return out
 
 
 def l1_chunk_scores(doc: DocState, probe: AttnProbe) -> torch.Tensor:

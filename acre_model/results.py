@@ -1,7 +1,7 @@
 """Typed results at the engine's boundary: what `generate`, `ingest`, `prepare` and `ask` return."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -9,6 +9,7 @@ from .active_layout import ActiveLayout
 from .chunk_fetcher import FetchStats
 from .doc_state import DocState
 from .kv_cache import KVCache
+from .library import Library, LibraryLayout, LibraryPlan
 from .plan import Plan
 from .policies import Policy
 
@@ -43,13 +44,14 @@ class Prepared:
     """A question run over its active cache (pass 2 done), ready to decode."""
 
     policy: Policy
-    doc: DocState
-    plan: Plan
-    layout: ActiveLayout
+    doc: DocState | Library  # a Library for a question over several documents
+    plan: Plan | LibraryPlan
+    layout: ActiveLayout | LibraryLayout
     cache: KVCache  # document entries of every layer, then the question's
     logits: torch.Tensor  # [vocab] of the first answer token
     fetch: FetchStats
     n_question: int  # question tokens in the cache
+    sources: list = field(default_factory=list)  # [{doc_id, name, chunks}] of the documents with refilled chunks
 
 
 @dataclass
@@ -73,6 +75,9 @@ class Answer:
     index_share: float  # bytes of the locator index / bytes of the full KV
     doc_id: str = ""
     finish_reason: str = "length"  # "stop": a stop token or stop string ended it; "length": max_new_tokens
+    # The documents whose chunks were refilled: [{"doc_id", "name", "chunks"}]. Over a library, `doc_id`
+    # holds every id (comma-separated) and `refilled_chunks` (doc_id, chunk) pairs.
+    sources: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
