@@ -200,10 +200,14 @@ class Engine:
 
     def ingest(self, text: str, store: StoreAPI | str | None = None, name: str | None = None,
                layout: LayoutConfig | None = None, progress: bool = False,
-               on_progress: Callable[[int, int], None] | None = None) -> DocInfo:
+               on_progress: Callable[[int, int], None] | None = None, collection: str | None = None) -> DocInfo:
         """Tokenize, prefill once, write L1 + L2 + proxy map to the store. Re-ingesting is a no-op.
 
-        `on_progress(done_tokens, n_tokens)` is called before the prefill and after each prefill chunk."""
+        `on_progress(done_tokens, n_tokens)` is called before the prefill and after each prefill chunk.
+        `collection` names a library the document belongs to (kept in its metadata; `acre ask @NAME`). A
+        stored document's metadata cannot change: re-ingesting it into another collection is refused."""
+        if collection is not None and (not collection.strip() or "," in collection):
+            raise InputError(f"bad collection name {collection!r}: give a non-empty name without commas")
         if text is None or not text.strip():
             raise InputError("empty document")
         layout = layout or LayoutConfig()
@@ -218,6 +222,10 @@ class Engine:
         doc_id = document_id(self.fingerprint, layout, heads, self.dtype_name, ids)
         try:
             meta = st.info(doc_id)
+            if collection is not None and meta.extra.get("collection") != collection:
+                raise InputError(f"document {doc_id[:12]} is already stored in collection "
+                                 f"{meta.extra.get('collection') or '(none)'}; a stored document's collection "
+                                 f"cannot change (delete it first)")
             return DocInfo(doc_id, meta.layout.n_tokens, meta.layout.n_chunks, int(meta.extra.get("n_l1", 0)),
                            time.perf_counter() - t0, True, meta.name)
         except DocumentNotFound:
@@ -250,6 +258,8 @@ class Engine:
         n_l1 = int(parts["l1_pos"].shape[0])
         extra = {"layout": asdict(layout), "index_heads": [list(h) for h in heads], "n_l1": n_l1,
                  "model": self.path.name, "prefill_s": time.perf_counter() - t0}
+        if collection is not None:
+            extra["collection"] = collection
         meta = DocMeta(doc_id, self.fingerprint, lay, name=name or "", extra=extra)
         st.put(meta, parts, iter_chunks(pf, layout.chunk_size))
         return DocInfo(doc_id, len(ids), lay.n_chunks, n_l1, time.perf_counter() - t0, False, name or "")

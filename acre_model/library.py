@@ -131,24 +131,27 @@ class LibraryLayout:
         shown = [(d, p) for d, p in zip(library.docs, plan.plans) if p.chunks]
         if not shown:  # nothing chosen (a policy with k = 0): the first document's L1 alone
             shown = [(library.docs[0], plan.plans[0])]
-        prefix = sink_mask(shown[0][0]).nonzero().flatten() if multi else torch.empty(0, dtype=torch.long)
-        segments, at = [], int(prefix.numel())
-        for i, (doc, p) in enumerate(shown):
-            if multi:  # a chunk made only of sinks would repeat the chat template's start mid-cache
-                n_sink = doc.layout.n_sink
-                p = replace(p, chunks=[c for c in p.chunks if c * doc.chunk_size + doc.chunk_len(c) > n_sink])
-            e = ActiveLayout.build(p, doc, n_layers).layers[0]
+        if not multi:  # one document: its own layout, whatever the policy (token-level ones too)
+            doc, p = shown[0]
+            return cls(plan.mode, library.n_tokens, doc, torch.empty(0, dtype=torch.long),
+                       [Segment(doc, ActiveLayout.build(p, doc, n_layers))])
+        for _, p in shown:
             if p.tokens is not None:
                 raise InputError("a question over several documents needs a chunk-level policy")
-            l1 = e.l1[~sink_mask(doc)[e.l1]] if multi else e.l1
-            hdr = list(header_ids(i, doc)) if multi else []
+        prefix = sink_mask(shown[0][0]).nonzero().flatten()
+        segments, at = [], int(prefix.numel())
+        for i, (doc, p) in enumerate(shown):
+            # a chunk made only of sinks would repeat the chat template's start mid-cache
+            p = replace(p, chunks=[c for c in p.chunks if c * doc.chunk_size + doc.chunk_len(c) > doc.layout.n_sink])
+            e = ActiveLayout.build(p, doc, n_layers).layers[0]
+            l1 = e.l1[~sink_mask(doc)[e.l1]]  # its sinks are the opening ones
+            hdr = list(header_ids(i, doc))
             whole = [torch.arange(c * doc.chunk_size, c * doc.chunk_size + doc.chunk_len(c)) for c in e.chunks]
             pos = torch.cat([doc.l1_pos.cpu()[l1], *whole])
             order = pos.argsort()
             pos = pos[order]
             start = at + len(hdr)
-            rope = pos if plan.mode == "exact" else torch.arange(start, start + pos.numel())
-            entries = LayerEntries(l1, list(e.chunks), [], order, pos, rope)
+            entries = LayerEntries(l1, list(e.chunks), [], order, pos, torch.arange(start, start + pos.numel()))
             one = ActiveLayout(plan.mode, doc.n_tokens, doc.chunk_size, [entries] * n_layers, list(e.chunks))
             segments.append(Segment(doc, one, hdr, at))
             at = start + pos.numel()
@@ -167,8 +170,8 @@ class LibraryLayout:
 
     @property
     def question_start(self) -> int:
-        if self.mode == "exact":  # one document at its original positions
-            return self.segments[0].doc.n_tokens
+        if len(self.segments) == 1 and not self.prefix.numel():  # one document: its own layout decides
+            return self.segments[0].layout.question_start
         return max(self.n_active, default=0)
 
     def question_positions(self, n_question: int) -> torch.Tensor:
@@ -206,3 +209,26 @@ class LibraryLayout:
 def sources(docs: list[DocState], plans: list[Plan]) -> list[dict]:
     """[{doc_id, name, chunks}] of the documents an answer used (those with refilled chunks)."""
     return [{"doc_id": d.doc_id, "name": d.name, "chunks": list(p.chunks)} for d, p in zip(docs, plans) if p.chunks]
+
+
+def resolve_library(store, ref: str) -> list[str]:
+    """The document ids a user's reference names: "@NAME" (every document ingested with
+    `collection=NAME`, oldest first) or "REF1,REF2,..." (each an id, a unique id prefix or a name)."""
+    from acre_store import DocumentNotFound, resolve_doc_id
+
+    ref = ref.strip()
+    if ref.startswith("@"):
+        name = ref[1:]
+        metas = sorted((m for m in store.list() if m.extra.get("collection") == name), key=lambda m: (m.created, m.name))
+        if not metas:
+            raise DocumentNotFound(f"no document in collection {name!r} (ingest with --collection {name})")
+        return [m.doc_id for m in metas]
+    parts = [x.strip() for x in ref.split(",")]
+    if any(not x for x in parts):
+        raise InputError(f"empty document reference in {ref!r}")
+    return [resolve_doc_id(store, x) for x in parts]
+
+
+def is_library_ref(ref: str) -> bool:
+    """True for a reference to several documents ("@NAME" or a comma-separated list)."""
+    return ref.strip().startswith("@") or "," in ref
