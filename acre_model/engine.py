@@ -36,7 +36,6 @@ from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
 from .kv_cache import KVCache
 from .library import Library, LibraryLayout
-from .library import sources as library_sources
 from .policies import PlanContext, Policy, make_policy
 from .results import Answer, DocInfo, Generation, Prepared
 from .sequence import Sequence
@@ -299,7 +298,7 @@ class Engine:
             logits = self.model.forward(q_ids, cache, layout.question_positions(len(q_ids)),
                                         before_layer=install)
         return Prepared(pol, doc, plan, layout, cache, logits, fetcher.stats, len(q_ids),
-                        library_sources([doc], [plan]))
+                        LibraryLayout.single_sources(doc, layout))
 
     @staticmethod
     def _policy(policy: str | Policy, knobs: dict) -> Policy:
@@ -352,7 +351,7 @@ class Engine:
             # 6. ... while pass 2 runs the question over the active cache
             logits = self.model.forward(q_ids, cache, layout.question_positions(len(q_ids)), before_layer=install)
         return Prepared(pol, library, plan, layout, cache, logits, fetcher.stats, len(q_ids),
-                        library_sources(library.docs, plan.plans))
+                        layout.sources(library))
 
     def _header_ids(self, i: int, doc: DocState) -> list[int]:
         """The header that opens the i-th document shown in a library's active cache."""

@@ -25,6 +25,10 @@ from .doc_state import DocState
 from .errors import InputError
 from .plan import Plan
 
+# Show the documents in the active cache by the locator's rank, the best one last (nearest the question),
+# rather than in the order the user named them: see docs/algorithm.md for the measurement.
+SHOW_BEST_LAST = True
+
 # chunk_layer(c, layer, doc_id) -> [2, n_kv_heads, len_c, head_dim]: one layer of one chunk of a document
 LibraryChunkLayer = Callable[[int, int, str], torch.Tensor]
 
@@ -86,6 +90,7 @@ class LibraryPlan:
     entropy: float | None = None  # normalised entropy of the joint distribution over all chunks
     k: int | None = None  # chunks chosen by the volume rule, over all documents, before neighbours
     p: torch.Tensor | None = None  # [total chunks] the joint distribution, documents in library order
+    doc_scores: list[float] | None = None  # per document: the largest p of its chunks (None: keep library order)
 
     @property
     def chunks(self) -> list[tuple[str, int]]:
@@ -129,6 +134,9 @@ class LibraryLayout:
         if multi and plan.mode != "focus":
             raise InputError("a question over several documents runs in focus mode (mode='focus')")
         shown = [(d, p) for d, p in zip(library.docs, plan.plans) if p.chunks]
+        if plan.doc_scores is not None and SHOW_BEST_LAST:
+            score = dict(zip((d.doc_id for d in library.docs), plan.doc_scores))
+            shown.sort(key=lambda dp: score[dp[0].doc_id])  # stable: ties keep library order
         if not shown:  # nothing chosen (a policy with k = 0): the first document's L1 alone
             shown = [(library.docs[0], plan.plans[0])]
         if not multi:  # one document: its own layout, whatever the policy (token-level ones too)
@@ -197,6 +205,18 @@ class LibraryLayout:
             out.append(s.layout.assemble(layer, s.doc, one))
         return out
 
+    def sources(self, library: Library) -> list[dict]:
+        """[{doc_id, name, chunks}] of the documents whose chunks (read from L2) this cache holds, in
+        library order."""
+        held = {s.doc.doc_id: s.layout.chunks_needed for s in self.segments}
+        return [{"doc_id": d.doc_id, "name": d.name, "chunks": list(held[d.doc_id])}
+                for d in library.docs if held.get(d.doc_id)]
+
+    @staticmethod
+    def single_sources(doc: DocState, layout: ActiveLayout) -> list[dict]:
+        """`sources` of a single-document question: the chunks its layout reads from L2."""
+        return [{"doc_id": doc.doc_id, "name": doc.name, "chunks": list(layout.chunks_needed)}] if layout.chunks_needed else []
+
     def prefix_entries(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(k pre-RoPE, v) [n_kv_heads, n_s, head_dim] and positions [n_s] of the opening sinks."""
         if not self.prefix.numel():
@@ -204,11 +224,6 @@ class LibraryLayout:
         d = self.prefix_doc
         idx = self.prefix.to(d.l1_keys.device)
         return d.l1_keys[layer][:, idx], d.l1_values[layer][:, idx], torch.arange(idx.numel(), device=idx.device)
-
-
-def sources(docs: list[DocState], plans: list[Plan]) -> list[dict]:
-    """[{doc_id, name, chunks}] of the documents an answer used (those with refilled chunks)."""
-    return [{"doc_id": d.doc_id, "name": d.name, "chunks": list(p.chunks)} for d, p in zip(docs, plans) if p.chunks]
 
 
 def resolve_library(store, ref: str) -> list[str]:

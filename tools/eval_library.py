@@ -24,14 +24,15 @@ from pathlib import Path
 import torch
 
 
-def run_size(eng, n_docs: int, n_questions: int, seed: int, policy: str, log) -> dict:
+def run_size(eng, n_docs: int, n_questions: int, seed: int, policy: str, log, store_dir: str | None = None,
+             knobs: dict | None = None) -> dict:
     from acre_store import EmbeddedStore
 
     from tools.tasks.library import library_questions, make_library
 
     docs = make_library(eng.tokenizer.encode, n_docs, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        st = EmbeddedStore(tmp)
+        st = EmbeddedStore(store_dir or tmp)
         t0 = time.perf_counter()
         ids = [eng.ingest(d.text, store=st, name=d.name).doc_id for d in docs]
         ingest_s = time.perf_counter() - t0
@@ -40,7 +41,7 @@ def run_size(eng, n_docs: int, n_questions: int, seed: int, policy: str, log) ->
         rows = []
         for q in library_questions(docs, n_questions, seed=seed):
             a = eng.ask(ids, q.question, policy=policy, answer_prefix=q.answer_prefix, store=st,
-                        max_new_tokens=q.max_new_tokens)
+                        max_new_tokens=q.max_new_tokens, **(knobs or {}))
             used = [ids.index(s["doc_id"]) for s in a.sources]
             rows.append({"target": q.target, "answer": q.answer, "prediction": a.answer, "score": q.score(a.answer),
                          "found": q.target in used, "sources": used, "n_active": a.n_active,
@@ -66,6 +67,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="one library of 10 documents, 3 questions")
     ap.add_argument("--out", default=None, help="folder for library.json")
+    ap.add_argument("--store-dir", default=None,
+                    help="keep the ingested libraries in this embedded store (a rerun skips ingestion)")
+    ap.add_argument("--knobs", default="{}", help="policy knobs as JSON, e.g. '{\"k_max\": 2}'")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
 
     results = []
     for n in sizes:
-        r = run_size(eng, n, n_q, args.seed, args.policy, log)
+        r = run_size(eng, n, n_q, args.seed, args.policy, log, args.store_dir, json.loads(args.knobs))
         results.append(r)
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)

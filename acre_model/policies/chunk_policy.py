@@ -57,18 +57,19 @@ class ChunkPolicy(Policy):
         docs, cfg = library.docs, model.cfg
         layers = sorted({layer for layer, _ in docs[0].index_heads})
         probe = run_pass1(model, docs[0], q_ids, layers, want_queries=True, want_probs=False)
-        scores = locator.library_chunk_scores(docs, probe, cfg.n_rep, cfg.head_dim)
+        scores = locator.library_chunk_scores(docs, probe, cfg.n_rep, cfg.head_dim, model.rope.inv_freq)
         p = locator.to_distribution(torch.cat(scores), self.p_power)
         k = self.volume(p)
         top = self.choose(PlanContext(model, docs[0], q_ids), p, k)
         starts = torch.tensor([s.numel() for s in scores]).cumsum(0)  # [n_docs] end of each document's chunks
-        plans = []
+        plans, best = [], []
         for i, (doc, s) in enumerate(zip(docs, scores)):
             lo = int(starts[i]) - s.numel()
             mine = [c - lo for c in top if lo <= c < int(starts[i])]
             chunks = volume.with_neighbors(mine, self.neighbors, s.numel())
             plans.append(Plan(chunks, use_l1=True, mode=self.mode, p=p[lo:int(starts[i])]))
-        return LibraryPlan([d.doc_id for d in docs], plans, self.mode, volume.normalized_entropy(p), k, p)
+            best.append(float(p[lo:int(starts[i])].max()))
+        return LibraryPlan([d.doc_id for d in docs], plans, self.mode, volume.normalized_entropy(p), k, p, best)
 
     def volume(self, p: torch.Tensor) -> int:
         raise NotImplementedError
