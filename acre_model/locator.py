@@ -53,7 +53,8 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
     sees the question at the distance a single-document ask would. Each (head, question token) row is
     one softmax over the tokens of *all* documents: a token that matches the question only in one
     document keeps its probability, while a phrase every document shares (the same form of fact in
-    each) is split among them. With one document this is `index_chunk_scores`."""
+    each) is split among them. Sinks are left out of that softmax and the recent window is scored (it
+    is attended only if its document is shown). With one document this is `index_chunk_scores`."""
     for doc in docs:
         if doc.index_keys is None or not doc.index_heads:
             raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
@@ -65,16 +66,22 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
         if len(docs) == 1:
             logits = q @ docs[0].index_keys[h].T / math.sqrt(head_dim)  # [n_rep*T, n]
         else:
-            n0 = docs[0].n_tokens
-            logits = torch.cat([(q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq))
-                                @ d.index_keys[h].T for d in docs], 1) / math.sqrt(head_dim)  # [n_rep*T, sum n]
+            n0, parts = docs[0].n_tokens, []
+            for d in docs:
+                x = (q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq)) @ d.index_keys[h].T
+                x[:, :d.layout.n_sink] = float("-inf")  # every document's sinks would take a share of every row
+                parts.append(x)
+            logits = torch.cat(parts, 1) / math.sqrt(head_dim)  # [n_rep*T, sum n]
         best = torch.maximum(best, logits.softmax(-1).amax(0))
     out = []
     for doc, b in zip(docs, best.split(sizes)):
-        b = b.clone()
-        # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
-        # (attention sinks would otherwise win every ranking).
-        b[doc.l1_pos[doc.l1_always]] = 0.0
+        if len(docs) == 1:
+            # Sinks and the recent window are always attended: a chunk earns refill only by its other
+            # tokens (attention sinks would otherwise win every ranking).
+            b = b.clone()
+            b[doc.l1_pos[doc.l1_always]] = 0.0
+        # Over a library a document's recent window is attended only if the document is shown, so its
+        # tokens stay scorable (its sinks were masked before the softmax).
         out.append(max_per_chunk(b, doc.n_tokens, doc.chunk_size))
     return out
 
