@@ -4,14 +4,15 @@ Each document keeps its own L1 and locator index. The locator ranks the chunks o
 together (one softmax over every document's tokens, `locator.library_chunk_scores`), the volume rule
 picks k chunks among all of them, and the active cache holds, for each document that has chosen chunks,
 its attend set (L1 entries of chunks not refilled) and its refilled chunks, one document after another
-at focus positions (renumbered contiguously). The chat template's start (the sinks) is kept once, from
-the first document shown; every later document starts with a short header ("Document 2: NAME") whose KV
-is computed by a forward over those sinks, so the model sees where one document ends and the next begins.
+at focus positions (renumbered contiguously), the locator's best document last (nearest the question).
+The chat template's start (the sinks) is kept once, from the first document shown; every document shown
+starts with a short header ("Document 2: NAME") whose KV is computed by a forward over those sinks, so
+the model sees where one document ends and the next begins.
 
 Only documents with chosen chunks enter the active cache, and k is bounded by the policy, so the active
 cache stays within the model's context whatever the number of documents: a library's total size is
 limited by the store, not by the model. With one document the layout is exactly the single-document
-focus layout (no header), so a library ask over one document equals the single-document ask.
+layout (no header), so a library ask over one document equals the single-document ask.
 """
 from __future__ import annotations
 
