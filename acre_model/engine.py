@@ -324,7 +324,7 @@ class Engine:
         # 4. the layout: sinks once, then per document with chosen chunks a header and its entries
         layout = LibraryLayout.build(plan, library, self.cfg.num_hidden_layers, self._header_ids)
         n_active = max(layout.n_active, default=0)
-        if n_active + len(q_ids) + max_new_tokens > self.max_context:
+        if len(doc_ids) > 1 and n_active + len(q_ids) + max_new_tokens > self.max_context:
             raise InputError(f"the active cache over {len(doc_ids)} documents is {n_active} entries; with the "
                              f"question and {max_new_tokens} new tokens that exceeds the model's context of "
                              f"{self.max_context}: lower k_max or neighbors")
