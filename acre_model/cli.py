@@ -110,10 +110,15 @@ def cmd_ingest(args) -> int:
     text = read_document(args.file)
     server = _server(args)
     if server is not None:
+        if args.collection:
+            from .errors import InputError
+
+            raise InputError("--collection is not supported through --server; ingest into the store directly")
         d = server.ingest(text, args.name or "")
     else:
         d = _engine(args).ingest(text, store=args.store, name=args.name or None,
-                                 progress=not args.no_progress and sys.stderr.isatty()).to_dict()
+                                 progress=not args.no_progress and sys.stderr.isatty(),
+                                 collection=args.collection).to_dict()
     state = "already stored" if d["existed"] else f"ingested in {d['seconds']:.1f}s"
     _print(args, d, f"doc_id   {d['doc_id']}\nn_tokens {d['n_tokens']}\nn_chunks {d['n_chunks']}\n"
                     f"n_l1     {d['n_l1']}\nseconds  {d['seconds']:.2f} ({state})")
@@ -158,7 +163,11 @@ def cmd_ask(args) -> int:
 
     if (args.question is None) == (args.questions is None):
         raise InputError("give either a QUESTION or --questions FILE.jsonl")
+    from .library import is_library_ref, resolve_library
+
     server = _server(args)
+    if server is not None and is_library_ref(args.doc):
+        raise InputError("a question over several documents is not supported through --server yet")
     if server is not None:
         if args.questions is not None:
             return _ask_many_on_server(args, server)
@@ -167,7 +176,7 @@ def cmd_ask(args) -> int:
     else:
         eng = _engine(args)
         store = eng.open_store(args.store)
-        doc_id = resolve_doc_id(store, args.doc)
+        doc_id = resolve_library(store, args.doc) if is_library_ref(args.doc) else resolve_doc_id(store, args.doc)
         if args.questions is not None:
             return _ask_many(args, eng, store, doc_id)
         a = eng.ask(doc_id, args.question, policy=args.policy, answer_prefix=args.answer_prefix, store=store,
@@ -177,6 +186,9 @@ def cmd_ask(args) -> int:
         print(f"[{a['policy']}, {a['mode']} positions: KV ratio {a['kv_ratio']:.3f} ({a['n_active']}/{a['n_tokens']} "
               f"entries), {len(a['refilled_chunks'])} chunks refilled, TTFT {a['ttft_s']:.2f}s, "
               f"total {a['total_s']:.2f}s]", file=sys.stderr)
+        if is_library_ref(args.doc):
+            used = "; ".join(f"{s['name'] or s['doc_id'][:12]} chunks {s['chunks']}" for s in a.get("sources", []))
+            print(f"[sources: {used or 'none'}]", file=sys.stderr)
     return 0
 
 
@@ -303,12 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
     pi.add_argument("--server", default=os.environ.get("ACRE_SERVER"), help=SERVER_HELP)
     pi.add_argument("--name", default="", help="human-readable name")
+    pi.add_argument("--collection", default=None, metavar="NAME",
+                    help="a library the document belongs to; ask over all of it with `acre ask @NAME ...`")
     pi.add_argument("--no-progress", action="store_true")
     _add_model_args(pi)
     pi.set_defaults(func=cmd_ingest)
 
-    pa = sub.add_parser("ask", help="answer a question on an ingested document")
-    pa.add_argument("doc", help="document id (or a unique prefix of it, or its name)")
+    pa = sub.add_parser("ask", help="answer a question on an ingested document (or on several)")
+    pa.add_argument("doc", help="document id (or a unique prefix of it, or its name); several separated by "
+                                "commas, or @NAME for a collection: one question over all of them")
     pa.add_argument("question", nargs="?", default=None)
     pa.add_argument("--questions", default=None, metavar="FILE.jsonl",
                     help="many questions on the document, one JSON object a line ({\"question\": ..., "

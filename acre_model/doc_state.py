@@ -127,6 +127,7 @@ class DocState:
     quest_kmax: torch.Tensor | None = None
     infllm_keys: torch.Tensor | None = None  # [L, Hkv, n_chunks, r, D] float16 (None: not stored)
     infllm_pos: torch.Tensor | None = None  # [L, Hkv, n_chunks, r] long
+    name: str = ""  # the document's human-readable name (metadata; may be empty)
 
     @property
     def layout(self) -> LayoutConfig:

@@ -109,4 +109,4 @@ class Sequence:
             n_active=max(p.layout.n_active, default=0), n_new_tokens=len(self.tokens), fetch_s=p.fetch.fetch_s,
             fetch_wait_s=p.fetch.wait_s, fetched_bytes=p.fetch.fetched_bytes,
             index_share=p.doc.index_nbytes / (p.doc.kv_nbytes or 1), doc_id=p.doc.doc_id,
-            finish_reason="stop" if self.stopped else "length")
+            finish_reason="stop" if self.stopped else "length", sources=p.sources)

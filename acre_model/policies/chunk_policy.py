@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import locator, volume
+from ..library import Library, LibraryPlan
 from ..pass1 import run_pass1
 from ..plan import Plan
 from .base import PlanContext, Policy
@@ -43,6 +44,32 @@ class ChunkPolicy(Policy):
         probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False)
         scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim)
         return locator.to_distribution(scores, self.p_power)
+
+    def plan_library(self, model, library: Library, q_ids: torch.Tensor) -> LibraryPlan:
+        """The same steps over several documents: one pass 1 (over the first document's attend set) gives
+        the question's queries; they score every document's locator index on one scale; the volume rule
+        and the choice run on the joint distribution over all chunks; neighbours stay in their document."""
+        if len(library.docs) == 1:
+            return super().plan_library(model, library, q_ids)
+        self.check(type(self).locate is ChunkPolicy.locate,
+                   "a question over several documents needs the locator index (its locator reads one document)")
+        self.check(self.mode == "focus", "a question over several documents runs in focus mode")
+        docs, cfg = library.docs, model.cfg
+        layers = sorted({layer for layer, _ in docs[0].index_heads})
+        probe = run_pass1(model, docs[0], q_ids, layers, want_queries=True, want_probs=False)
+        scores = locator.library_chunk_scores(docs, probe, cfg.n_rep, cfg.head_dim, model.rope.inv_freq)
+        p = locator.to_distribution(torch.cat(scores), self.p_power)
+        k = self.volume(p)
+        top = self.choose(PlanContext(model, docs[0], q_ids), p, k)
+        starts = torch.tensor([s.numel() for s in scores]).cumsum(0)  # [n_docs] end of each document's chunks
+        plans, best = [], []
+        for i, (doc, s) in enumerate(zip(docs, scores)):
+            lo = int(starts[i]) - s.numel()
+            mine = [c - lo for c in top if lo <= c < int(starts[i])]
+            chunks = volume.with_neighbors(mine, self.neighbors, s.numel())
+            plans.append(Plan(chunks, use_l1=True, mode=self.mode, p=p[lo:int(starts[i])]))
+            best.append(float(p[lo:int(starts[i])].max()))
+        return LibraryPlan([d.doc_id for d in docs], plans, self.mode, volume.normalized_entropy(p), k, p, best)
 
     def volume(self, p: torch.Tensor) -> int:
         raise NotImplementedError
