@@ -78,6 +78,8 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
                    help="endpoint of an S3-compatible server (default: $AWS_ENDPOINT_URL, else AWS S3)")
     s.add_argument("--object-shard-bytes", type=parse_bytes, default=64 << 20,
                    help="chunks per shard object in the bucket: as many as fit in this size (default 64M)")
+    s.add_argument("--object-parallel", type=int, default=16, metavar="N",
+                   help="ranged GETs in flight per document read from the bucket (default 16)")
     s.set_defaults(func=_guard(_serve))
 
     for name, helptext in (("ls", "list documents"), ("stats", "tier usage, caps and hit rates")):
@@ -254,7 +256,8 @@ def _object_store(args):
     if not args.object_store:
         return None
     from .tiers.object_tier import ObjectStoreConfig
-    return ObjectStoreConfig(args.object_store, endpoint=args.object_store_endpoint, shard_bytes=args.object_shard_bytes)
+    return ObjectStoreConfig(args.object_store, endpoint=args.object_store_endpoint, shard_bytes=args.object_shard_bytes,
+                             parallel=args.object_parallel)
 
 
 def _guard(handler):

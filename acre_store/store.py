@@ -57,6 +57,7 @@ class Store:
             from .tiers.object_tier import ObjectTier
             self.objects = ObjectTier(config.object_store)
             self.read_through = ReadThrough(self.objects, self)
+            self.reader.ahead = self.read_through.ahead
         self._closed = False
         log.info("store %s (%s): %d documents, %d bytes", self.path, self.backend, len(self.index),
                  self.index.used_bytes)
