@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
 import numpy as np
 
-from .errors import DataLoss, DocumentNotFound, ResourceExhausted
+from .errors import DataLoss, DocumentNotFound, ResourceExhausted, StoreUnavailable
 from .record import DocRecord, TensorSpec
 from .tiers.object_tier import Manifest, ObjectTier
 
@@ -59,6 +60,7 @@ class ReadThrough:
         self._asked = 0  # ranged GETs asked for by requests, in flight: the background download waits
         self._asked_cv = threading.Condition(self._lock)
         self._jobs: set[Future] = set()
+        self._checked: dict[str, float] = {}  # doc_id -> when its manifest was last seen in the bucket
         # NOTE: niced (Linux: per thread): the download and commit must not slow down serving the document
         self._lander = ThreadPoolExecutor(2, thread_name_prefix="acre-s3-land", initializer=_nice)
 
@@ -73,9 +75,34 @@ class ReadThrough:
                 rec = land.record if land is not None else None
             return rec if rec is not None else self._fetch(doc_id)
 
+    def landing(self, doc_id: str) -> bool:
+        with self._lock:
+            return doc_id in self._landing
+
+    def recheck(self, doc_id: str) -> bool:
+        """False if the document was deleted from the bucket (through another daemon): its local copy must
+        go. The manifest is looked at (one HEAD) only when the last look is older than `recheck_s`; an
+        unreachable bucket keeps the local copy in service (and counts as a look)."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._checked.get(doc_id)
+            if last is not None and now - last < self.tier.config.recheck_s:
+                return True
+            self._checked[doc_id] = now
+        try:
+            there = self.tier.published(doc_id)
+        except StoreUnavailable as e:
+            log.warning("document %s: could not check the bucket (%s); serving the local copy", doc_id, e)
+            return True
+        if not there:
+            with self._lock:
+                self._checked.pop(doc_id, None)
+        return there
+
     def forget(self, doc_id: str) -> bool:
         """A delete: a landing copy is dropped (its download stops, its commit is skipped). True if there was one."""
         with self._lock:
+            self._checked.pop(doc_id, None)
             land = self._landing.pop(doc_id, None)
             if land is not None:
                 land.cancelled = True
@@ -143,6 +170,8 @@ class ReadThrough:
         man = self.tier.manifest(doc_id)
         if man is None:
             return None
+        with self._lock:
+            self._checked[doc_id] = time.monotonic()
         record = DocRecord(man.record.meta, man.record.l1, man.record.chunk_crcs)
         land = _Landing(record, man)
         nbytes = record.meta.nbytes
@@ -209,14 +238,15 @@ class ReadThrough:
                 with st._commit_lock:
                     with self._lock:
                         wanted = not landing or self._landing.get(doc_id) is land
-                        if landing and wanted:
-                            self._landing.pop(doc_id)
                     if not wanted or st.index.find(doc_id) is not None:  # deleted, or a put committed it
                         staging.abort()
                     else:
                         staging.commit(record)
                         st.index.add(record)
                         log.info("read document %s through from %s (%d bytes)", doc_id, self.tier.url, nbytes)
+                    with self._lock:  # only now: a reader finds it in the index or landing, never neither
+                        if self._landing.get(doc_id) is land:
+                            self._landing.pop(doc_id)
                 ok = True
             finally:
                 end(ok)

@@ -61,6 +61,7 @@ class ObjectStoreConfig:
     shard_bytes: int = 64 << 20  # chunks per shard object: as many as fit (at least one)
     range_bytes: int = 8 << 20  # one ranged GET reads about this much (whole chunks)
     parallel: int = 16  # ranged GETs in flight per document read
+    recheck_s: float = 30.0  # a local copy served after this long without a look at its manifest: HEAD it
 
     def __post_init__(self) -> None:
         u = urlparse(self.url)
@@ -68,6 +69,8 @@ class ObjectStoreConfig:
             raise InvalidArgument(f"object store must be s3://BUCKET[/PREFIX], got {self.url!r}")
         if self.shard_bytes <= 0 or self.range_bytes <= 0 or self.parallel <= 0:
             raise InvalidArgument("shard_bytes, range_bytes and parallel must be > 0")
+        if not self.recheck_s >= 0:
+            raise InvalidArgument(f"recheck_s must be >= 0 seconds, got {self.recheck_s!r}")
 
     @property
     def bucket(self) -> str:
@@ -138,7 +141,7 @@ class ObjectTier:
         self._urgent = ThreadPoolExecutor(config.parallel, thread_name_prefix="acre-s3-ask")  # read_chunks
         self._manifests: dict[str, tuple[str, DocMeta]] = {}  # path -> (e_tag, meta): list() reads each once
         self.counters = {"gets": 0, "get_bytes": 0, "puts": 0, "put_bytes": 0, "deletes": 0, "errors": 0,
-                         "read_throughs": 0, "ahead_gets": 0}
+                         "read_throughs": 0, "ahead_gets": 0, "heads": 0, "dropped_deleted": 0}
         self._lock = threading.Lock()
         self._doc_locks: dict[str, threading.Lock] = {}
 
@@ -214,6 +217,19 @@ class ObjectTier:
         if man.record.doc_id != doc_id:
             raise DataLoss(f"manifest of document {doc_id} in {self.url} names {man.record.doc_id}")
         return man
+
+    def published(self, doc_id: str) -> bool:
+        """Whether the document's manifest is in the bucket (one HEAD)."""
+        import obstore
+
+        path = f"{self.doc_dir(doc_id)}/{MANIFEST}"
+        try:
+            self._call(f"HEAD {path}", obstore.head, path)
+        except FileNotFoundError:
+            return False
+        finally:
+            self._count(heads=1)
+        return True
 
     def publishing(self, staging: Staging, meta: DocMeta, l1: list[TensorSpec]) -> "PublishingStaging":
         return PublishingStaging(self, staging, meta, l1)

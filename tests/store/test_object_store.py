@@ -309,3 +309,42 @@ def test_a_delete_while_landing_stops_the_download(on_bucket, tmp_path):
         assert st.n_docs == 0 and st.ram.entries == 0
         with pytest.raises(DocumentNotFound):
             cb.info(doc.doc_id)
+
+
+def test_a_delete_through_one_daemon_reaches_the_others_copies(on_bucket, bucket):
+    doc, other = make_doc(TINY, seed=14), make_doc(TINY, seed=15)
+    a = on_bucket()
+    b = on_bucket("--object-recheck", "0.5")
+    c = on_bucket("--object-recheck", "3600")  # a long interval: its copy outlives the delete that long
+    with a.client() as ca, b.client() as cb, c.client() as cc:
+        ca.put(doc.meta, doc.l1, doc.chunks)
+        ca.put(other.meta, other.l1, other.chunks)
+        for cl in (cb, cc):
+            assert_doc_equal(cl, doc)
+            assert_doc_equal(cl, other)
+            assert local_docs(cl, 2) == 2
+        for _ in range(5):  # reads within the interval look at the bucket at most once per document
+            assert_doc_equal(cc, doc)
+            cc.info(doc.doc_id)
+        assert cc.stats().object_store["heads"] == 0  # the read-through's manifest GET was the look
+        ca.delete(doc.doc_id)
+        t0 = time.monotonic()
+        assert bucket.keys(f"docs/{doc.doc_id}/") == []
+        time.sleep(max(0.0, 0.6 - (time.monotonic() - t0)))
+        with pytest.raises(DocumentNotFound, match="deleted"):
+            cb.info(doc.doc_id)
+        with pytest.raises(DocumentNotFound):
+            list(cb.fetch(doc.doc_id, [0]))
+        st = cb.stats()
+        assert st.n_docs == 1 and st.object_store["dropped_deleted"] == 1
+        assert_doc_equal(cb, other)  # still published: served, its look at the bucket found it
+        assert_doc_equal(cc, doc)  # bounded staleness: within C's interval its copy is still served
+    c.stop()
+    c2 = on_bucket("--object-recheck", "0", data=c.data)  # the same folder, every read looks
+    with c2.client() as cc:
+        assert cc.stats().n_docs == 2
+        with pytest.raises(DocumentNotFound):
+            list(cc.fetch(doc.doc_id, [0]))
+        assert cc.stats().n_docs == 1
+        assert_doc_equal(cc, other)
+        assert cc.stats().object_store["heads"] >= 2
