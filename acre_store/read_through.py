@@ -267,10 +267,16 @@ class ReadThrough:
                     runs.append((a, stop))
                 return runs
 
+        counted = []  # a damaged chunk read ahead was counted there (checksum_failures) already
+
         def take(c: int) -> np.ndarray | None:
             with land.lock:
                 f = land.ahead.pop(c, None)
-            return None if f is None else f.result()
+            try:
+                return None if f is None else f.result()
+            except DataLoss:
+                counted.append(c)
+                raise
 
         def gate() -> None:
             """Requests' own GETs go first: the download submits its next range once they are done."""
@@ -280,7 +286,7 @@ class ReadThrough:
                 raise _Cancelled()
 
         def fail(e: BaseException) -> None:
-            if isinstance(e, DataLoss):
+            if isinstance(e, DataLoss) and not counted:
                 st.counters.add(checksum_failures=1)
             end(False)
 
