@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 from tools import eval_report  # noqa: E402
 
 # Policies that pick L2 chunks: needle-chunk recall is defined for them (l1-only picks none: recall 0).
-CHUNK_POLICIES = {"acre", "acre-l1", "fixed-k", "random", "l1-only"}
+CHUNK_POLICIES = {"acre", "acre-entropy", "acre-l1", "fixed-k", "random", "l1-only"}
 SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.4)  # token-level baselines; their default (0.15) is the main row
 SWEEP_K_MAX = (1, 2, 8)                # acre; the default k_max is the main row
 SWEEP_FIXED_K = (1, 4, 8)              # fixed-k; its default (2, acre's mean k) is the main row
@@ -51,7 +51,7 @@ class Method:
 def main_methods() -> list[Method]:
     ms = [Method("full", "full", curve="full"), Method("acre", "acre", curve="acre"),
           Method("acre-exact", "acre", {"mode": "exact"}), Method("acre-focus", "acre", {"mode": "focus"})]
-    ms += [Method(p, p, curve=p) for p in ("acre-l1", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k")]
+    ms += [Method(p, p, curve=p) for p in ("acre-entropy", "acre-l1", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k")]
     return ms
 
 
@@ -226,7 +226,7 @@ def engine_defaults() -> str:
     except (OSError, subprocess.SubprocessError):
         rev = "?"
     acre = asdict(make_policy("acre"))
-    prm = {k: acre[k] for k in ("k_min", "k_max", "neighbors", "mode")}
+    prm = {k: acre[k] for k in ("coverage", "k_min", "k_max", "kv_budget", "neighbors", "mode")}
     prm.update(budget=make_policy("streaming").budget, fixed_k=make_policy("fixed-k").fixed_k)
     return f"commit {rev or '?'}; ask defaults {prm}; chunk_size {LayoutConfig().chunk_size}"
 

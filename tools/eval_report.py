@@ -19,9 +19,9 @@ from pathlib import Path
 from statistics import mean
 
 # Rows of the main table, in the paper's order (methods absent from a run are skipped).
-MAIN_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
+MAIN_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
               "random", "fixed-k"]
-ABLATION_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-l1", "fixed-k", "random", "l1-only"]
+ABLATION_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "fixed-k", "random", "l1-only"]
 GROUP_ORDER = ["niah", "multi-hop", "aggregation", "qa", "real"]
 CURVES = ["acre", "fixed-k", "streaming", "h2o", "snapkv"]
 

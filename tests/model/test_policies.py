@@ -29,7 +29,7 @@ def tiny(tmp_path_factory, default_model_path):
 
 def test_the_policy_list_is_explicit_and_unique():
     assert policy_names() == NAMES and len(set(NAMES)) == len(NAMES)
-    assert {"acre", "acre-l1", "full", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k"} == set(NAMES)
+    assert {"acre", "acre-entropy", "acre-l1", "full", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k"} == set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
