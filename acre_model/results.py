@@ -1,7 +1,7 @@
 """Typed results at the engine's boundary: what `generate`, `ingest`, `prepare` and `ask` return."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -50,6 +50,7 @@ class Prepared:
     logits: torch.Tensor  # [vocab] of the first answer token
     fetch: FetchStats
     n_question: int  # question tokens in the cache
+    q_ids: torch.Tensor | None = None  # [n_question] the question's ids (re-selection re-runs them)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Answer:
     index_share: float  # bytes of the locator index / bytes of the full KV
     doc_id: str = ""
     finish_reason: str = "length"  # "stop": a stop token or stop string ended it; "length": max_new_tokens
+    reselected_chunks: list = field(default_factory=list)  # chunks re-selection added while decoding
 
     def to_dict(self) -> dict:
         return asdict(self)
