@@ -68,6 +68,8 @@ def test_an_unknown_knob_is_an_error_naming_the_policy_and_its_knobs(tiny, name)
     ("acre", {"mode": "wide"}), ("acre", {"p_power": 0}), ("acre-l1", {"k_max": 0}), ("fixed-k", {"fixed_k": 0}),
     ("random", {"k_min": 2.5}), ("l1-only", {"mode": "sideways"}), ("streaming", {"budget": 0}),
     ("h2o", {"budget": 1.5}), ("snapkv", {"budget": -0.1}), ("acre", {"k_max": "3"}),
+    ("acre", {"coverage": 0}), ("acre", {"coverage": 1.5}), ("acre", {"kv_budget": 2}),
+    ("acre-entropy", {"kv_budget": -0.5}), ("acre-entropy", {"k_min": 0}),
 ])
 def test_bad_knob_values_are_refused_by_their_policy(name, knobs):
     with pytest.raises(InputError, match=f"policy {name!r}"):
