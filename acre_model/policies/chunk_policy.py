@@ -88,7 +88,11 @@ class CoverageVolumePolicy(BoundedVolumePolicy):
     """k = the fewest top chunks holding `coverage` of p (`volume.coverage_to_k`): one peak -> one chunk,
     evidence in several places -> as many chunks as places, up to k_max and the KV budget."""
 
-    coverage: float = 0.5
+    # Chosen on probe seeds (tools/tune_volume.py; docs/results.md, "Adaptive volume"): p ∝ score**4 and
+    # 90% coverage give one chunk to single needles and 4-5 to multi-value / multi-query questions; k_max 6.
+    p_power: float = 4.0
+    k_max: int = 6
+    coverage: float = 0.9
 
     def __post_init__(self) -> None:
         super().__post_init__()
