@@ -128,7 +128,8 @@ def cmd_ingest(args) -> int:
 def _cli_knobs(args) -> dict:
     """The policy knobs given on the command line (unset ones are left to the policy)."""
     return {k: v for k, v in (("mode", args.mode), ("k_min", args.k_min), ("k_max", args.k_max),
-                              ("neighbors", args.neighbors)) if v is not None}
+                              ("neighbors", args.neighbors), ("coverage", getattr(args, "coverage", None)),
+                              ("kv_budget", getattr(args, "kv_budget", None))) if v is not None}
 
 
 def read_questions(path: str) -> list[dict]:
@@ -168,6 +169,9 @@ def cmd_ask(args) -> int:
     server = _server(args)
     if server is not None and is_library_ref(args.doc):
         raise InputError("a question over several documents is not supported through --server yet")
+    if args.reselect and (server is not None or args.questions is not None):
+        raise InputError("--reselect works on one question answered here; a server and --questions decode "
+                         "through the batching scheduler, which does not re-select")
     if server is not None:
         if args.questions is not None:
             return _ask_many_on_server(args, server)
@@ -180,7 +184,7 @@ def cmd_ask(args) -> int:
         if args.questions is not None:
             return _ask_many(args, eng, store, doc_id)
         a = eng.ask(doc_id, args.question, policy=args.policy, answer_prefix=args.answer_prefix, store=store,
-                    max_new_tokens=args.max_new_tokens, **_cli_knobs(args)).to_dict()
+                    max_new_tokens=args.max_new_tokens, reselect=args.reselect, **_cli_knobs(args)).to_dict()
     _print(args, a, a["answer"])
     if not args.json:
         print(f"[{a['policy']}, {a['mode']} positions: KV ratio {a['kv_ratio']:.3f} ({a['n_active']}/{a['n_tokens']} "
@@ -332,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--out", default=None, help="with --questions: write the JSONL here instead of stdout")
     pa.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
     pa.add_argument("--server", default=os.environ.get("ACRE_SERVER"), help=SERVER_HELP)
-    pa.add_argument("--policy", default="acre", help="acre, acre-l1, fixed-k, full, l1-only, random, "
-                    "streaming, h2o, snapkv, quest, infllm")
+    pa.add_argument("--policy", default="acre", help="acre, acre-entropy, acre-l1, fixed-k, full, l1-only, "
+                    "random, streaming, h2o, snapkv, quest, infllm")
     pa.add_argument("--answer-prefix", default="")
     pa.add_argument("--max-new-tokens", type=int, default=64)
     pa.add_argument("--mode", choices=["exact", "focus"], default=None,
@@ -341,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--k-min", type=int, default=None, help="fewest chunks (acre, acre-l1, random)")
     pa.add_argument("--k-max", type=int, default=None, help="most chunks (acre, acre-l1, random)")
     pa.add_argument("--neighbors", type=int, default=None, help="neighbours per chosen chunk (chunk policies)")
+    pa.add_argument("--coverage", type=float, default=None,
+                    help="share of the locator's distribution the chosen chunks must hold (acre)")
+    pa.add_argument("--kv-budget", type=float, default=None,
+                    help="most of the document (0-1) refilled chunks may take, neighbours included "
+                         "(acre, acre-entropy, acre-l1, random)")
+    pa.add_argument("--reselect", type=int, default=0, metavar="N",
+                    help="every N answer tokens, run the locator again with the answer so far and refill "
+                         "the chunks it newly needs (chunk policies; 0: off)")
     _add_model_args(pa)
     pa.set_defaults(func=cmd_ask)
 

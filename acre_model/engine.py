@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 from typing import Sequence as Seq
@@ -26,7 +26,8 @@ from acre_store import DocLayout, DocMeta, DocumentNotFound, EmbeddedStore, Stor
 
 from .active_layout import ActiveLayout
 from .calibrate import load_retrieval_heads
-from .chunk_fetcher import ChunkFetcher
+from . import volume
+from .chunk_fetcher import ChunkFetcher, FetchStats
 from .convert import resolve
 from .device_chunk_cache import DeviceChunkCache
 from .doc_state import DocState, LayoutConfig
@@ -36,7 +37,9 @@ from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
 from .kv_cache import KVCache
 from .library import Library, LibraryLayout
+from .plan import Plan
 from .policies import PlanContext, Policy, make_policy
+from .policies.chunk_policy import ChunkPolicy
 from .results import Answer, DocInfo, Generation, Planned, Prepared
 from .sequence import Sequence
 from .tokenizer import Tokenizer
@@ -294,11 +297,17 @@ class Engine:
         q_ids = torch.tensor(self.tokenizer.question_ids(question, answer_prefix))
         # 3. the plan: pass 1 over L1, the locator, the refill volume, the chosen chunks (policies/)
         plan = pol.plan(PlanContext(self.model, doc, q_ids))
+        return self._plan_active(st, pol, doc, plan, q_ids, max_new_tokens)
+
+    def _plan_active(self, st: StoreAPI, pol: Policy, doc: DocState, plan: Plan, ids: torch.Tensor,
+                     room: int) -> Planned:
+        """Steps 4-5 for one document: the active layout of `plan`, a cache with room for `ids` and `room`
+        more tokens, and the refill of its chunks started; pass 2 will run `ids` over it."""
         # 4. the active layout: entries each layer attends and their positions (exact or focus)
         layout = ActiveLayout.build(plan, doc, self.cfg.num_hidden_layers)
-        cache = self.model.new_cache(capacity=max(layout.n_active, default=0) + len(q_ids) + max_new_tokens)
+        cache = self.model.new_cache(capacity=max(layout.n_active, default=0) + len(ids) + room)
         # 5. the refill: chunks from the device cache first, then the store, layer groups in the background
-        fetcher = ChunkFetcher(st, doc_id, layout.chunks_needed, self.cfg.num_hidden_layers, self.chunk_cache,
+        fetcher = ChunkFetcher(st, doc.doc_id, layout.chunks_needed, self.cfg.num_hidden_layers, self.chunk_cache,
                                self.model.dtype, self.device)
         ropes = self.model.ropes
 
@@ -309,7 +318,7 @@ class Engine:
                 kv.append(layer, ropes[layer].rotate(k, pos), v, pos)
 
         fetcher.__enter__()
-        return Planned(pol, doc, plan, layout, cache, q_ids, fetcher, layout.question_positions(len(q_ids)),
+        return Planned(pol, doc, plan, layout, cache, ids, fetcher, layout.question_positions(len(ids)),
                        install, LibraryLayout.single_sources(doc, layout))
 
     def run_pass2(self, planned: Seq[Planned]) -> list[Prepared | BaseException]:
@@ -334,12 +343,15 @@ class Engine:
                 out.append(e)
                 continue
             out.append(Prepared(p.policy, p.doc, p.plan, p.layout, p.cache, lg, p.fetcher.stats, len(p.q_ids),
-                                p.sources))
+                                p.sources, p.q_ids))
         return out
 
     @staticmethod
     def _policy(policy: str | Policy, knobs: dict) -> Policy:
-        knobs = {k: v for k, v in knobs.items() if v is not None}
+        if knobs.get("reselect"):
+            raise InputError("reselect is a decoding option of Engine.ask (`acre ask --reselect N`), not a policy "
+                             "knob; the scheduler (serving, `acre ask --questions`) does not re-select")
+        knobs = {k: v for k, v in knobs.items() if v is not None and not (k == "reselect" and v == 0)}
         if isinstance(policy, Policy):
             if knobs:
                 raise InputError("pass knobs inside the policy object, not beside it")
@@ -420,26 +432,74 @@ class Engine:
 
     def ask(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
             store: StoreAPI | str | None = None, max_new_tokens: int = 64, *, temperature: float = 0.0,
-            top_p: float = 1.0, sampling_seed: int | None = None, stop: Seq[str] = (), **knobs) -> Answer:
+            top_p: float = 1.0, sampling_seed: int | None = None, stop: Seq[str] = (), reselect: int = 0,
+            **knobs) -> Answer:
         """Answer a question on an ingested document with a KV policy (see `policies/`). Greedy unless a
         temperature is given; the answer ends at a stop token, a stop string, or `max_new_tokens`.
 
         `doc_id` may be a list of ids: one question over a library of documents (`library.py`); the
         answer's `sources` name the documents and chunks it used.
 
+        `reselect=N` (chunk policies, one document): every N generated tokens the locator runs again with
+        the answer so far as part of the query, and chunks it newly needs join the active cache
+        (`_reselect`). 0: off.
+
         The stored document is never changed: every question starts from the same cached state.
         """
         t0 = time.perf_counter()
+        if not isinstance(reselect, int) or isinstance(reselect, bool) or reselect < 0:
+            raise InputError(f"reselect must be an integer >= 0 (0: off), got {reselect!r}")
+        if reselect and not isinstance(doc_id, str):
+            raise InputError("reselect works on one document; a question over several documents does not re-select")
         sampling = SamplingParams(max_new_tokens, temperature, top_p, sampling_seed)
         # 1-6. L1, question ids, plan, layout, fetch + pass 2 (see `prepare`)
         p = self.prepare(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
+        if reselect and not isinstance(p.policy, ChunkPolicy):
+            raise InputError(f"reselect needs a chunk policy (acre, acre-entropy, acre-l1, fixed-k, random); "
+                             f"{p.policy.name!r} does not refill chunks")
         seq = Sequence(p, self.tokenizer, sampling, stop, start=t0)
         # 7. decode: the first token from pass 2's logits, then one step per token, through the same
         # batched step the scheduler uses (a batch of one), so an answer is the same alone or batched
         seq.push(p.logits)
         while not seq.finished:
             t = time.perf_counter()
-            logits = self.model.decode_batch([seq.last_token], [p.cache])[0]
+            if reselect and len(seq.tokens) % reselect == 0:
+                self._reselect(seq, self.open_store(store), max_new_tokens - len(seq.tokens))
+            logits = self.model.decode_batch([seq.last_token], [seq.cache])[0]
             seq.push(logits, time.perf_counter() - t)
         # 8. the answer and what it cost
         return seq.answer()
+
+    def _reselect(self, seq: Sequence, st: StoreAPI, room: int) -> None:
+        """Re-selection during decoding: pass 1 again with the question and the answer so far as the query;
+        the policy's own volume rule picks chunks on the new distribution, and those not yet refilled join
+        the plan (nothing already attended is dropped; a `kv_budget` caps the union). When some do, the
+        active cache is rebuilt over the union: its chunks fetched in the background while the question
+        and the answer so far run over it again (pass 2), so the cache is exactly what a question planned
+        with the union from the start would hold after the same tokens. Nothing new: nothing changes."""
+        p = seq.p
+        pol: ChunkPolicy = p.policy
+        ids = torch.cat([p.q_ids, torch.tensor(seq.tokens, dtype=p.q_ids.dtype)])
+        ctx = PlanContext(self.model, p.doc, ids)
+        dist = pol.locate(ctx)
+        top = pol.choose(ctx, dist, pol.volume(dist))
+        have = set(p.plan.chunks)
+        cap = volume.budget_k(getattr(pol, "kv_budget", None), p.doc.n_chunks, 0)  # chunks the budget allows
+        new: list[int] = []
+        for c in top:  # most probable first, each with its neighbours, while the budget allows
+            add = [x for x in volume.with_neighbors([c], pol.neighbors, p.doc.n_chunks) if x not in have]
+            if add and len(have) + len(add) <= cap:
+                have.update(add)
+                new += add
+        if not new:
+            return
+        plan = replace(p.plan, chunks=sorted(have))
+        # the answer's last token is not in the cache yet: the next decoding step feeds it
+        r = self.run_pass2([self._plan_active(st, pol, p.doc, plan, ids[:-1], room)])[0]
+        if isinstance(r, BaseException):
+            raise r
+        seq.p = replace(p, plan=plan, layout=r.layout, cache=r.cache, sources=r.sources,
+                        fetch=FetchStats(p.fetch.fetch_s + r.fetch.fetch_s, p.fetch.wait_s + r.fetch.wait_s,
+                                         p.fetch.fetched_bytes + r.fetch.fetched_bytes,
+                                         p.fetch.device_hits + r.fetch.device_hits))
+        seq.reselected += sorted(new)

@@ -78,6 +78,7 @@ class Prepared:
     fetch: FetchStats
     n_question: int  # question tokens in the cache
     sources: list = field(default_factory=list)  # [{doc_id, name, chunks}] of the documents with refilled chunks
+    q_ids: torch.Tensor | None = None  # [n_question] the question's ids (re-selection re-runs them)
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Answer:
     # The documents whose chunks were refilled: [{"doc_id", "name", "chunks"}]. Over a library, `doc_id`
     # holds every id (comma-separated) and `refilled_chunks` (doc_id, chunk) pairs.
     sources: list = field(default_factory=list)
+    reselected_chunks: list = field(default_factory=list)  # chunks re-selection added while decoding
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -80,16 +80,51 @@ class ChunkPolicy(Policy):
 
 
 @dataclass
-class EntropyVolumePolicy(ChunkPolicy):
-    """k from the entropy of p: `k_min + (k_max - k_min) * H(p) / log(n_chunks)` (`volume.py`)."""
+class BoundedVolumePolicy(ChunkPolicy):
+    """A volume rule bounded by `k_min`..`k_max` and by a KV budget: `kv_budget` is the share of the
+    document (0 < b <= 1) the refilled chunks, neighbours included, may take (None: only k_max bounds)."""
 
     k_min: int = 1
     k_max: int = 3
+    kv_budget: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check(isinstance(self.k_min, int) and isinstance(self.k_max, int) and 1 <= self.k_min <= self.k_max,
                    f"need integers 1 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}")
+        self.check(self.kv_budget is None or (isinstance(self.kv_budget, (int, float)) and 0 < self.kv_budget <= 1),
+                   f"kv_budget must be a share of the document in (0, 1], got {self.kv_budget!r}")
 
     def volume(self, p: torch.Tensor) -> int:
+        return min(self.rule_k(p), volume.budget_k(self.kv_budget, p.numel(), self.neighbors))
+
+    def rule_k(self, p: torch.Tensor) -> int:
+        raise NotImplementedError
+
+
+@dataclass
+class EntropyVolumePolicy(BoundedVolumePolicy):
+    """k from the entropy of p: `k_min + (k_max - k_min) * H(p) / log(n_chunks)` (`volume.py`)."""
+
+    def rule_k(self, p: torch.Tensor) -> int:
         return volume.entropy_to_k(volume.normalized_entropy(p), self.k_min, self.k_max, p.numel())
+
+
+@dataclass
+class CoverageVolumePolicy(BoundedVolumePolicy):
+    """k = the fewest top chunks holding `coverage` of p (`volume.coverage_to_k`): one peak -> one chunk,
+    evidence in several places -> as many chunks as places, up to k_max and the KV budget."""
+
+    # Chosen on probe seeds (tools/tune_volume.py; docs/results.md, "Adaptive volume"): p ∝ score**4 and
+    # 90% coverage give one chunk to single needles and 4-5 to multi-value / multi-query questions; k_max 6.
+    p_power: float = 4.0
+    k_max: int = 6
+    coverage: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check(isinstance(self.coverage, (int, float)) and 0 < self.coverage <= 1,
+                   f"coverage must lie in (0, 1], got {self.coverage!r}")
+
+    def rule_k(self, p: torch.Tensor) -> int:
+        return volume.coverage_to_k(p, self.coverage, self.k_min, self.k_max)
