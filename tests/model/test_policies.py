@@ -8,7 +8,7 @@ import pytest
 
 from acre_model.errors import InputError
 from acre_model.policies import POLICIES, make_policy, policy_names
-from tests.model.tiny import DOC, make_tiny_folder
+from tests.model.tiny import tiny_with_doc
 
 QUESTIONS = ["What colour is the grass?", "Which sentence says the sun is yellow?", "Name every colour."]
 NAMES = [p.name for p in POLICIES]
@@ -16,13 +16,7 @@ NAMES = [p.name for p in POLICIES]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, default_model_path):
-    from acre_model.engine import Engine
-    from acre_store import EmbeddedStore
-
-    root = tmp_path_factory.mktemp("policies")
-    eng = Engine.from_pretrained(str(make_tiny_folder(root / "m", default_model_path, seed=7)), device="cpu")
-    store = EmbeddedStore(str(root / "s"))
-    info = eng.ingest(DOC, store=store)
+    eng, store, info = tiny_with_doc(tmp_path_factory.mktemp("policies"), default_model_path, seed=7)
     yield eng, store, info
     store.close()
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from acre_model.errors import InputError
 from acre_model.policies import AcrePolicy
-from tests.model.tiny import DOC, make_tiny_folder
+from tests.model.tiny import DOC, tiny_with_doc
 
 Q = "Which sentence says the sun is yellow?"
 N_NEW = 8
@@ -16,13 +16,7 @@ N_NEW = 8
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, default_model_path):
-    from acre_model.engine import Engine
-    from acre_store import EmbeddedStore
-
-    root = tmp_path_factory.mktemp("reselect")
-    eng = Engine.from_pretrained(str(make_tiny_folder(root / "m", default_model_path, seed=11)), device="cpu")
-    store = EmbeddedStore(str(root / "s"))
-    info = eng.ingest(DOC, store=store)
+    eng, store, info = tiny_with_doc(tmp_path_factory.mktemp("reselect"), default_model_path, seed=11)
     yield eng, store, info
     store.close()
 
