@@ -86,8 +86,8 @@ class StoreClient(StoreAPI):
         # gRPC carries Fetch when it is missing or broken.
         path = unix_path(self.addr)
         self._dp = DataPlaneClient(data_path(path), stream_timeout, connect_timeout, token) if (data_plane and path) else None
-        # Leases whose chunk is done with (copied, or its mapping is garbage), ended with the next Fetch
-        # (or a Release call when many pile up). A deque: the mappings' finalizers append from any thread.
+        # Leases whose chunk is done with (copied, or its call's arrays are garbage), ended with the next Fetch
+        # (or a Release call when many pile up). A deque: the arrays' finalizers append from any thread.
         self._done_leases: collections.deque[int] = collections.deque()
         # Read-only mappings of the daemon's shared files, reused by later calls (map_cache.py).
         self._maps = MapCache(map_cache_bytes, map_cache_files)
