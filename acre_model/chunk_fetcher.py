@@ -1,5 +1,8 @@
 """`ChunkFetcher`: brings one question's chunks onto the device while pass 2 computes.
 
+The chunks may belong to several documents (a library question, `ChunkFetcher.over`): one thread
+fetches them all in one pass, layer group by layer group, every document's chunks within each group.
+
 Chunks already in the worker's device chunk cache are used at once. The others are fetched from the
 store by a background thread in layer groups (`GROUP_LAYERS` layers per call), in layer order, so that
 while layer l computes, the bytes of later layers are in flight. `chunk_layer(c, layer)` waits (only if
@@ -72,21 +75,28 @@ class FetchStats:
 
 class ChunkFetcher:
     def __init__(self, store, doc_id: str, chunks: list[int], n_layers: int, chunk_cache: DeviceChunkCache,
-                 dtype: torch.dtype, device: torch.device, group_layers: int | None = None, slots=None):
+                 dtype: torch.dtype, device: torch.device, group_layers: int | None = None,
+                 more: dict[str, list[int]] | None = None, slots=None):
+        """Fetches `chunks` of `doc_id`, and (`more`) the listed chunks of other documents in the same pass.
+        `slots(layer)`: a model layer's index in a stored chunk (default: the layer itself)."""
         self.store, self.doc_id, self.cc = store, doc_id, chunk_cache
         self.slots = slots or (lambda layer: layer)
         self.dtype, self.device = dtype, device
-        self.local: dict[int, torch.Tensor] = {}  # chunk -> [n_layers, 2, Hkv, len, D] from the device cache
-        self.missing: list[int] = []
-        for c in chunks:
-            t = chunk_cache.get(doc_id, c)
-            if t is None:
-                self.missing.append(c)
-            else:
-                self.local[c] = t
+        wanted = {doc_id: chunks, **(more or {})}
+        # (doc, chunk) -> [n_layers, 2, Hkv, len, D] from the device cache
+        self.local: dict[tuple[str, int], torch.Tensor] = {}
+        self.missing_by_doc: dict[str, list[int]] = {}
+        for d, cs in wanted.items():
+            for c in cs:
+                t = chunk_cache.get(d, c)
+                if t is None:
+                    self.missing_by_doc.setdefault(d, []).append(c)
+                else:
+                    self.local[(d, c)] = t
+        self.missing = [(d, c) for d, cs in self.missing_by_doc.items() for c in cs]
         self.group_size = group_layers or GROUP_LAYERS
         self.groups = [(s, min(n_layers, s + self.group_size)) for s in range(0, n_layers, self.group_size)]
-        self.group_data: list[dict[int, torch.Tensor]] = [{} for _ in self.groups]
+        self.group_data: list[dict[tuple[str, int], torch.Tensor]] = [{} for _ in self.groups]
         self.group_ready = [threading.Event() for _ in self.groups]
         self.stats = FetchStats(device_hits=len(self.local))
         cuda = torch.device(device).type == "cuda"
@@ -122,9 +132,9 @@ class ChunkFetcher:
             return
         if self.error is not None:
             raise self.error
-        for c in self.missing:
-            if all(c in d for d in self.group_data):
-                self.cc.put(self.doc_id, c, torch.cat([d[c] for d in self.group_data], 0))
+        for key in self.missing:
+            if all(key in d for d in self.group_data):
+                self.cc.put(key[0], key[1], torch.cat([d[key] for d in self.group_data], 0))
 
     def _fetch_all(self) -> None:
         t0 = time.perf_counter()
@@ -132,12 +142,13 @@ class ChunkFetcher:
             for g, (l0, l1) in enumerate(self.groups):
                 if self._stop.is_set():
                     break
-                for c, arr in self.store.fetch(self.doc_id, self.missing, layers=(l0, l1)):
-                    self.stats.fetched_bytes += arr.nbytes
-                    if self.stager is not None:
-                        self.group_data[g][c] = self.stager.to_device(arr, self.dtype)
-                    else:
-                        self.group_data[g][c] = from_numpy(arr, self.dtype, self.device)
+                for d, missing in self.missing_by_doc.items():
+                    for c, arr in self.store.fetch(d, missing, layers=(l0, l1)):
+                        self.stats.fetched_bytes += arr.nbytes
+                        if self.stager is not None:
+                            self.group_data[g][(d, c)] = self.stager.to_device(arr, self.dtype)
+                        else:
+                            self.group_data[g][(d, c)] = from_numpy(arr, self.dtype, self.device)
                 if self.stager is not None:
                     self.group_events[g] = self.stager.group_done()
                 self.group_ready[g].set()
@@ -148,11 +159,13 @@ class ChunkFetcher:
             for ev in self.group_ready:  # wake a waiting layer whatever happened
                 ev.set()
 
-    def chunk_layer(self, c: int, layer: int) -> torch.Tensor:
-        """[2, n_kv_heads, len_c, head_dim] of chunk c at model layer `layer` (pre-RoPE keys)."""
+    def chunk_layer(self, c: int, layer: int, doc_id: str | None = None) -> torch.Tensor:
+        """[2, n_kv_heads, len_c, head_dim] of chunk c (of `doc_id`, default the first document) at model
+        layer `layer` (pre-RoPE keys)."""
         layer = self.slots(layer)
-        if c in self.local:
-            return self.local[c][layer]
+        key = (doc_id or self.doc_id, c)
+        if key in self.local:
+            return self.local[key][layer]
         g = layer // self.group_size
         if not self.group_ready[g].is_set():
             t0 = time.perf_counter()
@@ -163,4 +176,4 @@ class ChunkFetcher:
         if self.stager is not None and not self._synced[g]:
             self.stager.before_use(self.group_events[g], self.group_data[g].values())
             self._synced[g] = True
-        return self.group_data[g][c][layer - self.groups[g][0]]
+        return self.group_data[g][key][layer - self.groups[g][0]]

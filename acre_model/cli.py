@@ -110,10 +110,15 @@ def cmd_ingest(args) -> int:
     text = read_document(args.file)
     server = _server(args)
     if server is not None:
+        if args.collection:
+            from .errors import InputError
+
+            raise InputError("--collection is not supported through --server; ingest into the store directly")
         d = server.ingest(text, args.name or "")
     else:
         d = _engine(args).ingest(text, store=args.store, name=args.name or None,
-                                 progress=not args.no_progress and sys.stderr.isatty()).to_dict()
+                                 progress=not args.no_progress and sys.stderr.isatty(),
+                                 collection=args.collection).to_dict()
     state = "already stored" if d["existed"] else f"ingested in {d['seconds']:.1f}s"
     _print(args, d, f"doc_id   {d['doc_id']}\nn_tokens {d['n_tokens']}\nn_chunks {d['n_chunks']}\n"
                     f"n_l1     {d['n_l1']}\nseconds  {d['seconds']:.2f} ({state})")
@@ -123,7 +128,8 @@ def cmd_ingest(args) -> int:
 def _cli_knobs(args) -> dict:
     """The policy knobs given on the command line (unset ones are left to the policy)."""
     return {k: v for k, v in (("mode", args.mode), ("k_min", args.k_min), ("k_max", args.k_max),
-                              ("neighbors", args.neighbors)) if v is not None}
+                              ("neighbors", args.neighbors), ("coverage", getattr(args, "coverage", None)),
+                              ("kv_budget", getattr(args, "kv_budget", None))) if v is not None}
 
 
 def read_questions(path: str) -> list[dict]:
@@ -158,7 +164,14 @@ def cmd_ask(args) -> int:
 
     if (args.question is None) == (args.questions is None):
         raise InputError("give either a QUESTION or --questions FILE.jsonl")
+    from .library import is_library_ref, resolve_library
+
     server = _server(args)
+    if server is not None and is_library_ref(args.doc):
+        raise InputError("a question over several documents is not supported through --server yet")
+    if args.reselect and (server is not None or args.questions is not None):
+        raise InputError("--reselect works on one question answered here; a server and --questions decode "
+                         "through the batching scheduler, which does not re-select")
     if server is not None:
         if args.questions is not None:
             return _ask_many_on_server(args, server)
@@ -167,16 +180,19 @@ def cmd_ask(args) -> int:
     else:
         eng = _engine(args)
         store = eng.open_store(args.store)
-        doc_id = resolve_doc_id(store, args.doc)
+        doc_id = resolve_library(store, args.doc) if is_library_ref(args.doc) else resolve_doc_id(store, args.doc)
         if args.questions is not None:
             return _ask_many(args, eng, store, doc_id)
         a = eng.ask(doc_id, args.question, policy=args.policy, answer_prefix=args.answer_prefix, store=store,
-                    max_new_tokens=args.max_new_tokens, **_cli_knobs(args)).to_dict()
+                    max_new_tokens=args.max_new_tokens, reselect=args.reselect, **_cli_knobs(args)).to_dict()
     _print(args, a, a["answer"])
     if not args.json:
         print(f"[{a['policy']}, {a['mode']} positions: KV ratio {a['kv_ratio']:.3f} ({a['n_active']}/{a['n_tokens']} "
               f"entries), {len(a['refilled_chunks'])} chunks refilled, TTFT {a['ttft_s']:.2f}s, "
               f"total {a['total_s']:.2f}s]", file=sys.stderr)
+        if is_library_ref(args.doc):
+            used = "; ".join(f"{s['name'] or s['doc_id'][:12]} chunks {s['chunks']}" for s in a.get("sources", []))
+            print(f"[sources: {used or 'none'}]", file=sys.stderr)
     return 0
 
 
@@ -303,12 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
     pi.add_argument("--server", default=os.environ.get("ACRE_SERVER"), help=SERVER_HELP)
     pi.add_argument("--name", default="", help="human-readable name")
+    pi.add_argument("--collection", default=None, metavar="NAME",
+                    help="a library the document belongs to; ask over all of it with `acre ask @NAME ...`")
     pi.add_argument("--no-progress", action="store_true")
     _add_model_args(pi)
     pi.set_defaults(func=cmd_ingest)
 
-    pa = sub.add_parser("ask", help="answer a question on an ingested document")
-    pa.add_argument("doc", help="document id (or a unique prefix of it, or its name)")
+    pa = sub.add_parser("ask", help="answer a question on an ingested document (or on several)")
+    pa.add_argument("doc", help="document id (or a unique prefix of it, or its name); several separated by "
+                                "commas, or @NAME for a collection: one question over all of them")
     pa.add_argument("question", nargs="?", default=None)
     pa.add_argument("--questions", default=None, metavar="FILE.jsonl",
                     help="many questions on the document, one JSON object a line ({\"question\": ..., "
@@ -317,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--out", default=None, help="with --questions: write the JSONL here instead of stdout")
     pa.add_argument("--store", default=os.environ.get("ACRE_STORE"), help=STORE_HELP)
     pa.add_argument("--server", default=os.environ.get("ACRE_SERVER"), help=SERVER_HELP)
-    pa.add_argument("--policy", default="acre", help="acre, acre-l1, fixed-k, full, l1-only, random, "
-                    "streaming, h2o, snapkv, quest, infllm")
+    pa.add_argument("--policy", default="acre", help="acre, acre-entropy, acre-l1, fixed-k, full, l1-only, "
+                    "random, streaming, h2o, snapkv, quest, infllm")
     pa.add_argument("--answer-prefix", default="")
     pa.add_argument("--max-new-tokens", type=int, default=64)
     pa.add_argument("--mode", choices=["exact", "focus"], default=None,
@@ -326,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--k-min", type=int, default=None, help="fewest chunks (acre, acre-l1, random)")
     pa.add_argument("--k-max", type=int, default=None, help="most chunks (acre, acre-l1, random)")
     pa.add_argument("--neighbors", type=int, default=None, help="neighbours per chosen chunk (chunk policies)")
+    pa.add_argument("--coverage", type=float, default=None,
+                    help="share of the locator's distribution the chosen chunks must hold (acre)")
+    pa.add_argument("--kv-budget", type=float, default=None,
+                    help="most of the document (0-1) refilled chunks may take, neighbours included "
+                         "(acre, acre-entropy, acre-l1, random)")
+    pa.add_argument("--reselect", type=int, default=0, metavar="N",
+                    help="every N answer tokens, run the locator again with the answer so far and refill "
+                         "the chunks it newly needs (chunk policies; 0: off)")
     _add_model_args(pa)
     pa.set_defaults(func=cmd_ask)
 

@@ -151,6 +151,7 @@ class DocState:
     win_keys: torch.Tensor | None = None  # [n_win_layers, Hkv, n_win, D] pre-RoPE
     win_values: torch.Tensor | None = None
     win_pos: torch.Tensor | None = None  # [n_win] original positions, ascending
+    name: str = ""  # the document's human-readable name (metadata; may be empty)
 
     def slot(self, layer: int) -> int:
         """Index of a stored model layer in the stored arrays (l1_keys, L2 chunks, quest/infllm)."""

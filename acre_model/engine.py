@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 from typing import Sequence as Seq
@@ -26,7 +26,8 @@ from acre_store import DocLayout, DocMeta, DocumentNotFound, EmbeddedStore, Stor
 
 from .active_layout import ActiveLayout
 from .calibrate import load_retrieval_heads
-from .chunk_fetcher import ChunkFetcher
+from . import volume
+from .chunk_fetcher import ChunkFetcher, FetchStats
 from .convert import resolve
 from .device_chunk_cache import DeviceChunkCache
 from .doc_state import DocState, LayoutConfig, stored_layers
@@ -34,7 +35,11 @@ from .errors import DocumentError, InputError, UnknownDocument
 from .fingerprint import model_fingerprint
 from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
+from .kv_cache import KVCache
+from .library import Library, LibraryLayout
+from .plan import Plan
 from .policies import PlanContext, Policy, make_policy
+from .policies.chunk_policy import ChunkPolicy
 from .results import Answer, DocInfo, Generation, Planned, Prepared
 from .sequence import Sequence
 from .tokenizer import Tokenizer
@@ -45,6 +50,8 @@ __all__ = ["Engine", "Answer", "DocInfo", "Generation", "Prepared"]
 RESERVED_TOKENS = 256  # room for a question and an answer after the longest accepted document
 MAX_OPEN_DOCS = 16  # documents whose L1 stays loaded on the device (LRU)
 DEFAULT_DEVICE_CACHE_BYTES = 512 << 20
+# Opens each document in a library's active cache (after a blank line, so it reads as a new section).
+LIBRARY_HEADER = "\n\nDocument {n}: {name}\n"
 
 
 def default_device() -> torch.device:
@@ -76,6 +83,7 @@ class Engine:
         # under it and refuses a document stored under another (it could not run the layers it lacks).
         self.stored_layers: list[int] = stored_layers(self.cfg, LayoutConfig(store_layers=store_layers).store_layers)
         self.store_layers = store_layers
+        self.max_open_docs = MAX_OPEN_DOCS  # raise it to keep a whole library's L1 loaded
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device: str | torch.device | None = None,
@@ -149,9 +157,10 @@ class Engine:
         st.prefetch(doc_id)
         ds = DocState.from_parts(doc_id, meta.extra, parts, lay.n_tokens, lay.chunk_size, self.model.dtype,
                                  self.device, kv_nbytes=lay.kv_nbytes)
+        ds.name = meta.name
         with self._lock:
             self.docs[doc_id] = ds
-            while len(self.docs) > MAX_OPEN_DOCS:
+            while len(self.docs) > self.max_open_docs:
                 self.docs.popitem(last=False)
         return ds
 
@@ -203,10 +212,14 @@ class Engine:
 
     def ingest(self, text: str, store: StoreAPI | str | None = None, name: str | None = None,
                layout: LayoutConfig | None = None, progress: bool = False,
-               on_progress: Callable[[int, int], None] | None = None) -> DocInfo:
+               on_progress: Callable[[int, int], None] | None = None, collection: str | None = None) -> DocInfo:
         """Tokenize, prefill once, write L1 + L2 + proxy map to the store. Re-ingesting is a no-op.
 
-        `on_progress(done_tokens, n_tokens)` is called before the prefill and after each prefill chunk."""
+        `on_progress(done_tokens, n_tokens)` is called before the prefill and after each prefill chunk.
+        `collection` names a library the document belongs to (kept in its metadata; `acre ask @NAME`). A
+        stored document's metadata cannot change: re-ingesting it into another collection is refused."""
+        if collection is not None and (not collection.strip() or "," in collection):
+            raise InputError(f"bad collection name {collection!r}: give a non-empty name without commas")
         if text is None or not text.strip():
             raise InputError("empty document")
         layout = layout or LayoutConfig(store_layers=self.store_layers)
@@ -226,6 +239,10 @@ class Engine:
                              self.cfg.num_hidden_layers)
         try:
             meta = st.info(doc_id)
+            if collection is not None and meta.extra.get("collection") != collection:
+                raise InputError(f"document {doc_id[:12]} is already stored in collection "
+                                 f"{meta.extra.get('collection') or '(none)'}; a stored document's collection "
+                                 f"cannot change (delete it first)")
             return DocInfo(doc_id, meta.layout.n_tokens, meta.layout.n_chunks, int(meta.extra.get("n_l1", 0)),
                            time.perf_counter() - t0, True, meta.name)
         except DocumentNotFound:
@@ -262,14 +279,17 @@ class Engine:
         if len(stored) != self.cfg.num_hidden_layers:  # a hybrid model's global layers only
             extra.update(stored_layers=list(stored), window=window,
                          win_layers=[l for l in range(self.cfg.num_hidden_layers) if l not in stored])
+        if collection is not None:
+            extra["collection"] = collection
         meta = DocMeta(doc_id, self.fingerprint, lay, name=name or "", extra=extra)
         st.put(meta, parts, iter_chunks(pf, layout.chunk_size, stored))
         return DocInfo(doc_id, len(ids), lay.n_chunks, n_l1, time.perf_counter() - t0, False, name or "")
 
-    def prepare(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
+    def prepare(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
                 store: StoreAPI | str | None = None, max_new_tokens: int = 1, **knobs) -> Prepared:
         """Run a question over its active cache, up to the first answer token's logits.
 
+        `doc_id` is one document's id, or a list of ids: a question over a library (`_prepare_library`).
         `knobs` are the policy's own (e.g. k_max=4 for acre); None values mean "the default"."""
         # 1-5. L1, question ids, plan, layout, refill started (see `plan_question`)
         planned = self.plan_question(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
@@ -279,19 +299,16 @@ class Engine:
             raise result
         return result
 
-    def plan_question(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
+    def plan_question(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
                       store: StoreAPI | str | None = None, max_new_tokens: int = 1, **knobs) -> Planned:
         """Steps 1-5 of `prepare`: everything before pass 2, with the refill started in the background.
         The caller runs `run_pass2` on it (alone or with other questions) or `abandon`s it."""
         if not question or not question.strip():
             raise InputError("empty question")
-        knobs = {k: v for k, v in knobs.items() if v is not None}
-        if isinstance(policy, Policy):
-            if knobs:
-                raise InputError("pass knobs inside the policy object, not beside it")
-            pol = policy
-        else:
-            pol = make_policy(policy, **knobs)
+        if not isinstance(doc_id, str):
+            return self._plan_library(list(doc_id), question, policy, answer_prefix, store, max_new_tokens,
+                                      **knobs)
+        pol = self._policy(policy, knobs)
         st = self.open_store(store)
         # 1. the document's L1 (attend set, locator index, proxy map) on the device
         doc = self.load_document(doc_id, st)
@@ -299,14 +316,29 @@ class Engine:
         q_ids = torch.tensor(self.tokenizer.question_ids(question, answer_prefix))
         # 3. the plan: pass 1 over L1, the locator, the refill volume, the chosen chunks (policies/)
         plan = pol.plan(PlanContext(self.model, doc, q_ids))
+        return self._plan_active(st, pol, doc, plan, q_ids, max_new_tokens)
+
+    def _plan_active(self, st: StoreAPI, pol: Policy, doc: DocState, plan: Plan, ids: torch.Tensor,
+                     room: int) -> Planned:
+        """Steps 4-5 for one document: the active layout of `plan`, a cache with room for `ids` and `room`
+        more tokens, and the refill of its chunks started; pass 2 will run `ids` over it."""
         # 4. the active layout: entries each layer attends and their positions (exact or focus)
         layout = ActiveLayout.build(plan, doc, self.cfg.num_hidden_layers)
-        cache = self.model.new_cache(capacity=max(layout.n_active, default=0) + len(q_ids) + max_new_tokens)
+        cache = self.model.new_cache(capacity=max(layout.n_active, default=0) + len(ids) + room)
         # 5. the refill: chunks from the device cache first, then the store, layer groups in the background
-        fetcher = ChunkFetcher(st, doc_id, layout.chunks_needed, len(self.stored_layers), self.chunk_cache,
+        fetcher = ChunkFetcher(st, doc.doc_id, layout.chunks_needed, len(self.stored_layers), self.chunk_cache,
                                self.model.dtype, self.device, slots=doc.slot)
+        ropes = self.model.ropes
+
+        def install(layer: int, kv: KVCache) -> None:  # pass 2 installs each layer just before it runs
+            entries = layout.assemble(layer, doc, fetcher.chunk_layer)
+            if entries is not None:
+                k, v, pos = entries
+                kv.append(layer, ropes[layer].rotate(k, pos), v, pos)
+
         fetcher.__enter__()
-        return Planned(pol, doc, plan, layout, cache, q_ids, fetcher, self.model.ropes)
+        return Planned(pol, doc, plan, layout, cache, ids, fetcher, layout.question_positions(len(ids)),
+                       install, LibraryLayout.single_sources(doc, layout))
 
     def run_pass2(self, planned: Seq[Planned]) -> list[Prepared | BaseException]:
         """Step 6 for planned questions together: one forward runs every question's tokens over its own
@@ -329,7 +361,87 @@ class Engine:
             except BaseException as e:
                 out.append(e)
                 continue
-            out.append(Prepared(p.policy, p.doc, p.plan, p.layout, p.cache, lg, p.fetcher.stats, len(p.q_ids)))
+            out.append(Prepared(p.policy, p.doc, p.plan, p.layout, p.cache, lg, p.fetcher.stats, len(p.q_ids),
+                                p.sources, p.q_ids))
+        return out
+
+    @staticmethod
+    def _policy(policy: str | Policy, knobs: dict) -> Policy:
+        if knobs.get("reselect"):
+            raise InputError("reselect is a decoding option of Engine.ask (`acre ask --reselect N`), not a policy "
+                             "knob; the scheduler (serving, `acre ask --questions`) does not re-select")
+        knobs = {k: v for k, v in knobs.items() if v is not None and not (k == "reselect" and v == 0)}
+        if isinstance(policy, Policy):
+            if knobs:
+                raise InputError("pass knobs inside the policy object, not beside it")
+            return policy
+        return make_policy(policy, **knobs)
+
+    def _plan_library(self, doc_ids: list[str], question: str, policy: str | Policy, answer_prefix: str,
+                      store: StoreAPI | str | None, max_new_tokens: int, **knobs) -> Planned:
+        """`plan_question` over several documents (library.py): the locator ranks the chunks of all of them,
+        the active cache holds the chosen chunks of each, one document after another at focus positions."""
+        pol = self._policy(policy, knobs)
+        st = self.open_store(store)
+        # 1. every document's L1 (refused: another model; then, by Library, another layout)
+        library = Library([self.load_document(d, st) for d in doc_ids])
+        # 2. the question's ids
+        q_ids = torch.tensor(self.tokenizer.question_ids(question, answer_prefix))
+        # 3. the plan: one pass 1, every document's locator index on one scale, k chunks among all
+        plan = pol.plan_library(self.model, library, q_ids)
+        # 4. the layout: sinks once, then per document with chosen chunks a header and its entries
+        layout = LibraryLayout.build(plan, library, self.cfg.num_hidden_layers, self._header_ids)
+        n_active = max(layout.n_active, default=0)
+        if len(doc_ids) > 1 and n_active + len(q_ids) + max_new_tokens > self.max_context:
+            raise InputError(f"the active cache over {len(doc_ids)} documents is {n_active} entries; with the "
+                             f"question and {max_new_tokens} new tokens that exceeds the model's context of "
+                             f"{self.max_context}: lower k_max or neighbors")
+        headers = [self._header_kv(layout.prefix_doc, layout.prefix, s.header_ids, s.header_start)
+                   for s in layout.segments]
+        cache = self.model.new_cache(capacity=n_active + len(q_ids) + max_new_tokens)
+        needed = layout.chunks_needed
+        first = layout.segments[0].doc.doc_id
+        # 5. one fetch for every document's chunks, layer groups in the background
+        fetcher = ChunkFetcher(st, first, needed.pop(first), len(self.stored_layers), self.chunk_cache,
+                               self.model.dtype, self.device, more=needed, slots=layout.segments[0].doc.slot)
+        ropes = self.model.ropes
+
+        def install(layer: int, kv: KVCache) -> None:
+            pre = layout.prefix_entries(layer)
+            if pre is not None:
+                k, v, pos = pre
+                kv.append(layer, ropes[layer].rotate(k, pos), v, pos)
+            for seg, hdr, entries in zip(layout.segments, headers, layout.assemble(layer, fetcher.chunk_layer)):
+                if hdr is not None:
+                    kv.append(layer, *hdr[layer])
+                if entries is not None:
+                    k, v, pos = entries
+                    kv.append(layer, ropes[layer].rotate(k, pos), v, pos)
+
+        fetcher.__enter__()
+        return Planned(pol, library, plan, layout, cache, q_ids, fetcher, layout.question_positions(len(q_ids)),
+                       install, layout.sources(library))
+
+    def _header_ids(self, i: int, doc: DocState) -> list[int]:
+        """The header that opens the i-th document shown in a library's active cache."""
+        return self.tokenizer.encode(f"{LIBRARY_HEADER.format(n=i + 1, name=doc.name or doc.doc_id[:12])}")
+
+    def _header_kv(self, doc: DocState, sinks: torch.Tensor, ids: list[int], start: int):
+        """Per layer (k rotated, v, positions) of header tokens `ids` at positions start.., computed by a
+        forward over the sinks alone (as each document's chunks were computed without the others)."""
+        if not ids:
+            return None
+        L = self.cfg.num_hidden_layers
+        idx = sinks.to(doc.l1_keys.device)
+        cache = KVCache.from_entries(self.model.ropes, [doc.l1_keys[i][:, idx] for i in range(L)],
+                                     [doc.l1_values[i][:, idx] for i in range(L)],
+                                     torch.arange(idx.numel(), device=idx.device), extra_capacity=len(ids))
+        self.model.forward(torch.tensor(ids), cache, torch.arange(start, start + len(ids)))
+        n = idx.numel()
+        out = []
+        for i in range(L):
+            k, v, pos = cache.view(i)
+            out.append((k[:, n:], v[:, n:], pos[n:]))
         return out
 
     def first_token_logits(self, doc_id: str, question: str, policy: str | Policy = "acre",
@@ -337,25 +449,76 @@ class Engine:
         """Logits [vocab] of the first answer token under a policy (for exactness checks)."""
         return self.prepare(doc_id, question, policy, answer_prefix, store, 1, **knobs).logits
 
-    def ask(self, doc_id: str, question: str, policy: str | Policy = "acre", answer_prefix: str = "",
+    def ask(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
             store: StoreAPI | str | None = None, max_new_tokens: int = 64, *, temperature: float = 0.0,
-            top_p: float = 1.0, sampling_seed: int | None = None, stop: Seq[str] = (), **knobs) -> Answer:
+            top_p: float = 1.0, sampling_seed: int | None = None, stop: Seq[str] = (), reselect: int = 0,
+            **knobs) -> Answer:
         """Answer a question on an ingested document with a KV policy (see `policies/`). Greedy unless a
         temperature is given; the answer ends at a stop token, a stop string, or `max_new_tokens`.
+
+        `doc_id` may be a list of ids: one question over a library of documents (`library.py`); the
+        answer's `sources` name the documents and chunks it used.
+
+        `reselect=N` (chunk policies, one document): every N generated tokens the locator runs again with
+        the answer so far as part of the query, and chunks it newly needs join the active cache
+        (`_reselect`). 0: off.
 
         The stored document is never changed: every question starts from the same cached state.
         """
         t0 = time.perf_counter()
+        if not isinstance(reselect, int) or isinstance(reselect, bool) or reselect < 0:
+            raise InputError(f"reselect must be an integer >= 0 (0: off), got {reselect!r}")
+        if reselect and not isinstance(doc_id, str):
+            raise InputError("reselect works on one document; a question over several documents does not re-select")
         sampling = SamplingParams(max_new_tokens, temperature, top_p, sampling_seed)
         # 1-6. L1, question ids, plan, layout, fetch + pass 2 (see `prepare`)
         p = self.prepare(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
+        if reselect and not isinstance(p.policy, ChunkPolicy):
+            raise InputError(f"reselect needs a chunk policy (acre, acre-entropy, acre-l1, fixed-k, random); "
+                             f"{p.policy.name!r} does not refill chunks")
         seq = Sequence(p, self.tokenizer, sampling, stop, start=t0)
         # 7. decode: the first token from pass 2's logits, then one step per token, through the same
         # batched step the scheduler uses (a batch of one), so an answer is the same alone or batched
         seq.push(p.logits)
         while not seq.finished:
             t = time.perf_counter()
-            logits = self.model.decode_batch([seq.last_token], [p.cache])[0]
+            if reselect and len(seq.tokens) % reselect == 0:
+                self._reselect(seq, self.open_store(store), max_new_tokens - len(seq.tokens))
+            logits = self.model.decode_batch([seq.last_token], [seq.cache])[0]
             seq.push(logits, time.perf_counter() - t)
         # 8. the answer and what it cost
         return seq.answer()
+
+    def _reselect(self, seq: Sequence, st: StoreAPI, room: int) -> None:
+        """Re-selection during decoding: pass 1 again with the question and the answer so far as the query;
+        the policy's own volume rule picks chunks on the new distribution, and those not yet refilled join
+        the plan (nothing already attended is dropped; a `kv_budget` caps the union). When some do, the
+        active cache is rebuilt over the union: its chunks fetched in the background while the question
+        and the answer so far run over it again (pass 2), so the cache is exactly what a question planned
+        with the union from the start would hold after the same tokens. Nothing new: nothing changes."""
+        p = seq.p
+        pol: ChunkPolicy = p.policy
+        ids = torch.cat([p.q_ids, torch.tensor(seq.tokens, dtype=p.q_ids.dtype)])
+        ctx = PlanContext(self.model, p.doc, ids)
+        dist = pol.locate(ctx)
+        top = pol.choose(ctx, dist, pol.volume(dist))
+        have = set(p.plan.chunks)
+        cap = volume.budget_k(getattr(pol, "kv_budget", None), p.doc.n_chunks, 0)  # chunks the budget allows
+        new: list[int] = []
+        for c in top:  # most probable first, each with its neighbours, while the budget allows
+            add = [x for x in volume.with_neighbors([c], pol.neighbors, p.doc.n_chunks) if x not in have]
+            if add and len(have) + len(add) <= cap:
+                have.update(add)
+                new += add
+        if not new:
+            return
+        plan = replace(p.plan, chunks=sorted(have))
+        # the answer's last token is not in the cache yet: the next decoding step feeds it
+        r = self.run_pass2([self._plan_active(st, pol, p.doc, plan, ids[:-1], room)])[0]
+        if isinstance(r, BaseException):
+            raise r
+        seq.p = replace(p, plan=plan, layout=r.layout, cache=r.cache, sources=r.sources,
+                        fetch=FetchStats(p.fetch.fetch_s + r.fetch.fetch_s, p.fetch.wait_s + r.fetch.wait_s,
+                                         p.fetch.fetched_bytes + r.fetch.fetched_bytes,
+                                         p.fetch.device_hits + r.fetch.device_hits))
+        seq.reselected += sorted(new)

@@ -17,6 +17,7 @@ import torch
 
 from .doc_state import DocState
 from .model import AttnProbe
+from .rope import Rope
 
 
 def max_per_chunk(x: torch.Tensor, n_tokens: int, chunk_size: int) -> torch.Tensor:
@@ -30,17 +31,59 @@ def max_per_chunk(x: torch.Tensor, n_tokens: int, chunk_size: int) -> torch.Tens
 
 def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int) -> torch.Tensor:
     """Max-rule chunk scores [n_chunks] from the locator index."""
-    if doc.index_keys is None or not doc.index_heads:
-        raise ValueError("this document has no locator index (ingested without calibration)")
-    best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
-    for h, (layer, g) in enumerate(doc.index_heads):
-        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep]  # [n_rep, T, D] rotated
-        logits = q.reshape(-1, head_dim) @ doc.index_keys[h].T / math.sqrt(head_dim)  # [n_rep*T, n]
+    return library_chunk_scores([doc], probe, n_rep, head_dim)[0]
+
+
+def shift_queries(q: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """q [..., D] (rotated at some positions) rotated `delta` positions further (delta may be negative):
+    RoPE rotations compose, so this equals rotating the unrotated queries at their positions + delta."""
+    if delta == 0:
+        return q
+    f = delta * inv_freq.to(q.device, torch.float64)
+    emb = torch.cat([f, f])
+    return Rope.apply(q, emb.cos().to(q.dtype), emb.sin().to(q.dtype))
+
+
+def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, head_dim: int,
+                         inv_freq: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Max-rule chunk scores of several documents on one scale: [n_chunks_d] per document.
+
+    The queries of one pass 1 (over the first document, at positions after it) score every document's
+    index keys, moved (`inv_freq` given) to the positions right after *that* document, so each document
+    sees the question at the distance a single-document ask would. Each (head, question token) row is
+    one softmax over the tokens of *all* documents: a token that matches the question only in one
+    document keeps its probability, while a phrase every document shares (the same form of fact in
+    each) is split among them. Sinks are left out of that softmax and the recent window is scored (it
+    is attended only if its document is shown). With one document this is `index_chunk_scores`."""
+    for doc in docs:
+        if doc.index_keys is None or not doc.index_heads:
+            raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
+    heads = docs[0].index_heads
+    sizes = [d.n_tokens for d in docs]
+    best = torch.zeros(sum(sizes), device=docs[0].index_keys.device)
+    for h, (layer, g) in enumerate(heads):
+        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)  # [n_rep*T, D] rotated
+        if len(docs) == 1:
+            logits = q @ docs[0].index_keys[h].T / math.sqrt(head_dim)  # [n_rep*T, n]
+        else:
+            n0, parts = docs[0].n_tokens, []
+            for d in docs:
+                x = (q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq)) @ d.index_keys[h].T
+                x[:, :d.layout.n_sink] = float("-inf")  # every document's sinks would take a share of every row
+                parts.append(x)
+            logits = torch.cat(parts, 1) / math.sqrt(head_dim)  # [n_rep*T, sum n]
         best = torch.maximum(best, logits.softmax(-1).amax(0))
-    # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
-    # (attention sinks would otherwise win every ranking).
-    best[doc.l1_pos[doc.l1_always]] = 0.0
-    return max_per_chunk(best, doc.n_tokens, doc.chunk_size)
+    out = []
+    for doc, b in zip(docs, best.split(sizes)):
+        if len(docs) == 1:
+            # Sinks and the recent window are always attended: a chunk earns refill only by its other
+            # tokens (attention sinks would otherwise win every ranking).
+            b = b.clone()
+            b[doc.l1_pos[doc.l1_always]] = 0.0
+        # Over a library a document's recent window is attended only if the document is shown, so its
+        # tokens stay scorable (its sinks were masked before the softmax).
+        out.append(max_per_chunk(b, doc.n_tokens, doc.chunk_size))
+    return out
 
 
 def l1_chunk_scores(doc: DocState, probe: AttnProbe) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Typed results at the engine's boundary: what `generate`, `ingest`, `prepare` and `ask` return."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -9,10 +9,10 @@ from .active_layout import ActiveLayout
 from .chunk_fetcher import ChunkFetcher, FetchStats
 from .doc_state import DocState
 from .kv_cache import KVCache
-from .model import BatchItem
+from .model import BatchItem, LayerHook
+from .library import Library, LibraryLayout, LibraryPlan
 from .plan import Plan
 from .policies import Policy
-from .rope import Rope
 
 
 @dataclass
@@ -47,26 +47,19 @@ class Planned:
     a planned question that will not run must be `abandon`ed (stops and joins its refill)."""
 
     policy: Policy
-    doc: DocState
-    plan: Plan
-    layout: ActiveLayout
+    doc: DocState | Library
+    plan: Plan | LibraryPlan
+    layout: ActiveLayout | LibraryLayout
     cache: KVCache
     q_ids: torch.Tensor
     fetcher: ChunkFetcher
-    ropes: list[Rope]  # per layer (`LlamaModel.ropes`)
+    positions: torch.Tensor  # the question's positions
+    install: LayerHook  # installs a layer's active entries (waiting for its refilled chunks) before it runs
+    sources: list = field(default_factory=list)  # as `Prepared.sources`
 
     def pass2_item(self) -> BatchItem:
-        """The question's pass 2 as an item of `LlamaModel.forward_batch`: each layer's active entries
-        are installed (waiting for that layer's refilled chunks) just before the layer runs."""
-        layout, doc, fetcher, ropes = self.layout, self.doc, self.fetcher, self.ropes
-
-        def install(layer: int, kv: KVCache) -> None:
-            entries = layout.assemble(layer, doc, fetcher.chunk_layer)
-            if entries is not None:
-                k, v, pos = entries
-                kv.append(layer, ropes[layer].rotate(k, pos), v, pos)
-
-        return BatchItem(self.q_ids, self.cache, layout.question_positions(len(self.q_ids)), install)
+        """The question's pass 2 as an item of `LlamaModel.forward_batch`."""
+        return BatchItem(self.q_ids, self.cache, self.positions, self.install)
 
     def abandon(self) -> None:
         self.fetcher.finish(failed=True)
@@ -77,13 +70,15 @@ class Prepared:
     """A question run over its active cache (pass 2 done), ready to decode."""
 
     policy: Policy
-    doc: DocState
-    plan: Plan
-    layout: ActiveLayout
+    doc: DocState | Library  # a Library for a question over several documents
+    plan: Plan | LibraryPlan
+    layout: ActiveLayout | LibraryLayout
     cache: KVCache  # document entries of every layer, then the question's
     logits: torch.Tensor  # [vocab] of the first answer token
     fetch: FetchStats
     n_question: int  # question tokens in the cache
+    sources: list = field(default_factory=list)  # [{doc_id, name, chunks}] of the documents with refilled chunks
+    q_ids: torch.Tensor | None = None  # [n_question] the question's ids (re-selection re-runs them)
 
 
 @dataclass
@@ -107,6 +102,10 @@ class Answer:
     index_share: float  # bytes of the locator index / bytes of the full KV
     doc_id: str = ""
     finish_reason: str = "length"  # "stop": a stop token or stop string ended it; "length": max_new_tokens
+    # The documents whose chunks were refilled: [{"doc_id", "name", "chunks"}]. Over a library, `doc_id`
+    # holds every id (comma-separated) and `refilled_chunks` (doc_id, chunk) pairs.
+    sources: list = field(default_factory=list)
+    reselected_chunks: list = field(default_factory=list)  # chunks re-selection added while decoding
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AskRequest:
-    doc_id: str
+    doc_id: str | list[str]  # a list: one question over several documents
     question: str
     policy: str = "acre"
     answer_prefix: str = ""

@@ -41,6 +41,7 @@ class Sequence:
         self.finished = False
         self.stopped = False  # ended on a stop token or stop string (else: max_new_tokens)
         self.times = SequenceTimes(start if start is not None else time.perf_counter())
+        self.reselected: list[int] = []  # chunks re-selection added while decoding (Engine.ask)
         self._gen = None
         if sampling.temperature > 0:
             self._gen = torch.Generator(device="cpu")
@@ -109,4 +110,5 @@ class Sequence:
             n_active=max(p.layout.n_active, default=0), n_new_tokens=len(self.tokens), fetch_s=p.fetch.fetch_s,
             fetch_wait_s=p.fetch.wait_s, fetched_bytes=p.fetch.fetched_bytes,
             index_share=p.doc.index_nbytes / (p.doc.kv_nbytes or 1), doc_id=p.doc.doc_id,
-            finish_reason="stop" if self.stopped else "length")
+            finish_reason="stop" if self.stopped else "length", sources=p.sources,
+            reselected_chunks=list(self.reselected))

@@ -1,7 +1,13 @@
 """The refill volume: how many chunks a question gets, and which neighbours come along.
 
-The seed's rule: `k = k_min + (k_max - k_min) * H(p) / log(n_chunks)`. A locator distribution with one
-sharp peak (a single needle) has low entropy and refills few chunks; spread attention refills more.
+The seed's rule (`acre-entropy`): `k = k_min + (k_max - k_min) * H(p) / log(n_chunks)`. A locator
+distribution with one sharp peak (a single needle) has low entropy and refills few chunks; spread
+attention refills more. Measured, it picks k = 2 on nearly every question: the entropy of a 64-chunk
+distribution hardly moves between one needle and four.
+
+The adaptive rule (`acre`): the smallest set of top chunks whose share of p reaches a coverage level
+(`coverage_to_k`): one dominant peak is covered by one chunk, evidence spread over several places needs
+as many chunks as it has places. Both rules are bounded by `k_max` and by a KV budget (`budget_k`).
 A fact can straddle a chunk boundary, so each selected chunk may bring its neighbours.
 """
 from __future__ import annotations
@@ -24,6 +30,25 @@ def entropy_to_k(h_norm: float, k_min: int, k_max: int, n_chunks: int) -> int:
     """k = k_min + (k_max - k_min) * H(p) / log(n_chunks), clamped to [1, n_chunks]. Monotone in H."""
     k = k_min + (k_max - k_min) * min(max(h_norm, 0.0), 1.0)
     return int(max(1, min(n_chunks, round(k))))
+
+
+def coverage_to_k(p: torch.Tensor, coverage: float, k_min: int, k_max: int) -> int:
+    """The smallest k whose k most probable chunks hold at least `coverage` of p, clamped to
+    [k_min, k_max] and to [1, n_chunks]. Monotone: spreading p's mass over more chunks never lowers k."""
+    n = p.numel()
+    if n == 0:
+        return 0
+    cum = p.double().sort(descending=True).values.cumsum(0)
+    k = int((cum < coverage * float(cum[-1]) - 1e-12).sum()) + 1  # first index where cum >= coverage
+    return int(max(1, min(n, max(k_min, min(k_max, k)))))
+
+
+def budget_k(kv_budget: float | None, n_chunks: int, neighbors: int) -> int:
+    """The most chunks a question may choose when its refilled chunks, neighbours included, may take at
+    most `kv_budget` of the document (None: no budget). At least 1: a question always gets its best chunk."""
+    if kv_budget is None:
+        return n_chunks
+    return max(1, min(n_chunks, int(kv_budget * n_chunks + 1e-9) // (2 * neighbors + 1)))
 
 
 def with_neighbors(chunks: list[int], radius: int, n_chunks: int) -> list[int]:

@@ -78,6 +78,12 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
                    help="endpoint of an S3-compatible server (default: $AWS_ENDPOINT_URL, else AWS S3)")
     s.add_argument("--object-shard-bytes", type=parse_bytes, default=64 << 20,
                    help="chunks per shard object in the bucket: as many as fit in this size (default 64M)")
+    s.add_argument("--object-parallel", type=int, default=16, metavar="N",
+                   help="ranged GETs in flight per document read from the bucket (default 16)")
+    s.add_argument("--object-recheck", type=float, default=30.0, metavar="SECONDS",
+                   help="a document served from this daemon's copy is looked up in the bucket (one HEAD of its "
+                        "manifest) when its last look is older than this, and dropped here if it was deleted "
+                        "through another daemon (default 30; 0: at every Info/Fetch/L1 request)")
     s.set_defaults(func=_guard(_serve))
 
     for name, helptext in (("ls", "list documents"), ("stats", "tier usage, caps and hit rates")):
@@ -254,7 +260,8 @@ def _object_store(args):
     if not args.object_store:
         return None
     from .tiers.object_tier import ObjectStoreConfig
-    return ObjectStoreConfig(args.object_store, endpoint=args.object_store_endpoint, shard_bytes=args.object_shard_bytes)
+    return ObjectStoreConfig(args.object_store, endpoint=args.object_store_endpoint, shard_bytes=args.object_shard_bytes,
+                             parallel=args.object_parallel, recheck_s=args.object_recheck)
 
 
 def _guard(handler):

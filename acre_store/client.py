@@ -25,8 +25,9 @@ from .api import StoreAPI
 from .auth import TLS_CA_ENV, client_channel, read_token
 from .dataplane import DataPlaneBroken, DataPlaneClient, data_path, unix_path
 from .errors import DataLoss, InvalidArgument, StoreError, StoreUnavailable, error_for_code
+from .map_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, MapCache
 from .record import TensorSpec
-from .shared import SharedGone, map_shared, read_shared
+from .shared import SharedGone
 from .stats import StoreStats
 from .types import DocMeta
 from .wire import (CHANNEL_OPTIONS, MAX_FRAME_BYTES, decode_fetch_frame, layout_from_pb, meta_from_pb, meta_to_pb,
@@ -49,10 +50,12 @@ class StoreClient(StoreAPI):
     def __init__(self, addr: str, timeout: float = 30.0, stream_timeout: float = 600.0, connect_timeout: float = 5.0,
                  retries: int = 4, backoff_s: float = 0.1, shared: bool = True, writable: bool = False,
                  data_plane: bool = True, tls_ca: str | None = None, token: str | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None):
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 map_cache_bytes: int = DEFAULT_MAX_BYTES, map_cache_files: int = DEFAULT_MAX_FILES):
         """tls_ca: the CA of the daemon's TLS certificate (default $ACRE_STORE_TLS_CA; none: plain channel);
         tls_cert/tls_key: this client's certificate for mutual TLS; token: sent as `authorization: Bearer`
-        on every call (default $ACRE_STORE_TOKEN). See auth.py."""
+        on every call (default $ACRE_STORE_TOKEN). See auth.py. map_cache_bytes/map_cache_files: the most
+        the same-host fast path keeps mapped of the daemon's shared files for reuse (map_cache.py; 0: none)."""
         self.addr = normalize_addr(addr)
         tls_ca = tls_ca or os.environ.get(TLS_CA_ENV) or None
         token = token or read_token()
@@ -83,9 +86,11 @@ class StoreClient(StoreAPI):
         # gRPC carries Fetch when it is missing or broken.
         path = unix_path(self.addr)
         self._dp = DataPlaneClient(data_path(path), stream_timeout, connect_timeout, token) if (data_plane and path) else None
-        # Leases whose chunk is done with (copied, or its mapping is garbage), ended with the next Fetch
-        # (or a Release call when many pile up). A deque: the mappings' finalizers append from any thread.
+        # Leases whose chunk is done with (copied, or its call's arrays are garbage), ended with the next Fetch
+        # (or a Release call when many pile up). A deque: the arrays' finalizers append from any thread.
         self._done_leases: collections.deque[int] = collections.deque()
+        # Read-only mappings of the daemon's shared files, reused by later calls (map_cache.py).
+        self._maps = MapCache(map_cache_bytes, map_cache_files)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -283,13 +288,14 @@ class StoreClient(StoreAPI):
         call.cancel()
 
     def _assemble(self, frames, req: pb.FetchRequest, leases: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        arr = view = None
+        arr = view = L = None
         crcs: list[int] = []
         for f, data, owned in frames:
             if data is None:
                 data = b""
             if f.offset == 0:
-                L = layout_from_pb(f.layout)
+                if L is None:  # one document per call: every frame carries its layout
+                    L = layout_from_pb(f.layout)
                 shape = (f.layer_end - f.layer_start, 2, L.n_kv_heads, f.n_tokens, L.head_dim)
                 dtype = L.np_dtype
                 arr = view = None
@@ -300,9 +306,9 @@ class StoreClient(StoreAPI):
                     if self.writable:
                         leases.append(ref.lease)  # ends once copied
                         arr = np.empty(shape, dtype)
-                        read_shared(ref, arr.reshape(-1).view(np.uint8))
-                    else:  # the lease lasts as long as the mapping
-                        arr = map_shared(ref, dtype, shape, functools.partial(self._done_leases.append, ref.lease))
+                        self._maps.copy(ref, arr.reshape(-1).view(np.uint8))
+                    else:  # the lease lasts as long as this call's arrays over the (cached) mapping
+                        arr = self._maps.view(ref, dtype, shape, functools.partial(self._done_leases.append, ref.lease))
                 except SharedGone as e:  # deleted meanwhile, or not our host after all: use the socket
                     if not self.writable:
                         leases.append(ref.lease)
@@ -344,10 +350,12 @@ class StoreClient(StoreAPI):
         self._call(self._stub.Prefetch, req)
 
     def release_leases(self) -> None:
-        """End now the same-host leases of chunks already done with (copied, or whose mappings are garbage).
+        """End now the same-host leases of chunks already done with (copied, or whose arrays are garbage).
         They end with the next Fetch anyway; a client that goes idle calls this so that they do not pin the
-        daemon's RAM entries meanwhile (they would expire after 60 s)."""
+        daemon's RAM entries meanwhile (they would expire after 60 s). It also forgets its mappings of
+        files the daemon has unlinked since (map_cache.py), whose pages would stay in /dev/shm meanwhile."""
         self._release(self._take_done_leases())
+        self._maps.drop_unlinked()
 
     def _take_done_leases(self) -> list[int]:
         out = []
@@ -406,3 +414,4 @@ class StoreClient(StoreAPI):
         if self._dp is not None:
             self._dp.close()
         self._channel.close()
+        self._maps.close()

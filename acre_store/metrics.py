@@ -220,5 +220,5 @@ def object_tier_numbers(section: dict) -> dict:
     deletes, errors, read_throughs, ...) in the terms of the tier families: documents read through,
     bytes fetched from the bucket, requests made, failed requests."""
     return {"reads": section.get("read_throughs", 0), "read_bytes": section.get("get_bytes", 0),
-            "requests": sum(section.get(k, 0) for k in ("gets", "puts", "deletes")),
+            "requests": sum(section.get(k, 0) for k in ("gets", "heads", "puts", "deletes")),
             "errors": section.get("errors", 0)}

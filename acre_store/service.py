@@ -178,7 +178,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @unary
     def Info(self, request, context):
-        rec = self.store.record(request.doc_id)
+        rec = self.store.record(request.doc_id, recheck=True)
         return meta_to_pb(rec.meta, rec.l1)
 
     @streaming

@@ -4,18 +4,22 @@ Measured on the dev machine (2 cores): a 2.8 MiB chunk through gRPC over a unix 
 four copies (serialise, socket, parse, bytes field) and tops out near 1 GB/s; reading the same bytes
 from a /dev/shm file is one copy at memory speed, and mapping it is none. So when a client connects
 over a unix socket (the daemon is then on its host) and can open the daemon's files, `Fetch` sends a
-`SharedRef` (path, offset, length, lease) instead of the bytes, and the client maps the file read-only
-and yields a view (`map_shared`), or `preadv`s the bytes into its own array (`read_shared`, writable=True).
+`SharedRef` (path, offset, length, lease) instead of the bytes, and the client yields a read-only view of
+its mapping of the file, or copies the bytes from it into its own array (writable=True); it keeps its
+mappings for later calls (map_cache.py).
 
 - `SharedArena` (daemon) is the RAM tier's allocator: each chunk promoted to RAM is written into its
   own file under /dev/shm/acre-<pid>-<random>/ (mode 0700) and mapped.
-- Leases: each SharedRef pins its RAM entry against eviction until the client releases it (its mapping
-  is garbage, or its copy is done) or `LEASE_TTL_S` passes (a client that died). A deleted document drops
-  its entries regardless; a reader that then finds the file gone falls back to the socket (NOT_FOUND).
+- Leases: each SharedRef pins its RAM entry against eviction until the client releases it (the call's
+  arrays over its mapping are garbage, or its copy is done) or `LEASE_TTL_S` passes (a client that
+  died). A deleted document drops its entries regardless; a reader that then finds the file gone falls
+  back to the socket (NOT_FOUND).
 - Reuse: a file that leaves the RAM tier is rewritten for another chunk (under a new name) only if every
   lease ever granted on it was released (not expired) and the daemon holds no view of it; else it is
-  unlinked, and clients that still map it keep its pages. So a reader holding a lease, or a mapping it
+  unlinked, and clients that still map it keep its pages. So a reader holding a lease, or an array it
   got under one, always sees the verified bytes: a lease's file is never rewritten while it may be read.
+  (A client may keep a mapping after the lease ends, to reuse it; it reads through it again only under
+  a new lease, map_cache.py.)
 - New files are written with pwrite(2), so a full /dev/shm is an ENOSPC, meaning "not shared" (the entry
   stays on the heap and goes over the socket), never SIGBUS; reused files already have their pages, and a
   cold chunk is read from disk straight into a reused file's mapping.
@@ -341,36 +345,6 @@ def _unlink(path: str) -> None:
 
 class SharedGone(Exception):
     """The shared file vanished (document deleted) or cannot be opened here: fetch over the socket."""
-
-
-_PAGE = mmap.ALLOCATIONGRANULARITY
-
-
-def map_shared(ref: pb.SharedRef, dtype, shape: tuple[int, ...], on_unmap: Callable[[], None]) -> np.ndarray:
-    """Client side: a read-only array over a SharedRef's bytes, mapped from the daemon's file (no copy).
-
-    The file is never rewritten, so the mapping shows the verified bytes for as long as it lives, even
-    after the daemon unlinks the file (the pages stay until the last mapping goes). `on_unmap` runs once
-    when the last array over the mapping is garbage (it ends the lease).
-    """
-    try:
-        fd = os.open(ref.path, os.O_RDONLY)
-    except OSError as e:
-        raise SharedGone(str(e)) from None
-    try:
-        start = ref.offset - ref.offset % _PAGE
-        size = os.fstat(fd).st_size
-        if ref.offset + ref.length > size:
-            raise SharedGone(f"{ref.path}: short file")
-        mm = mmap.mmap(fd, ref.offset + ref.length - start, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                       prot=mmap.PROT_READ, offset=start)
-    except OSError as e:
-        raise SharedGone(str(e)) from None
-    finally:
-        os.close(fd)
-    weakref.finalize(mm, on_unmap)
-    return np.frombuffer(mm, dtype, count=ref.length // np.dtype(dtype).itemsize,
-                         offset=ref.offset - start).reshape(shape)
 
 
 def read_shared(ref: pb.SharedRef, view: np.ndarray) -> int:

@@ -57,23 +57,39 @@ class Store:
             from .tiers.object_tier import ObjectTier
             self.objects = ObjectTier(config.object_store)
             self.read_through = ReadThrough(self.objects, self)
+            self.reader.ahead = self.read_through.ahead
         self._closed = False
         log.info("store %s (%s): %d documents, %d bytes", self.path, self.backend, len(self.index),
                  self.index.used_bytes)
 
     # -- documents ------------------------------------------------------------------------------
 
-    def record(self, doc_id: str, touch: bool = True) -> DocRecord:
-        """The committed document's record; `touch` marks it most recently used (disk LRU)."""
+    def record(self, doc_id: str, touch: bool = True, recheck: bool = False) -> DocRecord:
+        """The committed document's record; `touch` marks it most recently used (disk LRU). `recheck` (a
+        read: Info, Fetch, L1): with an object store, a local copy whose manifest was not seen in the bucket
+        for `recheck_s` is checked there, and dropped (DocumentNotFound) if it was deleted meanwhile."""
         check_doc_id(doc_id)
-        if self.read_through is not None and doc_id not in self.index:
-            rec = self.read_through.record(doc_id)  # from the bucket; served from RAM while it lands on disk
-            if rec is not None:
-                return rec
+        rt = self.read_through
+        if rt is not None:
+            if recheck and (doc_id in self.index or rt.landing(doc_id)) and not rt.recheck(doc_id):
+                self._drop_deleted(doc_id)
+            if doc_id not in self.index:
+                rec = rt.record(doc_id)  # landing, else from the bucket; served while it lands on disk
+                if rec is not None:
+                    return rec
         return self.index.get(doc_id, touch)
 
+    def _drop_deleted(self, doc_id: str) -> None:
+        """The document was deleted from the bucket through another daemon: so it is here."""
+        with self.objects.doc_lock(doc_id):
+            dropped = self._remove(doc_id, evicted=False) | self.read_through.forget(doc_id)
+        if dropped:
+            self.objects._count(dropped_deleted=1)
+            log.info("document %s was deleted from %s: local copy dropped", doc_id, self.objects.url)
+        raise DocumentNotFound(f"document {doc_id} was deleted (it is gone from {self.objects.url})")
+
     def info(self, doc_id: str) -> DocMeta:
-        return self.record(doc_id).meta
+        return self.record(doc_id, recheck=True).meta
 
     def list(self) -> list[DocMeta]:
         """Every document here, and with an object store every document published there."""
@@ -201,11 +217,11 @@ class Store:
     def fetch(self, doc_id: str, chunk_ids: Sequence[int], layers: tuple[int, int] | None = None
               ) -> Iterator[tuple[int, np.ndarray]]:
         """Validates now, then yields (c, read-only view [l1-l0, 2, n_kv_heads, len_c, head_dim])."""
-        return self.reader.fetch(self.record(doc_id), chunk_ids, layers)
+        return self.reader.fetch(self.record(doc_id, recheck=True), chunk_ids, layers)
 
     def l1(self, doc_id: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Verified, read-only L1 parts (all of them by default)."""
-        return self.reader.l1(self.record(doc_id), names)
+        return self.reader.l1(self.record(doc_id, recheck=True), names)
 
     def prefetch(self, doc_id: str, chunk_ids: Sequence[int] | None = None) -> None:
         """Promote chunks (all by default) to the RAM tier in the background; returns at once."""

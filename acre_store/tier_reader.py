@@ -9,9 +9,9 @@ never returned or cached. Prefetches promote chunks the same way on a background
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class TierReader:
     def __init__(self, ram: RamTier, disk: DiskTier, index: DocIndex, counters: StoreCounters):
         self.ram, self.disk, self.index, self.counters = ram, disk, index, counters
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="acre-prefetch")
+        # (doc_id, chunk ids) -> futures of chunks read ahead from the bucket while the document is landing
+        # there (ReadThrough.ahead); None without an object store
+        self.ahead: Callable[[str, list[int]], dict[int, Future]] | None = None
 
     @staticmethod
     def check_chunks(rec: DocRecord, chunk_ids: Sequence[int], layers: tuple[int, int] | None) -> tuple[int, int]:
@@ -57,7 +60,11 @@ class TierReader:
         l0, l1 = self.check_chunks(rec, chunk_ids, layers)
 
         def gen():
-            if len(chunk_ids) > 1:  # let the disk read the missing ones while the first are verified and sent
+            pending: dict[int, Future] = {}
+            if self.ahead is not None and rec.doc_id not in self.index:  # landing: ask the bucket for these now
+                pending = self.ahead(rec.doc_id, [c for c in dict.fromkeys(chunk_ids)
+                                                  if not self.ram.contains((rec.doc_id, c))])
+            if len(chunk_ids) > 1 and not pending:  # let the disk read the missing ones while the first are verified and sent
                 missing = [c for c in chunk_ids if not self.ram.contains((rec.doc_id, c))]
                 if missing:
                     try:
@@ -65,7 +72,10 @@ class TierReader:
                     except Exception as e:  # noqa: BLE001 - a hint only; the reads report real problems
                         log.debug("readahead hint failed: %s", e)
             for c in chunk_ids:
-                view = self.chunk(rec, c)[l0:l1]
+                arr = self.ram.get((rec.doc_id, c)) if c in pending else None
+                if arr is None and c in pending:
+                    arr = self._landed(rec, c, pending[c].result())
+                view = (arr if arr is not None else self.chunk(rec, c))[l0:l1]
                 self.counters.add(fetched_chunks=1, fetched_bytes=view.nbytes)
                 yield c, view
         return gen()
@@ -76,6 +86,12 @@ class TierReader:
         if arr is None:
             arr = self._load_and_promote(rec, c)
         return arr
+
+    def _landed(self, rec: DocRecord, c: int, arr: np.ndarray) -> np.ndarray:
+        """A verified chunk read ahead from the bucket: into the RAM tier (its shared file when there is one)."""
+        self.ram.put((rec.doc_id, c), arr)
+        cached = self.ram.get((rec.doc_id, c))
+        return cached if cached is not None else arr
 
     def _load_and_promote(self, rec: DocRecord, c: int) -> np.ndarray:
         """Read chunk c from disk, verify it, put it in the RAM tier. The bytes are read straight into their
@@ -160,6 +176,8 @@ class TierReader:
         """Promote chunks (all by default) to the RAM tier in the background; returns at once."""
         ids = list(range(rec.meta.layout.n_chunks)) if chunk_ids is None else [int(c) for c in chunk_ids]
         self.check_chunks(rec, ids, None)
+        if self.ahead is not None and rec.doc_id not in self.index:  # landing: its download brings every chunk
+            return
         self._prefetcher.submit(self._promote, rec, ids)
 
     def _promote(self, rec: DocRecord, ids: list[int]) -> None:

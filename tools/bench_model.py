@@ -60,7 +60,6 @@ def bench_hf(hf, ids: torch.Tensor, n_decode: int, repeat: int) -> tuple[float, 
     pre = _time(prefill, repeat)
     cache = prefill()
     tok = ids[-1:].view(1, 1)
-    n = len(ids)
     with torch.no_grad():
         hf(tok, past_key_values=cache, use_cache=True)
         t0 = time.perf_counter()

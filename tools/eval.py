@@ -7,6 +7,7 @@ sweep adds token-level baselines at other KV budgets and `acre` at other `k_max`
 where it stopped (`--out` the same directory). Reports: OUT/results.md and PNGs (`tools/eval_report.py`).
 
     python tools/eval.py --quick --out /tmp/eval
+    python tools/eval.py --out DIR --grid "niah_multivalue,cwe:2048:0.5:10" --reselect 8   # + acre+reselect8
     python tools/eval.py --out DIR --grid "niah_single_prose:1024,2048,4096,7800:0,0.25,0.5,0.75,1:1" \
         --grid "vt,cwe:2048,4096:-:2" --sweep "niah_single_prose:4096,7800"
     python tools/eval.py --out DIR --longbench data/hotpotqa.jsonl --limit 50   # real data, LongBench format
@@ -31,10 +32,10 @@ if __package__ in (None, ""):
 from tools import eval_report  # noqa: E402
 
 # Policies that pick L2 chunks: needle-chunk recall is defined for them (l1-only picks none: recall 0).
-CHUNK_POLICIES = {"acre", "acre-l1", "fixed-k", "random", "l1-only", "quest", "infllm"}
+CHUNK_POLICIES = {"acre", "acre-entropy", "acre-l1", "fixed-k", "random", "l1-only", "quest", "infllm"}
 SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.4)  # token-level baselines; their default (0.15) is the main row
 SWEEP_K_MAX = (1, 2, 8)                # acre; the default k_max is the main row
-SWEEP_FIXED_K = (1, 4, 8)              # fixed-k, quest, infllm; their default (2, acre's mean k) is the main row
+SWEEP_FIXED_K = (1, 2, 4, 8)           # fixed-k, quest, infllm; their default (3, at least acre's mean KV) is the main row
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,14 @@ class Method:
     params: dict = field(default_factory=dict, hash=False)
     curve: str = ""      # the accuracy-vs-KV curve this point belongs to
     sweep: bool = False  # budget-sweep point (not a row of the main table)
+    reselect: int = 0    # Engine.ask(reselect=N): re-selection during decoding every N tokens (0: off)
 
 
 def main_methods() -> list[Method]:
     ms = [Method("full", "full", curve="full"), Method("acre", "acre", curve="acre"),
           Method("acre-exact", "acre", {"mode": "exact"}), Method("acre-focus", "acre", {"mode": "focus"})]
-    ms += [Method(p, p, curve=p) for p in ("acre-l1", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k",
-                                           "quest", "infllm")]
+    ms += [Method(p, p, curve=p) for p in ("acre-entropy", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
+                                           "random", "fixed-k", "quest", "infllm")]
     return ms
 
 
@@ -75,7 +77,7 @@ def resolved(m: Method) -> str:
 
     from acre_model.policies import make_policy
 
-    return json.dumps([m.policy, asdict(make_policy(m.policy, **m.params))], sort_keys=True, default=str)
+    return json.dumps([m.policy, asdict(make_policy(m.policy, **m.params)), m.reselect], sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ def run(args, tasks, methods_for, out: Path) -> float:
                         prm.setdefault("seed", zlib.crc32(task.task_id.encode()))
                     answers[key] = eng.ask(info.doc_id, task.question, policy=m.policy,
                                            answer_prefix=task.answer_prefix, store=store,
-                                           max_new_tokens=task.max_new_tokens, **prm)
+                                           max_new_tokens=task.max_new_tokens, reselect=m.reselect, **prm)
                 a = answers[key]
                 pred = cut_at_stop(a.answer, task.stop)
                 chunks = set(a.refilled_chunks)
@@ -199,7 +201,8 @@ def run(args, tasks, methods_for, out: Path) -> float:
                     "curve": m.curve, "sweep": m.sweep, "policy": m.policy, "params": m.params,
                     "answer": pred, "score": task.score(a.answer), "kv_ratio": a.kv_ratio,
                     "ttft_s": a.ttft_s, "total_s": a.total_s, "k": a.k, "mode": a.mode,
-                    "n_refilled": len(chunks), "entropy": a.entropy,
+                    "n_refilled": len(chunks), "entropy": a.entropy, "reselect": m.reselect,
+                    "n_reselected": len(a.reselected_chunks),
                     "needle_recall": (len(need & chunks) / len(need)) if need and m.policy in CHUNK_POLICIES
                     else None,
                     "ingest_s": None if info.existed else info.seconds,
@@ -227,7 +230,7 @@ def engine_defaults() -> str:
     except (OSError, subprocess.SubprocessError):
         rev = "?"
     acre = asdict(make_policy("acre"))
-    prm = {k: acre[k] for k in ("k_min", "k_max", "neighbors", "mode")}
+    prm = {k: acre[k] for k in ("coverage", "k_min", "k_max", "kv_budget", "neighbors", "mode")}
     prm.update(budget=make_policy("streaming").budget, fixed_k=make_policy("fixed-k").fixed_k)
     return f"commit {rev or '?'}; ask defaults {prm}; chunk_size {LayoutConfig().chunk_size}"
 
@@ -241,6 +244,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="append", default=None,
                     help="families:lengths whose tasks get the budget sweep (repeatable); 'none' for no sweep")
     ap.add_argument("--methods", default=None, help="comma list of method names (default: all)")
+    ap.add_argument("--reselect", type=int, default=0, metavar="N",
+                    help="add the method acre+reselectN: acre re-selecting chunks every N answer tokens")
     ap.add_argument("--longbench", action="append", default=[], help="a LongBench-format JSONL file")
     ap.add_argument("--limit", type=int, default=None, help="records per LongBench file")
     ap.add_argument("--seed", type=int, default=0)
@@ -269,6 +274,8 @@ def main(argv=None) -> int:
         tasks = build_tasks(tok.encode, grids, args.longbench, args.limit, args.seed)
         print(f"{len(tasks)} tasks built in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         mains, swp = main_methods(), sweep_methods()
+        if args.reselect:
+            mains.append(Method(f"acre+reselect{args.reselect}", "acre", reselect=args.reselect))
         if args.methods:
             keep = set(args.methods.split(","))
             unknown = keep - {m.name for m in mains + swp}

@@ -19,9 +19,10 @@ from pathlib import Path
 from statistics import mean
 
 # Rows of the main table, in the paper's order (methods absent from a run are skipped).
-MAIN_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-l1", "quest", "infllm", "streaming", "h2o", "snapkv",
-              "l1-only", "random", "fixed-k"]
-ABLATION_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-l1", "fixed-k", "random", "l1-only", "quest", "infllm"]
+MAIN_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "quest", "infllm", "streaming",
+              "h2o", "snapkv", "l1-only", "random", "fixed-k"]
+ABLATION_ORDER = ["full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "fixed-k", "random", "l1-only",
+                  "quest", "infllm"]
 GROUP_ORDER = ["niah", "multi-hop", "aggregation", "qa", "real"]
 CURVES = ["acre", "fixed-k", "quest", "infllm", "streaming", "h2o", "snapkv"]
 

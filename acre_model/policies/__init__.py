@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from ..errors import InputError
-from .acre import AcrePolicy
+from .acre import AcreEntropyPolicy, AcrePolicy
 from .acre_l1 import AcreL1Policy
 from .base import PlanContext, Policy
 from .fixed_k import FixedKPolicy
@@ -18,9 +18,9 @@ from .random_k import RandomPolicy
 from .snapkv import SnapKVPolicy
 from .streaming import StreamingPolicy
 
-POLICIES: tuple[type[Policy], ...] = (AcrePolicy, AcreL1Policy, FixedKPolicy, FullPolicy, L1OnlyPolicy,
-                                      RandomPolicy, StreamingPolicy, H2OPolicy, SnapKVPolicy, QuestPolicy,
-                                      InfLLMPolicy)
+POLICIES: tuple[type[Policy], ...] = (AcrePolicy, AcreEntropyPolicy, AcreL1Policy, FixedKPolicy, FullPolicy,
+                                      L1OnlyPolicy, RandomPolicy, StreamingPolicy, H2OPolicy, SnapKVPolicy,
+                                      QuestPolicy, InfLLMPolicy)
 _BY_NAME = {p.name: p for p in POLICIES}
 
 
@@ -41,5 +41,5 @@ def make_policy(name: str, **knobs) -> Policy:
 
 
 __all__ = ["POLICIES", "PlanContext", "Policy", "make_policy", "policy_class", "policy_names", "AcrePolicy",
-           "AcreL1Policy", "FixedKPolicy", "FullPolicy", "L1OnlyPolicy", "RandomPolicy", "StreamingPolicy",
-           "H2OPolicy", "SnapKVPolicy", "QuestPolicy", "InfLLMPolicy"]
+           "AcreEntropyPolicy", "AcreL1Policy", "FixedKPolicy", "FullPolicy", "L1OnlyPolicy", "RandomPolicy",
+           "StreamingPolicy", "H2OPolicy", "SnapKVPolicy", "QuestPolicy", "InfLLMPolicy"]

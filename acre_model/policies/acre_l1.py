@@ -8,11 +8,11 @@ import torch
 from .. import locator
 from ..pass1 import run_pass1
 from .base import PlanContext
-from .chunk_policy import EntropyVolumePolicy
+from .chunk_policy import CoverageVolumePolicy
 
 
 @dataclass
-class AcreL1Policy(EntropyVolumePolicy):
+class AcreL1Policy(CoverageVolumePolicy):
     name = "acre-l1"
 
     l1_layers: tuple[int, ...] | None = None  # layers whose attention is summed (None: the middle 40%)

@@ -14,6 +14,7 @@ import torch
 
 from ..doc_state import DocState
 from ..errors import InputError
+from ..library import Library, LibraryPlan
 from ..plan import MODES, Plan
 
 
@@ -38,6 +39,16 @@ class Policy:
 
     def plan(self, ctx: PlanContext) -> Plan:
         raise NotImplementedError
+
+    def plan_library(self, model, library: Library, q_ids: torch.Tensor) -> LibraryPlan:
+        """A plan over several documents. Over one document it is that document's plan; only the chunk
+        policies rank the chunks of several documents together (`ChunkPolicy.plan_library`)."""
+        if len(library.docs) > 1:
+            raise InputError(f"policy {self.name!r} answers over one document only; a question over several "
+                             "documents needs a chunk policy that ranks them with the locator index "
+                             "(acre, fixed-k, random)")
+        plan = self.plan(PlanContext(model, library.docs[0], q_ids))
+        return LibraryPlan([library.docs[0].doc_id], [plan], plan.mode, plan.entropy, plan.k, plan.p)
 
     @classmethod
     def knob_names(cls) -> list[str]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import locator, volume
+from ..library import Library, LibraryPlan
 from ..pass1 import run_pass1
 from ..plan import Plan
 from .base import PlanContext, Policy
@@ -44,6 +45,32 @@ class ChunkPolicy(Policy):
         scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim)
         return locator.to_distribution(scores, self.p_power)
 
+    def plan_library(self, model, library: Library, q_ids: torch.Tensor) -> LibraryPlan:
+        """The same steps over several documents: one pass 1 (over the first document's attend set) gives
+        the question's queries; they score every document's locator index on one scale; the volume rule
+        and the choice run on the joint distribution over all chunks; neighbours stay in their document."""
+        if len(library.docs) == 1:
+            return super().plan_library(model, library, q_ids)
+        self.check(type(self).locate is ChunkPolicy.locate,
+                   "a question over several documents needs the locator index (its locator reads one document)")
+        self.check(self.mode == "focus", "a question over several documents runs in focus mode")
+        docs, cfg = library.docs, model.cfg
+        layers = sorted({layer for layer, _ in docs[0].index_heads})
+        probe = run_pass1(model, docs[0], q_ids, layers, want_queries=True, want_probs=False)
+        scores = locator.library_chunk_scores(docs, probe, cfg.n_rep, cfg.head_dim, model.rope.inv_freq)
+        p = locator.to_distribution(torch.cat(scores), self.p_power)
+        k = self.volume(p)
+        top = self.choose(PlanContext(model, docs[0], q_ids), p, k)
+        starts = torch.tensor([s.numel() for s in scores]).cumsum(0)  # [n_docs] end of each document's chunks
+        plans, best = [], []
+        for i, (doc, s) in enumerate(zip(docs, scores)):
+            lo = int(starts[i]) - s.numel()
+            mine = [c - lo for c in top if lo <= c < int(starts[i])]
+            chunks = volume.with_neighbors(mine, self.neighbors, s.numel())
+            plans.append(Plan(chunks, use_l1=True, mode=self.mode, p=p[lo:int(starts[i])]))
+            best.append(float(p[lo:int(starts[i])].max()))
+        return LibraryPlan([d.doc_id for d in docs], plans, self.mode, volume.normalized_entropy(p), k, p, best)
+
     def volume(self, p: torch.Tensor) -> int:
         raise NotImplementedError
 
@@ -53,16 +80,51 @@ class ChunkPolicy(Policy):
 
 
 @dataclass
-class EntropyVolumePolicy(ChunkPolicy):
-    """k from the entropy of p: `k_min + (k_max - k_min) * H(p) / log(n_chunks)` (`volume.py`)."""
+class BoundedVolumePolicy(ChunkPolicy):
+    """A volume rule bounded by `k_min`..`k_max` and by a KV budget: `kv_budget` is the share of the
+    document (0 < b <= 1) the refilled chunks, neighbours included, may take (None: only k_max bounds)."""
 
     k_min: int = 1
     k_max: int = 3
+    kv_budget: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check(isinstance(self.k_min, int) and isinstance(self.k_max, int) and 1 <= self.k_min <= self.k_max,
                    f"need integers 1 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}")
+        self.check(self.kv_budget is None or (isinstance(self.kv_budget, (int, float)) and 0 < self.kv_budget <= 1),
+                   f"kv_budget must be a share of the document in (0, 1], got {self.kv_budget!r}")
 
     def volume(self, p: torch.Tensor) -> int:
+        return min(self.rule_k(p), volume.budget_k(self.kv_budget, p.numel(), self.neighbors))
+
+    def rule_k(self, p: torch.Tensor) -> int:
+        raise NotImplementedError
+
+
+@dataclass
+class EntropyVolumePolicy(BoundedVolumePolicy):
+    """k from the entropy of p: `k_min + (k_max - k_min) * H(p) / log(n_chunks)` (`volume.py`)."""
+
+    def rule_k(self, p: torch.Tensor) -> int:
         return volume.entropy_to_k(volume.normalized_entropy(p), self.k_min, self.k_max, p.numel())
+
+
+@dataclass
+class CoverageVolumePolicy(BoundedVolumePolicy):
+    """k = the fewest top chunks holding `coverage` of p (`volume.coverage_to_k`): one peak -> one chunk,
+    evidence in several places -> as many chunks as places, up to k_max and the KV budget."""
+
+    # Chosen on probe seeds (tools/tune_volume.py; docs/results.md, "Adaptive volume"): p ∝ score**4 and
+    # 90% coverage give one chunk to single needles and 4-5 to multi-value / multi-query questions; k_max 6.
+    p_power: float = 4.0
+    k_max: int = 6
+    coverage: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check(isinstance(self.coverage, (int, float)) and 0 < self.coverage <= 1,
+                   f"coverage must lie in (0, 1], got {self.coverage!r}")
+
+    def rule_k(self, p: torch.Tensor) -> int:
+        return volume.coverage_to_k(p, self.coverage, self.k_min, self.k_max)

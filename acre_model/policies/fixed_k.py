@@ -12,7 +12,8 @@ from .chunk_policy import ChunkPolicy
 class FixedKPolicy(ChunkPolicy):
     name = "fixed-k"
 
-    fixed_k: int = 2  # acre's measured mean k (1.9), so both spend the same KV
+    # acre's mean k on the probe seeds is 2.7 (docs/results.md, "Adaptive volume"): 3 spends at least its KV
+    fixed_k: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()

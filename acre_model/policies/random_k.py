@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 
 from .base import PlanContext
-from .chunk_policy import EntropyVolumePolicy
+from .chunk_policy import CoverageVolumePolicy
 
 
 @dataclass
-class RandomPolicy(EntropyVolumePolicy):
+class RandomPolicy(CoverageVolumePolicy):
     name = "random"
 
     seed: int = 0

@@ -20,10 +20,13 @@ shards a killed put left behind are invisible and the next put of that id overwr
 
 Reading (`download`): a whole document is fetched with ranged GETs of about `range_bytes` (whole chunks),
 `parallel` at a time, consumed in chunk order; each chunk is checked against its per-layer CRC32C as it
-lands. Byte offsets come from the layout (every chunk but the last has the same size).
+lands. Byte offsets come from the layout (every chunk but the last has the same size). `read_chunks` reads
+just some chunks (ranged GETs inside their shards, on threads of their own): what a request asks for while
+the document is still coming down (read_through.py).
 """
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -58,6 +61,7 @@ class ObjectStoreConfig:
     shard_bytes: int = 64 << 20  # chunks per shard object: as many as fit (at least one)
     range_bytes: int = 8 << 20  # one ranged GET reads about this much (whole chunks)
     parallel: int = 16  # ranged GETs in flight per document read
+    recheck_s: float = 30.0  # a local copy served after this long without a look at its manifest: HEAD it
 
     def __post_init__(self) -> None:
         u = urlparse(self.url)
@@ -65,6 +69,8 @@ class ObjectStoreConfig:
             raise InvalidArgument(f"object store must be s3://BUCKET[/PREFIX], got {self.url!r}")
         if self.shard_bytes <= 0 or self.range_bytes <= 0 or self.parallel <= 0:
             raise InvalidArgument("shard_bytes, range_bytes and parallel must be > 0")
+        if not self.recheck_s >= 0:
+            raise InvalidArgument(f"recheck_s must be >= 0 seconds, got {self.recheck_s!r}")
 
     @property
     def bucket(self) -> str:
@@ -132,9 +138,10 @@ class ObjectTier:
         except Exception as e:  # noqa: BLE001 - obstore's configuration errors carry the reason
             raise InvalidArgument(f"object store {config.url}: {e}") from None
         self._pool = ThreadPoolExecutor(config.parallel, thread_name_prefix="acre-s3")
+        self._urgent = ThreadPoolExecutor(config.parallel, thread_name_prefix="acre-s3-ask")  # read_chunks
         self._manifests: dict[str, tuple[str, DocMeta]] = {}  # path -> (e_tag, meta): list() reads each once
         self.counters = {"gets": 0, "get_bytes": 0, "puts": 0, "put_bytes": 0, "deletes": 0, "errors": 0,
-                         "read_throughs": 0}
+                         "read_throughs": 0, "ahead_gets": 0, "heads": 0, "dropped_deleted": 0}
         self._lock = threading.Lock()
         self._doc_locks: dict[str, threading.Lock] = {}
 
@@ -211,6 +218,19 @@ class ObjectTier:
             raise DataLoss(f"manifest of document {doc_id} in {self.url} names {man.record.doc_id}")
         return man
 
+    def published(self, doc_id: str) -> bool:
+        """Whether the document's manifest is in the bucket (one HEAD)."""
+        import obstore
+
+        path = f"{self.doc_dir(doc_id)}/{MANIFEST}"
+        try:
+            self._call(f"HEAD {path}", obstore.head, path)
+        except FileNotFoundError:
+            return False
+        finally:
+            self._count(heads=1)
+        return True
+
     def publishing(self, staging: Staging, meta: DocMeta, l1: list[TensorSpec]) -> "PublishingStaging":
         return PublishingStaging(self, staging, meta, l1)
 
@@ -218,37 +238,118 @@ class ObjectTier:
                  on_chunk: Callable[[int, np.ndarray], None]) -> None:
         """Read the whole document: L1 parts, then chunks in order, each verified before it is handed on.
         Ranged GETs run `parallel` at a time; at most 2x that many ranges are held in memory."""
-        rec, L = man.record, man.record.meta.layout
-        d = self.doc_dir(rec.doc_id)
+        for spec, arr in self.read_l1(man):
+            on_l1(spec, arr)
+        self.download_chunks(man, on_chunk)
+
+    def read_l1(self, man: Manifest) -> list[tuple[TensorSpec, np.ndarray]]:
+        """Every L1 part of the document, verified (one GET of `l1.bin`)."""
+        rec = man.record
         l1_total = sum(s.nbytes for s in rec.l1)
-        ranges = self._chunk_ranges(man)
-        window = 2 * self.config.parallel
-        futures: list[Future] = []
         try:
-            l1_fut = self._pool.submit(self.get_range, f"{d}/{L1_OBJECT}", 0, l1_total) if l1_total else None
-            for r in ranges[:window]:
-                futures.append(self._pool.submit(self.get_range, *r[:3]))
-            if l1_fut is not None:
-                self._unpack_l1(rec, l1_fut.result(), on_l1)
-            else:
-                self._unpack_l1(rec, memoryview(b""), on_l1)
-            for i, (path, start, end, first, stop) in enumerate(ranges):
-                buf = futures[i].result()
-                if i + window < len(ranges):
-                    futures.append(self._pool.submit(self.get_range, *ranges[i + window][:3]))
+            buf = self.get_range(f"{self.doc_dir(rec.doc_id)}/{L1_OBJECT}", 0, l1_total) if l1_total else memoryview(b"")
+        except FileNotFoundError as e:
+            raise DataLoss(f"document {rec.doc_id} is published in {self.url} but an object is missing: {e}") from None
+        out: list[tuple[TensorSpec, np.ndarray]] = []
+        self._unpack_l1(rec, buf, lambda spec, arr: out.append((spec, arr)))
+        return out
+
+    def download_chunks(self, man: Manifest, on_chunk: Callable[[int, np.ndarray], None],
+                        claim: Callable[[int, int], list[tuple[int, int]]] | None = None,
+                        take: Callable[[int], np.ndarray | None] | None = None,
+                        gate: Callable[[], None] | None = None) -> None:
+        """Every chunk in order, each verified before `on_chunk`. With a read-through in progress (see
+        read_through.py), `claim(first, stop)` returns the runs of chunks of a range still to be read here
+        (others were asked for ahead of it), `take(c)` waits for a chunk read ahead, and `gate()` blocks
+        while requests asked ahead are in flight (they go first)."""
+        rec, L = man.record, man.record.meta.layout
+        window = 2 * self.config.parallel
+        todo = self._chunk_ranges(man)
+        futures: dict[int, Future] = {}  # first chunk of a submitted run -> its GET
+        runs: dict[int, int] = {}  # first -> stop of each run submitted here and not consumed yet
+        nxt, covered = 0, 0  # next range of `todo` to submit; chunks before `covered` are submitted or claimed
+
+        def submit_more() -> None:
+            nonlocal nxt, covered
+            while nxt < len(todo) and len(futures) < window:
+                if gate is not None:
+                    gate()
+                path, start, _end, first, stop = todo[nxt]
+                nxt, covered = nxt + 1, stop
                 offs = chunk_offsets(L, first, stop)
-                for j, c in enumerate(range(first, stop)):
-                    arr = np.frombuffer(buf[offs[j]:offs[j + 1]], dtype=L.np_dtype).reshape(L.chunk_shape(c))
-                    bad = [i for i, (a, b) in enumerate(zip(layer_crcs(arr), rec.chunk_crcs[c])) if a != b]
-                    if bad:
-                        raise DataLoss(f"chunk {c} of document {rec.doc_id} in {self.url} failed its checksum "
-                                       f"(layers {bad}); refusing to return it")
+                for a, b in (claim(first, stop) if claim is not None else [(first, stop)]):
+                    futures[a] = self._pool.submit(self.get_range, path, start + offs[a - first], start + offs[b - first])
+                    runs[a] = b
+
+        try:
+            c = 0
+            while c < L.n_chunks:
+                if c >= covered:
+                    submit_more()
+                if c not in runs:  # asked for ahead of this download: it was read there
+                    arr = take(c) if take is not None else None
+                    if arr is None:
+                        raise DataLoss(f"chunk {c} of document {rec.doc_id} was not read")
                     on_chunk(c, arr)
+                    c += 1
+                    continue
+                stop = runs.pop(c)
+                buf = futures.pop(c).result()
+                submit_more()
+                for cc, arr in self.unpack_chunks(rec, buf, c, stop):
+                    on_chunk(cc, arr)
+                c = stop
         except FileNotFoundError as e:
             raise DataLoss(f"document {rec.doc_id} is published in {self.url} but an object is missing: {e}") from None
         finally:
-            for f in futures:
+            for f in futures.values():
                 f.cancel()
+
+    def unpack_chunks(self, rec: DocRecord, buf: memoryview, first: int, stop: int) -> list[tuple[int, np.ndarray]]:
+        """The chunks [first, stop) of a ranged GET's bytes, each checked against its per-layer CRC32C."""
+        L = rec.meta.layout
+        offs = chunk_offsets(L, first, stop)
+        out = []
+        for j, c in enumerate(range(first, stop)):
+            arr = np.frombuffer(buf[offs[j]:offs[j + 1]], dtype=L.np_dtype).reshape(L.chunk_shape(c))
+            bad = [i for i, (a, b) in enumerate(zip(layer_crcs(arr), rec.chunk_crcs[c])) if a != b]
+            if bad:
+                raise DataLoss(f"chunk {c} of document {rec.doc_id} in {self.url} failed its checksum "
+                               f"(layers {bad}); refusing to return it")
+            out.append((c, arr))
+        return out
+
+    def read_chunks(self, man: Manifest, chunk_ids: list[int]) -> list[tuple[list[int], Future]]:
+        """Ranged GETs of just these chunks, started now on their own threads (ahead of any whole-document
+        download): contiguous chunks of one shard share a GET of up to `range_bytes`. Returns each GET's
+        chunk ids with a future of their verified arrays (DataLoss if damaged or missing)."""
+        rec, L = man.record, man.record.meta.layout
+        starts = man.shard_starts + [L.n_chunks]
+        ids = sorted(set(int(c) for c in chunk_ids))
+        groups: list[list[int]] = []
+        for c in ids:
+            g = groups[-1] if groups else None
+            if (g and c == g[-1] + 1 and _shard_of(starts, c) == _shard_of(starts, g[0])
+                    and sum(L.chunk_nbytes(x) for x in g) + L.chunk_nbytes(c) <= self.config.range_bytes):
+                g.append(c)
+            else:
+                groups.append([c])
+        out = []
+        for g in groups:
+            s = _shard_of(starts, g[0])
+            offs = chunk_offsets(L, starts[s], g[-1] + 1)
+            path = f"{self.doc_dir(rec.doc_id)}/shard-{s:05d}.bin"
+            a, b, first, stop = offs[g[0] - starts[s]], offs[-1], g[0], g[-1] + 1
+
+            def one(path=path, a=a, b=b, first=first, stop=stop):
+                try:
+                    return [arr for _, arr in self.unpack_chunks(rec, self.get_range(path, a, b), first, stop)]
+                except FileNotFoundError as e:
+                    raise DataLoss(f"document {rec.doc_id} is published in {self.url} but an object is "
+                                   f"missing: {e}") from None
+            out.append((g, self._urgent.submit(one)))
+            self._count(ahead_gets=1)
+        return out
 
     def _chunk_ranges(self, man: Manifest) -> list[tuple[str, int, int, int, int]]:
         """(path, start, end, first_chunk, stop_chunk) of every ranged GET, in chunk order."""
@@ -329,6 +430,7 @@ class ObjectTier:
         return existed
 
     def close(self) -> None:
+        self._urgent.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -394,6 +496,11 @@ class PublishingStaging(Staging):
         for f in self._uploads:
             f.cancel()
         self.local.abort()
+
+
+def _shard_of(starts: list[int], c: int) -> int:
+    """The shard holding chunk c (`starts`: each shard's first chunk, then n_chunks)."""
+    return bisect.bisect_right(starts, c) - 1
 
 
 def iter_unique(metas: Iterator[DocMeta]) -> list[DocMeta]:

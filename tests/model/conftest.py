@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.model.tiny import spread_weights
+
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
 
@@ -27,13 +29,7 @@ def _make(kind: str, path):
     else:
         raise ValueError(kind)
     # Random init is small; scale weights up so that attention is far from uniform and bugs show.
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.08)
-            elif "bias" in n:
-                p.normal_(0, 0.5)
-    m.eval()
+    spread_weights(m, "bias", 0.5)
     m.save_pretrained(str(path), safe_serialization=True)
     return m
 

@@ -1,7 +1,6 @@
 """The forward pass against transformers and against an independent naive reference."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from acre_model.model import AttnProbe

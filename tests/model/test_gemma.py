@@ -12,6 +12,7 @@ from acre_model import model as model_mod
 from acre_model.config import GLOBAL, LOCAL, ModelConfig
 from acre_model.kv_cache import KVCache
 from acre_model.model import AttnProbe
+from tests.model.tiny import spread_weights
 
 WINDOW = 16
 # local, local, global, local: two local layers before the global one, one after it
@@ -29,13 +30,7 @@ def _make_tiny(path, layer_types=TYPES):
                               rope_local_base_freq=10000.0)
     m = tf.Gemma3ForCausalLM(cfg)
     # Random init is small and Gemma's norms start at zero (identity); scale up so bugs show.
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.08)
-            elif "norm" in n:
-                p.normal_(0, 0.3)
-    m.eval()
+    spread_weights(m, "norm", 0.3)
     m.save_pretrained(str(path), safe_serialization=True)
     return m
 

@@ -254,3 +254,33 @@ def test_real_gemma_20k_needle_answered_by_acre_through_a_daemon(tmp_path):
         d.proc.kill()
         d.proc.wait()
         shutil.rmtree(sock, ignore_errors=True)
+
+
+def test_a_library_of_one_hybrid_document_is_the_document_and_several_are_refused(hybrid):
+    eng, store, info = hybrid
+    for policy in ("acre", "full"):
+        one = eng.prepare(info.doc_id, Q, policy, answer_prefix=PREFIX, store=store)
+        lib = eng.prepare([info.doc_id], Q, policy, answer_prefix=PREFIX, store=store)
+        assert torch.equal(one.logits, lib.logits) and lib.layout.n_active == one.layout.n_active
+    other = eng.ingest(DOC + " The end.", store=store)
+    with pytest.raises(InputError, match="hybrid model"):
+        eng.ask([info.doc_id, other.doc_id], Q, store=store, max_new_tokens=1)
+
+
+def test_reselect_on_a_hybrid_document_rebuilds_the_global_layers_only(hybrid):
+    """Re-selection plans the union through the same layout: local layers keep their window."""
+    from acre_model.policies.acre import AcrePolicy
+
+    class Moving(AcrePolicy):  # a locator that points elsewhere once the answer has begun
+        def locate(self, ctx):
+            p = super().locate(ctx)
+            if not hasattr(self, "_n_q"):
+                self._n_q = len(ctx.q_ids)
+                return p
+            return p.flip(0)
+
+    eng, store, info = hybrid
+    base = eng.ask(info.doc_id, Q, store=store, max_new_tokens=6, k_max=2, neighbors=0)
+    a = eng.ask(info.doc_id, Q, Moving(k_max=2, neighbors=0), store=store, max_new_tokens=6, reselect=2)
+    assert a.reselected_chunks and a.kv_ratio > base.kv_ratio
+    assert a.refilled_chunks == sorted(set(base.refilled_chunks) | set(a.reselected_chunks))

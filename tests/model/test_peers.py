@@ -92,14 +92,14 @@ def needle(engine, tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["quest", "infllm"])
 def test_reported_kv_ratio_is_the_entries_attended(engine, needle, name):
-    """At the default (fixed_k = 2 with neighbours, fixed-k's KV): what every layer's cache holds is the L1
+    """At the default (fixed_k = 3 with neighbours, fixed-k's KV): what every layer's cache holds is the L1
     entries of the chunks not refilled plus every token of the refilled ones, and that is the KV reported."""
     d, info, store = needle
     doc = engine.load_document(info.doc_id, store)
     L = engine.cfg.num_hidden_layers
     p = engine.prepare(info.doc_id, d.question, name, answer_prefix=d.answer_prefix, store=store)
     chunks = p.plan.chunks
-    assert p.plan.k == 2 and 2 <= len(chunks) <= 6 and chunks == sorted(set(chunks))
+    assert p.plan.k == 3 and 3 <= len(chunks) <= 9 and chunks == sorted(set(chunks))
     kept_l1 = int((~torch.isin(doc.l1_chunk.cpu(), torch.tensor(chunks))).sum())
     want = kept_l1 + sum(doc.chunk_len(c) for c in chunks)
     attended = [p.cache.view(layer)[0].shape[1] - p.n_question for layer in range(L)]

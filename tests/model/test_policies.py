@@ -8,7 +8,7 @@ import pytest
 
 from acre_model.errors import InputError
 from acre_model.policies import POLICIES, make_policy, policy_names
-from tests.model.tiny import DOC, make_tiny_folder
+from tests.model.tiny import tiny_with_doc
 
 QUESTIONS = ["What colour is the grass?", "Which sentence says the sun is yellow?", "Name every colour."]
 NAMES = [p.name for p in POLICIES]
@@ -16,21 +16,15 @@ NAMES = [p.name for p in POLICIES]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, default_model_path):
-    from acre_model.engine import Engine
-    from acre_store import EmbeddedStore
-
-    root = tmp_path_factory.mktemp("policies")
-    eng = Engine.from_pretrained(str(make_tiny_folder(root / "m", default_model_path, seed=7)), device="cpu")
-    store = EmbeddedStore(str(root / "s"))
-    info = eng.ingest(DOC, store=store)
+    eng, store, info = tiny_with_doc(tmp_path_factory.mktemp("policies"), default_model_path, seed=7)
     yield eng, store, info
     store.close()
 
 
 def test_the_policy_list_is_explicit_and_unique():
     assert policy_names() == NAMES and len(set(NAMES)) == len(NAMES)
-    assert {"acre", "acre-l1", "full", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k", "quest",
-            "infllm"} == set(NAMES)
+    assert {"acre", "acre-entropy", "acre-l1", "full", "streaming", "h2o", "snapkv", "l1-only", "random", "fixed-k",
+            "quest", "infllm"} == set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -70,6 +64,8 @@ def test_an_unknown_knob_is_an_error_naming_the_policy_and_its_knobs(tiny, name)
     ("random", {"k_min": 2.5}), ("l1-only", {"mode": "sideways"}), ("streaming", {"budget": 0}),
     ("h2o", {"budget": 1.5}), ("snapkv", {"budget": -0.1}), ("acre", {"k_max": "3"}), ("quest", {"fixed_k": 0}),
     ("infllm", {"neighbors": -1}), ("quest", {"mode": "wide"}),
+    ("acre", {"coverage": 0}), ("acre", {"coverage": 1.5}), ("acre", {"kv_budget": 2}),
+    ("acre-entropy", {"kv_budget": -0.5}), ("acre-entropy", {"k_min": 0}),
 ])
 def test_bad_knob_values_are_refused_by_their_policy(name, knobs):
     with pytest.raises(InputError, match=f"policy {name!r}"):

@@ -46,3 +46,25 @@ def make_tiny_folder(path, src, seed: int, hybrid: bool = False):
     return path
 
 
+
+
+def spread_weights(m: torch.nn.Module, other: str, std: float) -> None:
+    """Random init is small: draw a transformers model's matrices (and the parameters whose name holds
+    `other`, with `std`) wider, so attention is far from uniform and bugs show."""
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+            elif other in n:
+                p.normal_(0, std)
+    m.eval()
+
+
+def tiny_with_doc(root, src, seed: int):
+    """(engine, store, DocInfo) of DOC ingested into an embedded store under `root`, on a tiny random
+    model made from the default model at `src`; the caller closes the store."""
+    from acre_store import EmbeddedStore
+
+    eng = Engine.from_pretrained(str(make_tiny_folder(root / "m", src, seed=seed)), device="cpu")
+    store = EmbeddedStore(str(root / "s"))
+    return eng, store, eng.ingest(DOC, store=store)

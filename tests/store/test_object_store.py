@@ -132,12 +132,18 @@ def test_corrupted_object_is_data_loss(on_bucket, bucket, target):
     bucket.put(key, bytes(data))
     b = on_bucket()
     with b.client() as cb:
-        with pytest.raises(DataLoss, match="checksum"):
-            cb.info(doc.doc_id)
+        if target == "l1.bin":  # the first thing a read-through needs
+            with pytest.raises(DataLoss, match="checksum"):
+                cb.info(doc.doc_id)
+            with pytest.raises(DataLoss):
+                cb.get_l1(doc.doc_id)
+        else:  # L1 is served at once; the damaged chunks are refused, whoever reads them first
+            assert cb.info(doc.doc_id).doc_id == doc.doc_id
+            with pytest.raises(DataLoss, match="checksum"):  # shard 1 holds chunk 1 (one chunk per shard)
+                list(cb.fetch(doc.doc_id, [1]))
+            _wait_landed(cb)
         with pytest.raises(DataLoss):
             list(cb.fetch(doc.doc_id, range(REAL.n_chunks)))
-        with pytest.raises(DataLoss):
-            cb.get_l1(doc.doc_id)
         st = cb.stats()
         assert st.n_docs == 0 and st.disk.checksum_failures >= 1  # nothing half-kept
     with a.client() as ca:  # A's own verified copy is untouched
@@ -151,8 +157,20 @@ def test_missing_object_is_data_loss(on_bucket, bucket):
         ca.put(doc.meta, doc.l1, doc.chunks)
     bucket.server.client().delete_object(Bucket=bucket.name, Key=f"{bucket.prefix}/docs/{doc.doc_id}/shard-00000.bin")
     b = on_bucket()
-    with b.client() as cb, pytest.raises(DataLoss, match="missing"):
-        cb.info(doc.doc_id)
+    with b.client() as cb:
+        cb.info(doc.doc_id)  # manifest and L1 are there
+        with pytest.raises(DataLoss, match="missing"):
+            list(cb.fetch(doc.doc_id, [0]))
+        _wait_landed(cb)
+        assert cb.stats().n_docs == 0
+
+
+def _wait_landed(client, timeout: float = 30) -> None:
+    """Until no document is landing (read through, downloading in the background) on the client's daemon."""
+    deadline = time.monotonic() + timeout
+    while client.stats().object_store["landing"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.stats().object_store["landing"] == 0
 
 
 def test_delete_removes_the_document_from_bucket_and_local_tiers(on_bucket, bucket):
@@ -240,3 +258,93 @@ def test_unreachable_bucket_fails_the_put_and_keeps_nothing(tmp_path, monkeypatc
         with pytest.raises(StoreUnavailable):
             s.info(doc.doc_id)
         assert s.stats().n_docs == 0 and time.monotonic() - t0 < 30
+
+
+def test_a_new_host_answers_before_the_whole_document_is_down(on_bucket, daemon_factory, tmp_path):
+    from acre_store.types import DocLayout
+
+    big = DocLayout(n_layers=30, n_kv_heads=3, head_dim=64, chunk_size=64, dtype="float32", n_tokens=64 * 40)
+    doc = make_doc(big, seed=12)
+    chunk, total = big.chunk_nbytes(0), big.kv_nbytes
+    a = on_bucket("--object-shard-bytes", str(8 * chunk))
+    with a.client() as ca:
+        meta = ca.put(doc.meta, doc.l1, doc.chunks)
+    data = str(tmp_path / "new-host")
+    # one GET at a time for the background download: it has read little by the time the answer is back
+    b = on_bucket("--object-parallel", "1", data=data)
+    with b.client() as cb:
+        assert cb.info(meta.doc_id) == meta  # manifest and L1 only
+        got = dict(cb.fetch(meta.doc_id, [37, 2]))  # chunk 2 is the download's own; 37 is read ahead of it
+        o = cb.stats().object_store
+        assert got[37].tobytes() == doc.chunks[37].tobytes() and got[2].tobytes() == doc.chunks[2].tobytes()
+        assert o["ahead_gets"] >= 1 and o["read_throughs"] == 1
+        assert o["get_bytes"] < total // 2, (o, total)  # the answer came long before the whole document
+        l1 = cb.get_l1(meta.doc_id)
+        assert all(l1[k].tobytes() == v.tobytes() for k, v in doc.l1.items())
+        assert local_docs(cb, 1, timeout=60) == 1  # then it lands fully, in the background
+        o = cb.stats().object_store
+        assert o["landing"] == 0 and o["get_bytes"] <= total + sum(v.nbytes for v in doc.l1.values()) + 2 * chunk + (1 << 20)
+        assert_doc_equal(cb, doc)
+    b.stop()
+    local = daemon_factory("lmdb", data=data)  # no bucket: the local copy
+    with local.client() as cl:
+        assert cl.stats().n_docs == 1 and cl.stats().object_store is None
+        assert_doc_equal(cl, doc)
+
+
+def test_a_delete_while_landing_stops_the_download(on_bucket, tmp_path):
+    from acre_store.types import DocLayout
+
+    big = DocLayout(n_layers=30, n_kv_heads=3, head_dim=64, chunk_size=64, dtype="float32", n_tokens=64 * 24)
+    doc = make_doc(big, seed=13)
+    a = on_bucket()
+    with a.client() as ca:
+        ca.put(doc.meta, doc.l1, doc.chunks)
+    b = on_bucket("--object-parallel", "1")
+    with b.client() as cb:
+        cb.info(doc.doc_id)
+        cb.delete(doc.doc_id)  # landing here, published there: gone from both
+        _wait_landed(cb)
+        st = cb.stats()
+        assert st.n_docs == 0 and st.ram.entries == 0
+        with pytest.raises(DocumentNotFound):
+            cb.info(doc.doc_id)
+
+
+def test_a_delete_through_one_daemon_reaches_the_others_copies(on_bucket, bucket):
+    doc, other = make_doc(TINY, seed=14), make_doc(TINY, seed=15)
+    a = on_bucket()
+    b = on_bucket("--object-recheck", "0.5")
+    c = on_bucket("--object-recheck", "3600")  # a long interval: its copy outlives the delete that long
+    with a.client() as ca, b.client() as cb, c.client() as cc:
+        ca.put(doc.meta, doc.l1, doc.chunks)
+        ca.put(other.meta, other.l1, other.chunks)
+        for cl in (cb, cc):
+            assert_doc_equal(cl, doc)
+            assert_doc_equal(cl, other)
+            assert local_docs(cl, 2) == 2
+        for _ in range(5):  # reads within the interval look at the bucket at most once per document
+            assert_doc_equal(cc, doc)
+            cc.info(doc.doc_id)
+        assert cc.stats().object_store["heads"] == 0  # the read-through's manifest GET was the look
+        ca.delete(doc.doc_id)
+        t0 = time.monotonic()
+        assert bucket.keys(f"docs/{doc.doc_id}/") == []
+        time.sleep(max(0.0, 0.6 - (time.monotonic() - t0)))
+        with pytest.raises(DocumentNotFound, match="deleted"):
+            cb.info(doc.doc_id)
+        with pytest.raises(DocumentNotFound):
+            list(cb.fetch(doc.doc_id, [0]))
+        st = cb.stats()
+        assert st.n_docs == 1 and st.object_store["dropped_deleted"] == 1
+        assert_doc_equal(cb, other)  # still published: served, its look at the bucket found it
+        assert_doc_equal(cc, doc)  # bounded staleness: within C's interval its copy is still served
+    c.stop()
+    c2 = on_bucket("--object-recheck", "0", data=c.data)  # the same folder, every read looks
+    with c2.client() as cc:
+        assert cc.stats().n_docs == 2
+        with pytest.raises(DocumentNotFound):
+            list(cc.fetch(doc.doc_id, [0]))
+        assert cc.stats().n_docs == 1
+        assert_doc_equal(cc, other)
+        assert cc.stats().object_store["heads"] >= 2

@@ -82,8 +82,8 @@ def test_write_report_files_and_headline(rows, tmp_path):
 
 def test_methods_and_grid():
     names = [m.name for m in main_methods()]
-    assert {"full", "acre", "acre-exact", "acre-focus", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
-            "random", "fixed-k", "quest", "infllm"} == set(names)
+    assert {"full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "streaming", "h2o", "snapkv",
+            "l1-only", "random", "fixed-k", "quest", "infllm"} == set(names)
     from acre_model.policies import policy_names
 
     assert {m.policy for m in main_methods()} == set(policy_names())  # a new policy must join the table

@@ -1,0 +1,117 @@
+"""Re-selection during decoding (`Engine.ask(..., reselect=N)`), on a tiny random model with the real
+tokenizer and a real store: off changes nothing, a locator that finds nothing new changes nothing, a
+locator that finds new chunks adds them (and only after N tokens), a budget caps them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from acre_model.errors import InputError
+from acre_model.policies import AcrePolicy
+from tests.model.tiny import DOC, tiny_with_doc
+
+Q = "Which sentence says the sun is yellow?"
+N_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, default_model_path):
+    eng, store, info = tiny_with_doc(tmp_path_factory.mktemp("reselect"), default_model_path, seed=11)
+    yield eng, store, info
+    store.close()
+
+
+@dataclass
+class FrozenLocator(AcrePolicy):
+    """acre whose locator, after the question, keeps answering what it answered for the question."""
+
+    def locate(self, ctx):
+        if not hasattr(self, "_first"):
+            self._first = super().locate(ctx)
+        self.calls = getattr(self, "calls", 0) + 1
+        return self._first
+
+
+@dataclass
+class MovingLocator(AcrePolicy):
+    """acre whose locator, once the answer has started, points at the chunks farthest from the first choice."""
+
+    def locate(self, ctx):
+        p = super().locate(ctx)
+        if not hasattr(self, "_n_q"):
+            self._n_q = len(ctx.q_ids)
+            return p
+        assert len(ctx.q_ids) > self._n_q  # re-selection queries with the answer so far
+        return p.flip(0)
+
+
+def test_reselect_off_is_todays_answer(tiny):
+    eng, store, info = tiny
+    a = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW)
+    b = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, reselect=0)
+    timing = {"ttft_s": 0, "total_s": 0, "decode_ms_per_token": 0, "fetch_s": 0, "fetch_wait_s": 0,
+              "fetched_bytes": 0}  # the second ask finds the chunks in the device cache
+    assert a.to_dict() | timing == b.to_dict() | timing
+    assert b.reselected_chunks == []
+
+
+def test_a_locator_that_finds_nothing_new_leaves_the_answer_unchanged(tiny):
+    eng, store, info = tiny
+    base = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, k_max=2)
+    pol = FrozenLocator(k_max=2)
+    a = eng.ask(info.doc_id, Q, pol, store=store, max_new_tokens=N_NEW, reselect=2)
+    assert a.n_new_tokens == base.n_new_tokens == N_NEW  # a random model never stops early
+    assert pol.calls == 1 + (N_NEW - 1) // 2  # the locator did run again every 2 tokens
+    assert a.answer == base.answer and a.refilled_chunks == base.refilled_chunks
+    assert a.kv_ratio == base.kv_ratio and a.reselected_chunks == []
+
+
+def test_new_chunks_join_after_n_tokens_and_a_budget_caps_them(tiny):
+    eng, store, info = tiny
+    n = 4
+    base = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, k_max=2, neighbors=0)
+    a = eng.ask(info.doc_id, Q, MovingLocator(k_max=2, neighbors=0), store=store, max_new_tokens=N_NEW, reselect=n)
+    assert a.reselected_chunks and not set(a.reselected_chunks) & set(base.refilled_chunks)
+    assert a.refilled_chunks == sorted(set(base.refilled_chunks) | set(a.reselected_chunks))
+    assert a.kv_ratio > base.kv_ratio and a.fetched_bytes >= base.fetched_bytes
+    # the first n tokens come before any re-selection: they are the plain answer's; later ones need not be
+    first = eng.ask(info.doc_id, Q, store=store, max_new_tokens=n, k_max=2, neighbors=0).answer
+    assert first and a.answer.startswith(first) and base.answer.startswith(first)
+    # a budget of the plan's own size leaves no room: nothing joins
+    cap = len(base.refilled_chunks) / info.n_chunks
+    b = eng.ask(info.doc_id, Q, MovingLocator(k_max=2, neighbors=0, kv_budget=cap), store=store,
+                max_new_tokens=N_NEW, reselect=n)
+    assert b.reselected_chunks == [] and b.answer == base.answer
+
+
+def test_reselect_is_refused_where_it_cannot_work(tiny):
+    eng, store, info = tiny
+    with pytest.raises(InputError, match="reselect"):
+        eng.ask(info.doc_id, Q, store=store, reselect=-1)
+    with pytest.raises(InputError, match="chunk policy"):
+        eng.ask(info.doc_id, Q, "streaming", store=store, reselect=4)
+    with pytest.raises(InputError, match="not a policy knob"):
+        eng.prepare(info.doc_id, Q, store=store, reselect=4)  # the scheduler's path
+
+
+def test_acre_ask_reselect_on_the_command_line(tiny, tmp_path):
+    import json
+
+    from tests.helpers import assert_clean_error, run_acre
+
+    eng, _, _ = tiny
+    env = {"ACRE_HOME": str(tmp_path / "home")}
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    p = run_acre("ingest", str(doc), "--model", str(eng.path), "--json", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    doc_id = json.loads(p.stdout)["doc_id"]
+    p = run_acre("ask", doc_id, Q, "--model", str(eng.path), "--json", "--max-new-tokens", "6", "--reselect", "2",
+                 "--kv-budget", "0.5", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    a = json.loads(p.stdout)
+    assert a["n_new_tokens"] >= 1 and "reselected_chunks" in a and a["kv_ratio"] <= 1.0
+    qs = tmp_path / "q.jsonl"
+    qs.write_text(json.dumps({"question": Q}) + "\n")
+    assert_clean_error(run_acre("ask", doc_id, "--questions", str(qs), "--reselect", "2", env_extra=env),
+                       "scheduler")

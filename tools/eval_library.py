@@ -1,0 +1,103 @@
+"""The library evaluation (issue 14): one question over 10, 30, 100 documents.
+
+For each library size, builds a library (`tools/tasks/library.py`: documents of 1k-3k tokens, one fact
+of the same form in each), ingests it into a fresh embedded store, then asks questions about the facts of
+documents drawn at random, each over the whole library (`Engine.ask(list_of_ids, ...)`). Reports per
+size: the share answered right, how often the fact's document was among the answer's sources, the active
+cache (entries, largest over the questions) against the model's context, and time to first token (the
+first question, which loads every document's L1, and the median of the others).
+
+    python -m tools.eval_library --sizes 10,30 --questions 10 --out runs/library
+
+Ends with one JSON line of the headline figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def run_size(eng, n_docs: int, n_questions: int, seed: int, policy: str, log, store_dir: str | None = None,
+             knobs: dict | None = None) -> dict:
+    from acre_store import EmbeddedStore
+
+    from tools.tasks.library import library_questions, make_library
+
+    docs = make_library(eng.tokenizer.encode, n_docs, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        st = EmbeddedStore(store_dir or tmp)
+        t0 = time.perf_counter()
+        ids = [eng.ingest(d.text, store=st, name=d.name).doc_id for d in docs]
+        ingest_s = time.perf_counter() - t0
+        eng.reset_caches()
+        eng.max_open_docs = max(eng.max_open_docs, n_docs)
+        rows = []
+        for q in library_questions(docs, n_questions, seed=seed):
+            a = eng.ask(ids, q.question, policy=policy, answer_prefix=q.answer_prefix, store=st,
+                        max_new_tokens=q.max_new_tokens, **(knobs or {}))
+            used = [ids.index(s["doc_id"]) for s in a.sources]
+            rows.append({"target": q.target, "answer": q.answer, "prediction": a.answer, "score": q.score(a.answer),
+                         "found": q.target in used, "sources": used, "n_active": a.n_active,
+                         "kv_ratio": a.kv_ratio, "ttft_s": a.ttft_s, "k": a.k})
+            log(f"  {n_docs:4d} docs  doc {q.target:3d}  {q.answer} -> {a.answer!r:20s} used {used}  "
+                f"active {a.n_active}  TTFT {a.ttft_s:.2f}s")
+        st.close()
+    warm = [r["ttft_s"] for r in rows[1:]] or [rows[0]["ttft_s"]]
+    return {"n_docs": n_docs, "n_tokens": sum(d.n_tokens for d in docs), "n_questions": len(rows),
+            "score": sum(r["score"] for r in rows) / len(rows), "found": sum(r["found"] for r in rows) / len(rows),
+            "max_active": max(r["n_active"] for r in rows), "max_context": eng.max_context,
+            "mean_kv_ratio": sum(r["kv_ratio"] for r in rows) / len(rows),
+            "ttft_first_s": rows[0]["ttft_s"], "ttft_median_s": statistics.median(warm), "ingest_s": ingest_s,
+            "rows": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10,30,100", help="library sizes (documents), comma-separated")
+    ap.add_argument("--questions", type=int, default=10, help="questions per library size")
+    ap.add_argument("--policy", default="acre")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--quick", action="store_true", help="one library of 10 documents, 3 questions")
+    ap.add_argument("--out", default=None, help="folder for library.json")
+    ap.add_argument("--store-dir", default=None,
+                    help="keep the ingested libraries in this embedded store (a rerun skips ingestion)")
+    ap.add_argument("--knobs", default="{}", help="policy knobs as JSON, e.g. '{\"k_max\": 2}'")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [10] if args.quick else [int(x) for x in args.sizes.split(",") if x]
+    n_q = 3 if args.quick else args.questions
+
+    from acre_model.engine import Engine
+
+    eng = Engine.from_pretrained()
+
+    def log(m):
+        print(m, file=sys.stderr, flush=True)
+
+    results = []
+    for n in sizes:
+        r = run_size(eng, n, n_q, args.seed, args.policy, log, args.store_dir, json.loads(args.knobs))
+        results.append(r)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "library.json").write_text(json.dumps(results, indent=2))
+    print(f"{'docs':>5} {'tokens':>7} {'right':>6} {'found':>6} {'max active':>10} {'kv ratio':>8} "
+          f"{'TTFT first':>10} {'TTFT median':>11}")
+    for r in results:
+        print(f"{r['n_docs']:5d} {r['n_tokens']:7d} {r['score']:6.2f} {r['found']:6.2f} "
+              f"{r['max_active']:10d} {r['mean_kv_ratio']:8.4f} {r['ttft_first_s']:9.2f}s {r['ttft_median_s']:10.2f}s")
+    print(json.dumps({"policy": args.policy, "sizes": [{k: v for k, v in r.items() if k != "rows"} for r in results]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
