@@ -9,6 +9,16 @@ Position mode is decided here and nowhere else: in `exact` mode keys are rotated
 positions and the question continues after the document (equal to full attention when every chunk is
 refilled); in `focus` mode the active entries are renumbered 0..n-1 in document order and the question
 continues after the longest layer, so a small model sees a short, dense context.
+
+A hybrid model's document stored with its global layers only: its local (sliding-window) layers are
+never refilled. Each attends its window entries: the document's last `sliding_window` tokens (all that a
+token after the document can see through the window), and in focus mode with `local_sinks` the
+document's first `n_sink` tokens too. In exact mode they sit at their original positions (so `full` is
+a plain forward); in focus mode the window is renumbered to end just before the question (which
+continues after the longest layer's window or entries), keeping each entry's distance to the question:
+the window sees what it would see right after the document. Sinks share the positions of the window's
+newest `n_sink` entries: the window mask is by position, so only there do the question and the answer
+see them (placed before the window they would be out of its reach), and they move the question no later.
 """
 from __future__ import annotations
 
@@ -19,6 +29,10 @@ import torch
 
 from .doc_state import DocState
 from .plan import Plan
+
+# A hybrid model's local layers in focus mode: attend the document's sinks besides its last window
+# (measured: docs/algorithm.md, "Hybrid models").
+LOCAL_SINKS = False
 
 # chunk_layer(c, layer) -> [2, n_kv_heads, len_c, head_dim]: one layer of one chunk, pre-RoPE keys
 ChunkLayer = Callable[[int, int], torch.Tensor]
@@ -34,6 +48,8 @@ class LayerEntries:
     order: torch.Tensor  # [n] sorts the concatenation (l1, chunks, token groups) by original position
     positions: torch.Tensor  # [n] original positions, ascending
     rope_positions: torch.Tensor  # [n] the positions keys are rotated at (original, or 0..n-1 in focus)
+    window: torch.Tensor | None = None  # an unstored local layer: [n] indices into its window entries
+    n_sinks: int = 0  # of those, sinks that share the window's newest positions (focus, local sinks)
 
     @property
     def n(self) -> int:
@@ -49,7 +65,7 @@ class ActiveLayout:
     chunks_needed: list[int]  # every chunk some layer reads from (whole or token-level), ascending
 
     @classmethod
-    def build(cls, plan: Plan, doc: DocState, n_layers: int) -> "ActiveLayout":
+    def build(cls, plan: Plan, doc: DocState, n_layers: int, local_sinks: bool | None = None) -> "ActiveLayout":
         n, C = doc.n_tokens, doc.chunk_size
         l1_pos, l1_chunk = doc.l1_pos.cpu(), doc.l1_chunk.cpu()
         refilled = torch.zeros(doc.n_chunks, dtype=torch.bool)
@@ -63,7 +79,17 @@ class ActiveLayout:
         whole = [torch.arange(c * C, min(n, (c + 1) * C)) for c in plan.chunks]
         needed = set(plan.chunks)
         layers = []
+        local_sinks = LOCAL_SINKS if local_sinks is None else local_sinks
         for layer in range(n_layers):
+            if not doc.is_stored(layer):  # a local layer of a hybrid document: its window, never refilled
+                wpos = doc.win_pos.cpu()
+                in_window = wpos >= n - int(doc.extra.get("window", n))
+                keep = torch.ones_like(in_window) if plan.mode == "focus" and local_sinks else in_window
+                idx = keep.nonzero().flatten()
+                pos = wpos[idx]
+                layers.append(LayerEntries(torch.empty(0, dtype=torch.long), [], [], torch.arange(pos.numel()),
+                                           pos, pos, window=idx, n_sinks=int((~in_window[idx]).sum())))
+                continue
             sel = base.clone()
             extra = torch.empty(0, dtype=torch.long)
             if plan.tokens is not None:
@@ -78,7 +104,14 @@ class ActiveLayout:
             pos = pos[order]
             rope = torch.arange(pos.numel()) if plan.mode == "focus" else pos
             layers.append(LayerEntries(l1, list(plan.chunks), groups, order, pos, rope))
-        return cls(plan.mode, n, C, layers, sorted(needed))
+        out = cls(plan.mode, n, C, layers, sorted(needed))
+        if plan.mode == "focus":  # window entries end just before the question; sinks share the newest
+            q0 = out.question_start
+            for e in layers:
+                if e.window is not None:
+                    e.rope_positions = torch.cat([torch.arange(q0 - e.n_sinks, q0),
+                                                  torch.arange(q0 - (e.n - e.n_sinks), q0)])
+        return out
 
     @property
     def n_active(self) -> list[int]:
@@ -87,8 +120,11 @@ class ActiveLayout:
 
     @property
     def question_start(self) -> int:
-        """Position of the question's first token."""
-        return max(self.n_active, default=0) if self.mode == "focus" else self.n_tokens
+        """Position of the question's first token (focus: after the longest layer; a local layer's sinks
+        share its window's positions, so they do not count)."""
+        if self.mode != "focus":
+            return self.n_tokens
+        return max((e.n - e.n_sinks for e in self.layers), default=0)
 
     def question_positions(self, n_question: int) -> torch.Tensor:
         return torch.arange(self.question_start, self.question_start + n_question)
@@ -105,11 +141,15 @@ class ActiveLayout:
         e = self.layers[layer]
         if not e.n:
             return None
+        if e.window is not None:
+            k, v = doc.window_of(layer)
+            idx = e.window.to(k.device)
+            return k[:, idx], v[:, idx], e.rope_positions.to(k.device)
         ks, vs = [], []
         if e.l1.numel():
             idx = e.l1.to(doc.l1_keys.device)
-            ks.append(doc.l1_keys[layer][:, idx])
-            vs.append(doc.l1_values[layer][:, idx])
+            ks.append(doc.l1_keys[doc.slot(layer)][:, idx])
+            vs.append(doc.l1_values[doc.slot(layer)][:, idx])
         for c in e.chunks:
             kv = chunk_layer(c, layer)
             ks.append(kv[0])

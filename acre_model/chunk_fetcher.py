@@ -8,6 +8,9 @@ store by a background thread in layer groups (`GROUP_LAYERS` layers per call), i
 while layer l computes, the bytes of later layers are in flight. `chunk_layer(c, layer)` waits (only if
 needed) for its layer's group. As a context manager it always ends the fetch: on exit it stops the
 thread, re-raises a fetch error, and puts completely fetched chunks into the device chunk cache.
+
+A hybrid model's document stores its global layers only: `n_layers` is then the stored layers, and
+`slots(layer)` maps a model layer to its index in a stored chunk (`DocState.slot`).
 """
 from __future__ import annotations
 
@@ -73,9 +76,11 @@ class FetchStats:
 class ChunkFetcher:
     def __init__(self, store, doc_id: str, chunks: list[int], n_layers: int, chunk_cache: DeviceChunkCache,
                  dtype: torch.dtype, device: torch.device, group_layers: int | None = None,
-                 more: dict[str, list[int]] | None = None):
-        """Fetches `chunks` of `doc_id`, and (`more`) the listed chunks of other documents in the same pass."""
+                 more: dict[str, list[int]] | None = None, slots=None):
+        """Fetches `chunks` of `doc_id`, and (`more`) the listed chunks of other documents in the same pass.
+        `slots(layer)`: a model layer's index in a stored chunk (default: the layer itself)."""
         self.store, self.doc_id, self.cc = store, doc_id, chunk_cache
+        self.slots = slots or (lambda layer: layer)
         self.dtype, self.device = dtype, device
         wanted = {doc_id: chunks, **(more or {})}
         # (doc, chunk) -> [n_layers, 2, Hkv, len, D] from the device cache
@@ -155,8 +160,9 @@ class ChunkFetcher:
                 ev.set()
 
     def chunk_layer(self, c: int, layer: int, doc_id: str | None = None) -> torch.Tensor:
-        """[2, n_kv_heads, len_c, head_dim] of chunk c (of `doc_id`, default the first document) at
-        `layer` (pre-RoPE keys)."""
+        """[2, n_kv_heads, len_c, head_dim] of chunk c (of `doc_id`, default the first document) at model
+        layer `layer` (pre-RoPE keys)."""
+        layer = self.slots(layer)
         key = (doc_id or self.doc_id, c)
         if key in self.local:
             return self.local[key][layer]

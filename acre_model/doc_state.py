@@ -17,6 +17,12 @@ document and cached there.
                `quest_page` tokens inside each chunk
   infllm_keys  [n_layers, n_kv_heads, n_chunks, infllm_reps, head_dim]  InfLLM's representative keys
                (rotated, float16); infllm_pos [n_layers, n_kv_heads, n_chunks, infllm_reps] their positions
+  win_keys,    [n_local, n_kv_heads, n_win, head_dim]  a hybrid model's local layers that are not stored in
+  win_values   L2: their only entries, the document's last `sliding_window` tokens and its first `n_sink`
+               (pre-RoPE); win_pos [n_win] their positions (sorted)
+
+On a hybrid (local/global) model stored with `store_layers="global"`, "n_layers" above is the stored
+(global) layers only, in model order (`stored_layers` in the metadata); h2o/snapkv scores keep every layer.
 """
 from __future__ import annotations
 
@@ -42,6 +48,10 @@ class LayoutConfig:
     # document's id, so a document ingested before they existed is never mistaken for one that has them.
     quest_page: int = 16  # tokens per Quest page (the paper's 16): min/max of keys per page, 2 pages a chunk
     infllm_reps: int = 1  # InfLLM representative tokens per chunk (the paper's 4 per 128-token block)
+    # Which layers L2 (and the attend set) hold: "global" the layers that attend globally (every layer of
+    # a Llama; a hybrid model's local layers then keep only the document's last window, in L1) or "all".
+    # Left out of the document id unless it changes the stored layers (a Llama's ids are unchanged).
+    store_layers: str = "global"
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.n_sink < 0 or self.n_recent < 0 or self.reps_per_chunk < 0:
@@ -50,8 +60,15 @@ class LayoutConfig:
             raise ValueError("layout: reps_per_chunk and infllm_reps cannot exceed chunk_size")
         if self.quest_page < 0 or self.infllm_reps < 0:
             raise ValueError("layout: quest_page and infllm_reps must be >= 0 (0: not stored)")
+        if self.store_layers not in ("global", "all"):
+            raise ValueError(f"layout: store_layers must be 'global' or 'all', got {self.store_layers!r}")
         if self.rep_mode not in ("attention", "uniform"):
             raise ValueError(f"layout: rep_mode must be 'attention' or 'uniform', got {self.rep_mode!r}")
+
+
+def stored_layers(cfg, store_layers: str = "global") -> list[int]:
+    """The model layers a document's L2 holds under `store_layers` (see LayoutConfig)."""
+    return list(range(cfg.num_hidden_layers)) if store_layers == "all" else cfg.global_layers
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -127,7 +144,42 @@ class DocState:
     quest_kmax: torch.Tensor | None = None
     infllm_keys: torch.Tensor | None = None  # [L, Hkv, n_chunks, r, D] float16 (None: not stored)
     infllm_pos: torch.Tensor | None = None  # [L, Hkv, n_chunks, r] long
+    # A hybrid model stored with its global layers only: the model layers L2/L1/quest/infllm hold (in
+    # that order; None: every layer), and the unstored (local) layers' window entries.
+    stored_layers: list[int] | None = None
+    win_layers: list[int] = field(default_factory=list)  # local layers not stored, in model order
+    win_keys: torch.Tensor | None = None  # [n_win_layers, Hkv, n_win, D] pre-RoPE
+    win_values: torch.Tensor | None = None
+    win_pos: torch.Tensor | None = None  # [n_win] original positions, ascending
     name: str = ""  # the document's human-readable name (metadata; may be empty)
+
+    def slot(self, layer: int) -> int:
+        """Index of a stored model layer in the stored arrays (l1_keys, L2 chunks, quest/infllm)."""
+        if self.stored_layers is None:
+            return layer
+        try:
+            return self.stored_layers.index(layer)
+        except ValueError:
+            raise KeyError(f"layer {layer} is not stored for document {self.doc_id[:12]}") from None
+
+    def is_stored(self, layer: int) -> bool:
+        return layer not in self.win_layers
+
+    def window_of(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k pre-RoPE, v) [Hkv, n_win, D] of an unstored local layer's window entries."""
+        i = self.win_layers.index(layer)
+        return self.win_keys[i], self.win_values[i]
+
+    def pass1_entries(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k pre-RoPE, v, positions) a question sees before refill at `layer`: the attend set of a stored
+        layer; on an unstored local layer its window entries (sinks are outside the window at exact
+        positions, so they are left out)."""
+        if self.is_stored(layer):
+            s = self.slot(layer)
+            return self.l1_keys[s], self.l1_values[s], self.l1_pos
+        k, v = self.window_of(layer)
+        keep = self.win_pos >= self.n_tokens - int(self.extra.get("window", self.n_tokens))
+        return k[:, keep], v[:, keep], self.win_pos[keep]
 
     @property
     def layout(self) -> LayoutConfig:
@@ -184,4 +236,8 @@ class DocState:
             quest_kmin=t("quest_kmin", torch.float16), quest_kmax=t("quest_kmax", torch.float16),
             infllm_keys=t("infllm_keys", torch.float16),
             infllm_pos=None if "infllm_pos" not in parts else t("infllm_pos", torch.long).long(),
+            stored_layers=meta_extra.get("stored_layers"),
+            win_layers=list(meta_extra.get("win_layers", [])),
+            win_keys=t("win_keys"), win_values=t("win_values"),
+            win_pos=None if "win_pos" not in parts else t("win_pos", torch.long).long(),
         )

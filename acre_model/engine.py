@@ -30,7 +30,7 @@ from . import volume
 from .chunk_fetcher import ChunkFetcher, FetchStats
 from .convert import resolve
 from .device_chunk_cache import DeviceChunkCache
-from .doc_state import DocState, LayoutConfig
+from .doc_state import DocState, LayoutConfig, stored_layers
 from .errors import DocumentError, InputError, UnknownDocument
 from .fingerprint import model_fingerprint
 from .generation import SamplingParams, decode
@@ -64,7 +64,8 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 class Engine:
-    def __init__(self, model, tokenizer: Tokenizer, path: Path, device_cache_bytes: int | None = None):
+    def __init__(self, model, tokenizer: Tokenizer, path: Path, device_cache_bytes: int | None = None,
+                 store_layers: str = "global"):
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
@@ -78,16 +79,21 @@ class Engine:
         self.chunk_cache = DeviceChunkCache(device_cache_bytes)  # the "GPU tier"
         self.stores: dict[str, StoreAPI] = {}  # stores this engine opened: "" (embedded default) or an address
         self._lock = threading.Lock()  # guards docs and stores
+        # This worker's layout of stored layers ("global" | "all", `LayoutConfig.store_layers`): it ingests
+        # under it and refuses a document stored under another (it could not run the layers it lacks).
+        self.stored_layers: list[int] = stored_layers(self.cfg, LayoutConfig(store_layers=store_layers).store_layers)
+        self.store_layers = store_layers
         self.max_open_docs = MAX_OPEN_DOCS  # raise it to keep a whole library's L1 loaded
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> "Engine":
-        """Load a model folder (or the default model by name, preparing it if needed)."""
+                        dtype: torch.dtype | None = None, store_layers: str = "global") -> "Engine":
+        """Load a model folder (or the default model by name, preparing it if needed). `store_layers`:
+        which layers this worker's documents store ("global": a hybrid model's global layers only)."""
         path = resolve(name_or_path)
         dev = torch.device(device) if device is not None else default_device()
         model = load_model(path, device=dev, dtype=dtype or default_dtype(dev))
-        return cls(model, Tokenizer.from_folder(path), path)
+        return cls(model, Tokenizer.from_folder(path), path, store_layers=store_layers)
 
     @property
     def device(self) -> torch.device:
@@ -136,11 +142,15 @@ class Engine:
         if meta.model_fingerprint != self.fingerprint:
             raise DocumentError(f"document {doc_id[:12]} was made with another model "
                                 f"(fingerprint {meta.model_fingerprint[:12]}, this model {self.fingerprint[:12]})")
-        mine = (self.cfg.num_hidden_layers, self.cfg.num_key_value_heads, self.cfg.head_dim, self.dtype_name)
+        theirs_layers = list(meta.extra.get("stored_layers", range(lay.n_layers)))
+        if theirs_layers != self.stored_layers:
+            raise DocumentError(f"document {doc_id[:12]} stores layers {theirs_layers}; this worker's layout "
+                                f"(store_layers={self.store_layers!r}) stores {self.stored_layers}")
+        mine = (len(self.stored_layers), self.cfg.num_key_value_heads, self.cfg.head_dim, self.dtype_name)
         theirs = (lay.n_layers, lay.n_kv_heads, lay.head_dim, lay.dtype)
         if mine != theirs:
-            raise DocumentError(f"document {doc_id[:12]} has layout (layers, kv heads, head_dim, dtype) {theirs}; "
-                                f"this worker's model has {mine}")
+            raise DocumentError(f"document {doc_id[:12]} has layout (stored layers, kv heads, head_dim, dtype) "
+                                f"{theirs}; this worker's layout has {mine}")
         parts = st.get_l1(doc_id)
         # First use on this worker: ask the store to promote the document's chunks to its RAM tier now,
         # so later refills of this document are RAM-hot (returns at once; the store works in the background).
@@ -212,7 +222,11 @@ class Engine:
             raise InputError(f"bad collection name {collection!r}: give a non-empty name without commas")
         if text is None or not text.strip():
             raise InputError("empty document")
-        layout = layout or LayoutConfig()
+        layout = layout or LayoutConfig(store_layers=self.store_layers)
+        if layout.store_layers != self.store_layers:
+            raise InputError(f"layout stores {layout.store_layers!r} layers; this worker's layout stores "
+                             f"{self.store_layers!r} (it could not ask the document)")
+        stored = self.stored_layers
         st = self.open_store(store)
         t0 = time.perf_counter()
         ids = self.tokenizer.document_ids(text)
@@ -221,7 +235,8 @@ class Engine:
             raise InputError(f"document is {len(ids)} tokens; this model accepts at most {limit} "
                              f"({self.max_context} context minus {RESERVED_TOKENS} for question and answer)")
         heads = self.retrieval_heads()
-        doc_id = document_id(self.fingerprint, layout, heads, self.dtype_name, ids)
+        doc_id = document_id(self.fingerprint, layout, heads, self.dtype_name, ids, stored,
+                             self.cfg.num_hidden_layers)
         try:
             meta = st.info(doc_id)
             if collection is not None and meta.extra.get("collection") != collection:
@@ -254,16 +269,20 @@ class Engine:
         finally:
             if bar is not None:
                 bar.close()
-        parts = build_l1_parts(pf, layout, heads)
-        lay = DocLayout(self.cfg.num_hidden_layers, self.cfg.num_key_value_heads, self.cfg.head_dim,
+        window = self.cfg.sliding_window or 0
+        parts = build_l1_parts(pf, layout, heads, stored, window)
+        lay = DocLayout(len(stored), self.cfg.num_key_value_heads, self.cfg.head_dim,
                         layout.chunk_size, self.dtype_name, len(ids))
         n_l1 = int(parts["l1_pos"].shape[0])
         extra = {"layout": asdict(layout), "index_heads": [list(h) for h in heads], "n_l1": n_l1,
                  "model": self.path.name, "prefill_s": time.perf_counter() - t0}
+        if len(stored) != self.cfg.num_hidden_layers:  # a hybrid model's global layers only
+            extra.update(stored_layers=list(stored), window=window,
+                         win_layers=[l for l in range(self.cfg.num_hidden_layers) if l not in stored])
         if collection is not None:
             extra["collection"] = collection
         meta = DocMeta(doc_id, self.fingerprint, lay, name=name or "", extra=extra)
-        st.put(meta, parts, iter_chunks(pf, layout.chunk_size))
+        st.put(meta, parts, iter_chunks(pf, layout.chunk_size, stored))
         return DocInfo(doc_id, len(ids), lay.n_chunks, n_l1, time.perf_counter() - t0, False, name or "")
 
     def prepare(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
@@ -307,8 +326,8 @@ class Engine:
         layout = ActiveLayout.build(plan, doc, self.cfg.num_hidden_layers)
         cache = self.model.new_cache(capacity=max(layout.n_active, default=0) + len(ids) + room)
         # 5. the refill: chunks from the device cache first, then the store, layer groups in the background
-        fetcher = ChunkFetcher(st, doc.doc_id, layout.chunks_needed, self.cfg.num_hidden_layers, self.chunk_cache,
-                               self.model.dtype, self.device)
+        fetcher = ChunkFetcher(st, doc.doc_id, layout.chunks_needed, len(self.stored_layers), self.chunk_cache,
+                               self.model.dtype, self.device, slots=doc.slot)
         ropes = self.model.ropes
 
         def install(layer: int, kv: KVCache) -> None:  # pass 2 installs each layer just before it runs
@@ -383,8 +402,8 @@ class Engine:
         needed = layout.chunks_needed
         first = layout.segments[0].doc.doc_id
         # 5. one fetch for every document's chunks, layer groups in the background
-        fetcher = ChunkFetcher(st, first, needed.pop(first), self.cfg.num_hidden_layers, self.chunk_cache,
-                               self.model.dtype, self.device, more=needed)
+        fetcher = ChunkFetcher(st, first, needed.pop(first), len(self.stored_layers), self.chunk_cache,
+                               self.model.dtype, self.device, more=needed, slots=layout.segments[0].doc.slot)
         ropes = self.model.ropes
 
         def install(layer: int, kv: KVCache) -> None:

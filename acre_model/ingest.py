@@ -22,11 +22,18 @@ PREFILL_CHUNK = 2048
 
 
 def document_id(fingerprint: str, layout: LayoutConfig, index_heads: list[tuple[int, int]], dtype: str,
-                ids: list[int]) -> str:
-    """Content address: model fingerprint, layout parameters and token ids."""
+                ids: list[int], stored: list[int] | None = None, n_layers: int = 0) -> str:
+    """Content address: model fingerprint, layout parameters, stored layers and token ids.
+
+    The stored layers enter only when they are not every layer (`n_layers`), so a Llama's id is what it
+    was before hybrid models, and a hybrid model's global-only and all-layers documents differ."""
+    lay = asdict(layout)
+    lay.pop("store_layers")
+    key = {"fp": fingerprint, "layout": lay, "heads": [list(x) for x in index_heads], "dtype": dtype}
+    if stored is not None and list(stored) != list(range(n_layers)):
+        key["stored_layers"] = list(stored)
     h = hashlib.sha256()
-    h.update(json.dumps({"fp": fingerprint, "layout": asdict(layout), "heads": [list(x) for x in index_heads],
-                         "dtype": dtype}, sort_keys=True).encode())
+    h.update(json.dumps(key, sort_keys=True).encode())
     h.update(np.asarray(ids, dtype=np.int32).tobytes())
     return h.hexdigest()[:40]
 
@@ -106,22 +113,45 @@ def select_l1(pf: Prefilled, layout: LayoutConfig) -> tuple[torch.Tensor, torch.
     return idx, always[idx]
 
 
-def build_l1_parts(pf: Prefilled, layout: LayoutConfig, index_heads: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+def window_positions(n_tokens: int, window: int, n_sink: int) -> torch.Tensor:
+    """[n_win] ascending: the first `n_sink` and the last `window` positions of the document (once each)."""
+    keep = torch.zeros(n_tokens, dtype=torch.bool)
+    keep[:n_sink] = True
+    keep[max(0, n_tokens - window):] = True
+    return keep.nonzero().flatten()
+
+
+def build_l1_parts(pf: Prefilled, layout: LayoutConfig, index_heads: list[tuple[int, int]],
+                   stored: list[int] | None = None, window: int = 0) -> dict[str, np.ndarray]:
+    """The L1 parts of the stored layers (`stored`, model order; None: every layer). The layers left out
+    (a hybrid model's local layers) get their window entries instead: the last `window` tokens and the
+    layout's sinks (`win_keys`, `win_values`, `win_pos`)."""
     idx, always = select_l1(pf, layout)
     L = len(pf.keys_raw)
+    stored = list(range(L)) if stored is None else list(stored)
     parts = {
-        "l1_keys": to_numpy(torch.stack([pf.keys_raw[l][:, idx] for l in range(L)])),
-        "l1_values": to_numpy(torch.stack([pf.values[l][:, idx] for l in range(L)])),
+        "l1_keys": to_numpy(torch.stack([pf.keys_raw[l][:, idx] for l in stored])),
+        "l1_values": to_numpy(torch.stack([pf.values[l][:, idx] for l in stored])),
         "l1_pos": idx.numpy().astype(np.int32),
         "l1_chunk": (idx // layout.chunk_size).numpy().astype(np.int32),
         "l1_always": always.numpy().astype(np.uint8),
         "h2o_scores": pf.h2o.numpy().astype(np.float32),
         "snapkv_scores": pf.snapkv.numpy().astype(np.float32),
     }
+    local = [l for l in range(L) if l not in stored]
+    if local:
+        w = window_positions(pf.n_tokens, window, layout.n_sink)
+        parts["win_keys"] = to_numpy(torch.stack([pf.keys_raw[l][:, w] for l in local]))
+        parts["win_values"] = to_numpy(torch.stack([pf.values[l][:, w] for l in local]))
+        parts["win_pos"] = w.numpy().astype(np.int32)
+    sub = pf if not local else Prefilled(
+        pf.n_tokens, [pf.keys_raw[l] for l in stored], [pf.keys_rot[l] for l in stored],
+        [pf.values[l] for l in stored], pf.h2o, pf.snapkv,
+        None if pf.group_queries is None else [pf.group_queries[l] for l in stored])
     if layout.quest_page:
-        parts["quest_kmin"], parts["quest_kmax"] = quest_bounds(pf, layout.chunk_size, layout.quest_page)
+        parts["quest_kmin"], parts["quest_kmax"] = quest_bounds(sub, layout.chunk_size, layout.quest_page)
     if layout.infllm_reps and pf.group_queries is not None:
-        parts["infllm_keys"], parts["infllm_pos"] = infllm_representatives(pf, layout.chunk_size, layout.infllm_reps)
+        parts["infllm_keys"], parts["infllm_pos"] = infllm_representatives(sub, layout.chunk_size, layout.infllm_reps)
     if index_heads:
         keys = torch.stack([pf.keys_rot[l][g].float().cpu() for l, g in index_heads])  # [H_idx, n, D]
         if layout.index_int8:
@@ -190,9 +220,11 @@ def infllm_representatives(pf: Prefilled, chunk_size: int, reps: int) -> tuple[n
     return torch.stack(keys).half().numpy(), torch.stack(poss).numpy().astype(np.int32)
 
 
-def iter_chunks(pf: Prefilled, chunk_size: int) -> Iterator[np.ndarray]:
-    """L2 chunks in order, each [n_layers, 2, n_kv_heads, len_c, head_dim] with pre-RoPE keys."""
+def iter_chunks(pf: Prefilled, chunk_size: int, stored: list[int] | None = None) -> Iterator[np.ndarray]:
+    """L2 chunks in order, each [n_stored_layers, 2, n_kv_heads, len_c, head_dim] with pre-RoPE keys
+    (`stored`: the model layers kept, in order; None: every layer)."""
+    stored = list(range(len(pf.keys_raw))) if stored is None else list(stored)
     for s in range(0, pf.n_tokens, chunk_size):
         e = min(pf.n_tokens, s + chunk_size)
-        yield to_numpy(torch.stack([torch.stack([k[:, s:e], v[:, s:e]])
-                                    for k, v in zip(pf.keys_raw, pf.values)]))
+        yield to_numpy(torch.stack([torch.stack([pf.keys_raw[l][:, s:e], pf.values[l][:, s:e]])
+                                    for l in stored]))

@@ -51,11 +51,17 @@ class Library:
 
     def check_compatible(self) -> None:
         """All documents must share chunk size, L1 layout and locator heads: their chunks are then
-        ranked on one scale and assembled into one cache. Otherwise an InputError names them."""
+        ranked on one scale and assembled into one cache. Otherwise an InputError names them. Several
+        documents of a hybrid model stored with global layers only are refused (one is asked as alone)."""
         def key(d: DocState):
             return (d.chunk_size, tuple(sorted(d.extra.get("layout", {}).items())), tuple(d.index_heads),
                     str(d.l1_keys.dtype))
 
+        if len(self.docs) > 1 and any(d.win_layers for d in self.docs):
+            raise InputError(
+                "a question over several documents of a hybrid model stored with its global layers only is not "
+                "supported (each document's local layers keep only its own last window): ask the documents one "
+                "at a time, or ingest them with store_layers='all'")
         first = key(self.docs[0])
         odd = [d for d in self.docs if key(d) != first]
         if odd:

@@ -19,9 +19,10 @@ def run_pass1(model, doc: DocState, q_ids: torch.Tensor, probe_layers: list[int]
     `queries[l]` [n_heads, T, head_dim] (rotated) and/or `probs[l]` [n_heads, T, n_l1 + T]."""
     # Only the layers up to the last probed one run: nothing later changes what the probe records.
     L = max(probe_layers) + 1
-    cache = KVCache.from_entries(model.ropes, [doc.l1_keys[l] for l in range(L)],
-                                 [doc.l1_values[l] for l in range(L)], doc.l1_pos,
-                                 extra_capacity=len(q_ids))
+    # per layer the attend set; a hybrid document's unstored local layers see their window instead
+    entries = [doc.pass1_entries(l) for l in range(L)]
+    cache = KVCache.from_entries(model.ropes, [e[0] for e in entries], [e[1] for e in entries],
+                                 [e[2] for e in entries], extra_capacity=len(q_ids))
     probe = AttnProbe(layers=probe_layers, want_probs=want_probs, want_queries=want_queries)
     pos = torch.arange(doc.n_tokens, doc.n_tokens + len(q_ids))
     model.forward(q_ids, cache, pos, probe=probe, last_layer=L - 1)

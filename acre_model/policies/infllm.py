@@ -45,11 +45,11 @@ class InfLLMPolicy(FixedKPolicy):
             raise DocumentError(
                 f"document {doc.doc_id[:12]} has no InfLLM representatives (ingested before they were stored, "
                 f"or with infllm_reps=0): ingest its text again to ask it with policy 'infllm' (it gets a new id)")
-        layers = list(range(cfg.num_hidden_layers))
+        layers = [l for l in range(cfg.num_hidden_layers) if doc.is_stored(l)]  # hybrid: global layers
         probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False)
         skip = locator.attended_anyway(doc)
         share = torch.zeros(doc.n_chunks, device=doc.infllm_keys.device)
         for layer in layers:
-            rel = relevance(probe.queries[layer].to(share.device), doc.infllm_keys[layer])
+            rel = relevance(probe.queries[layer].to(share.device), doc.infllm_keys[doc.slot(layer)])
             share = torch.maximum(share, locator.softmax_mass(rel / math.sqrt(cfg.head_dim), skip))
         return locator.to_distribution(share, self.p_power)

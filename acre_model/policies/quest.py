@@ -47,7 +47,7 @@ class QuestPolicy(FixedKPolicy):
                 f"document {doc.doc_id[:12]} has no Quest key bounds (ingested before they were stored, or "
                 f"with quest_page=0): ingest its text again to ask it with policy 'quest' (it gets a new id)")
         L = cfg.num_hidden_layers
-        layers = list(range(min(DENSE_LAYERS, L - 1), L))
+        layers = [l for l in range(min(DENSE_LAYERS, L - 1), L) if doc.is_stored(l)]  # hybrid: global layers
         probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False)
         page = doc.layout.quest_page
         per_chunk = -(-doc.chunk_size // page)
@@ -55,7 +55,8 @@ class QuestPolicy(FixedKPolicy):
         skip = locator.attended_anyway(doc).repeat_interleave(per_chunk)[:n_pages]
         share = torch.zeros(n_pages, device=doc.quest_kmin.device)
         for layer in layers:
-            ub = upper_bound(probe.queries[layer].to(share.device), doc.quest_kmin[layer], doc.quest_kmax[layer],
+            ub = upper_bound(probe.queries[layer].to(share.device), doc.quest_kmin[doc.slot(layer)],
+                             doc.quest_kmax[doc.slot(layer)],
                              cfg.n_rep)
             share = torch.maximum(share, locator.softmax_mass(ub / math.sqrt(cfg.head_dim), skip).amax((0, 1)))
         pad = doc.n_chunks * per_chunk - n_pages  # the short last chunk has fewer pages

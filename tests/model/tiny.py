@@ -7,7 +7,7 @@ import shutil
 import torch
 from safetensors.torch import save_file
 
-from acre_model.config import ModelConfig
+from acre_model.config import GLOBAL, LOCAL, ModelConfig
 from acre_model.engine import Engine
 from acre_model.model import LlamaModel
 
@@ -15,23 +15,34 @@ DOC = " ".join(f"Sentence number {i} says that the {w} is {c}." for i, (w, c) in
                enumerate([("sky", "blue"), ("grass", "green"), ("sun", "yellow"), ("sea", "grey")] * 12))
 
 
-def make_tiny_folder(path, src, seed: int):
-    """A random tiny Llama with the real tokenizer (vocab 49152) and a calibration file."""
+# A tiny hybrid (Gemma 3 style): local layers with a short window between global ones.
+HYBRID_WINDOW = 48
+HYBRID_TYPES = [LOCAL, GLOBAL, LOCAL, GLOBAL]
+
+
+def make_tiny_folder(path, src, seed: int, hybrid: bool = False):
+    """A random tiny Llama (or, `hybrid`, a tiny Gemma 3 with local and global layers) with the real
+    tokenizer (vocab 49152) and a calibration file (retrieval heads on global layers)."""
     path.mkdir(parents=True)
-    cfg = ModelConfig.tiny(vocab_size=49152, num_hidden_layers=3, max_position_embeddings=2048,
-                           tie_word_embeddings=True, eos_token_id=[2], bos_token_id=1)
+    kw = {}
+    if hybrid:
+        kw = dict(model_type="gemma3_text", num_hidden_layers=len(HYBRID_TYPES), layer_types=HYBRID_TYPES,
+                  sliding_window=HYBRID_WINDOW, hidden_act="gelu_pytorch_tanh", rope_local_theta=10000.0,
+                  query_pre_attn_scalar=16)
+    cfg = ModelConfig.tiny(**{**dict(vocab_size=49152, num_hidden_layers=3, max_position_embeddings=2048,
+                                     tie_word_embeddings=True, eos_token_id=[2], bos_token_id=1), **kw})
     torch.manual_seed(seed)
     m = LlamaModel(cfg)
     with torch.no_grad():
         for p in m.parameters():
-            p.normal_(0, 0.05) if p.dim() == 2 else p.fill_(1.0)
+            p.normal_(0, 0.05) if p.dim() == 2 else p.fill_(0.0 if hybrid else 1.0)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(src / f, path / f)
     eng = Engine.from_pretrained(str(path), device="cpu")
     (path / "retrieval_heads.json").write_text(json.dumps({"fingerprint": eng.fingerprint,
-                                                            "heads": [[1, 0], [2, 1]]}))
+                                                            "heads": [[1, 0], [3, 1]] if hybrid else [[1, 0], [2, 1]]}))
     return path
 
 
