@@ -289,7 +289,7 @@ class Engine:
                 store: StoreAPI | str | None = None, max_new_tokens: int = 1, **knobs) -> Prepared:
         """Run a question over its active cache, up to the first answer token's logits.
 
-        `doc_id` is one document's id, or a list of ids: a question over a library (`_prepare_library`).
+        `doc_id` is one document's id, or a list of ids: a question over a library (`_plan_library`).
         `knobs` are the policy's own (e.g. k_max=4 for acre); None values mean "the default"."""
         # 1-5. L1, question ids, plan, layout, refill started (see `plan_question`)
         planned = self.plan_question(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
