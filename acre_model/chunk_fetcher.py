@@ -1,6 +1,6 @@
 """`ChunkFetcher`: brings one question's chunks onto the device while pass 2 computes.
 
-The chunks may belong to several documents (a library question, `ChunkFetcher.over`): one thread
+The chunks may belong to several documents (a library question: `more=`): one thread
 fetches them all in one pass, layer group by layer group, every document's chunks within each group.
 
 Chunks already in the worker's device chunk cache are used at once. The others are fetched from the

@@ -361,8 +361,7 @@ class Engine:
             except BaseException as e:
                 out.append(e)
                 continue
-            out.append(Prepared(p.policy, p.doc, p.plan, p.layout, p.cache, lg, p.fetcher.stats, len(p.q_ids),
-                                p.sources, p.q_ids))
+            out.append(Prepared(p.policy, p.doc, p.plan, p.layout, p.cache, lg, p.fetcher.stats, p.q_ids, p.sources))
         return out
 
     @staticmethod

@@ -26,10 +26,6 @@ from .doc_state import DocState
 from .errors import InputError
 from .plan import Plan
 
-# Show the documents in the active cache by the locator's rank, the best one last (nearest the question),
-# rather than in the order the user named them: see docs/algorithm.md for the measurement.
-SHOW_BEST_LAST = True
-
 # chunk_layer(c, layer, doc_id) -> [2, n_kv_heads, len_c, head_dim]: one layer of one chunk of a document
 LibraryChunkLayer = Callable[[int, int, str], torch.Tensor]
 
@@ -141,7 +137,8 @@ class LibraryLayout:
         if multi and plan.mode != "focus":
             raise InputError("a question over several documents runs in focus mode (mode='focus')")
         shown = [(d, p) for d, p in zip(library.docs, plan.plans) if p.chunks]
-        if plan.doc_scores is not None and SHOW_BEST_LAST:
+        if plan.doc_scores is not None:  # by the locator's rank, the best last (nearest the question;
+            # measured against the order the user named them: docs/algorithm.md)
             score = dict(zip((d.doc_id for d in library.docs), plan.doc_scores))
             shown.sort(key=lambda dp: score[dp[0].doc_id])  # stable: ties keep library order
         if not shown:  # nothing chosen (a policy with k = 0): the first document's L1 alone

@@ -76,9 +76,12 @@ class Prepared:
     cache: KVCache  # document entries of every layer, then the question's
     logits: torch.Tensor  # [vocab] of the first answer token
     fetch: FetchStats
-    n_question: int  # question tokens in the cache
+    q_ids: torch.Tensor  # [n_question] the question's ids, in the cache after the document (re-selection re-runs them)
     sources: list = field(default_factory=list)  # [{doc_id, name, chunks}] of the documents with refilled chunks
-    q_ids: torch.Tensor | None = None  # [n_question] the question's ids (re-selection re-runs them)
+
+    @property
+    def n_question(self) -> int:
+        return len(self.q_ids)
 
 
 @dataclass
