@@ -84,6 +84,10 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
                    help="a document served from this daemon's copy is looked up in the bucket (one HEAD of its "
                         "manifest) when its last look is older than this, and dropped here if it was deleted "
                         "through another daemon (default 30; 0: at every Info/Fetch/L1 request)")
+    s.add_argument("--object-land-quiet", type=float, default=1.0, metavar="SECONDS",
+                   help="a document read through from the bucket is served at once; the background download of "
+                        "the rest starts (and goes on) only while no request has read the document for this long, "
+                        "so the first questions do not share the host with it (default 1; 0: at once)")
     s.set_defaults(func=_guard(_serve))
 
     for name, helptext in (("ls", "list documents"), ("stats", "tier usage, caps and hit rates")):
@@ -261,7 +265,8 @@ def _object_store(args):
         return None
     from .tiers.object_tier import ObjectStoreConfig
     return ObjectStoreConfig(args.object_store, endpoint=args.object_store_endpoint, shard_bytes=args.object_shard_bytes,
-                             parallel=args.object_parallel, recheck_s=args.object_recheck)
+                             parallel=args.object_parallel, recheck_s=args.object_recheck,
+                             land_quiet_s=args.object_land_quiet)
 
 
 def _guard(handler):

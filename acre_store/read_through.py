@@ -4,7 +4,9 @@ On a local miss the document's manifest is read from the bucket (none: the docum
 then its L1 (one GET, verified against the manifest's CRC32C, kept leased in the RAM tier): from then on
 the document is "landing" and served. Info and L1 answer at once; its chunks come down in the background
 (`ObjectTier.download_chunks`: ranged parallel GETs in chunk order, each chunk verified as it lands, kept
-leased in RAM, their disk writes waiting or on a writer thread once RAM cannot keep every part). A Fetch
+leased in RAM, their disk writes waiting or on a writer thread once RAM cannot keep every part), once the
+document has not been read for `land_quiet_s` (the first questions on a new host do not share it with the
+download; the download pauses again while requests come, 30 s at most per range). A Fetch
 of chunks that have not landed does not wait for that download: `ahead()` starts ranged GETs of just those
 chunks inside their shard objects at once, verified the same way; the download takes those chunks from
 there instead of reading them again, and submits no new range of its own while such requests are in flight.
@@ -49,6 +51,7 @@ class _Landing:
         self.claimed = 0  # chunks below this were claimed by the download (or read ahead of it)
         self.cancelled = False
         self.lock = threading.Lock()
+        self.touched = time.monotonic()  # when a request last read it: the download waits for a quiet spell
 
 
 class ReadThrough:
@@ -72,6 +75,8 @@ class ReadThrough:
             if rec is None:
                 with self._lock:
                     land = self._landing.get(doc_id)
+                if land is not None:
+                    land.touched = time.monotonic()
                 rec = land.record if land is not None else None
             return rec if rec is not None else self._fetch(doc_id)
 
@@ -126,6 +131,7 @@ class ReadThrough:
             if man is None:
                 raise DocumentNotFound(f"document {doc_id} was deleted")
             return self._read_ahead(man, list(dict.fromkeys(chunk_ids)), None)
+        land.touched = time.monotonic()
         out: dict[int, Future] = {}
         with land.lock:
             new = []
@@ -278,10 +284,20 @@ class ReadThrough:
                 counted.append(c)
                 raise
 
+        quiet = self.tier.config.land_quiet_s
+
         def gate() -> None:
-            """Requests' own GETs go first: the download submits its next range once they are done."""
+            """Requests go first: the download submits its next range once their own GETs are done and no
+            request has read the document for `land_quiet_s` (the first questions of a new host do not share
+            its CPU and network with the download); it waits 30 s at most per range."""
+            give_up = time.monotonic() + 30
             with self._lock:
-                self._asked_cv.wait_for(lambda: self._asked == 0 or land.cancelled, timeout=30)
+                while not land.cancelled:
+                    now = time.monotonic()
+                    calm = quiet - (now - land.touched)
+                    if (self._asked == 0 and calm <= 0) or now >= give_up:
+                        break
+                    self._asked_cv.wait(give_up - now if calm <= 0 else min(calm, give_up - now))
             if land.cancelled:
                 raise _Cancelled()
 

@@ -292,6 +292,32 @@ def test_a_new_host_answers_before_the_whole_document_is_down(on_bucket, daemon_
         assert_doc_equal(cl, doc)
 
 
+def test_the_download_waits_while_the_document_is_being_read(on_bucket, tmp_path):
+    """`--object-land-quiet`: the first questions on a new host have it to themselves; the rest of the
+    document comes down once no request has read it for that long."""
+    from acre_store.types import DocLayout
+
+    big = DocLayout(n_layers=30, n_kv_heads=3, head_dim=64, chunk_size=64, dtype="float32", n_tokens=64 * 16)
+    doc = make_doc(big, seed=16)
+    a = on_bucket()
+    with a.client() as ca:
+        meta = ca.put(doc.meta, doc.l1, doc.chunks)
+    b = on_bucket("--object-land-quiet", "1.5", data=str(tmp_path / "quiet"))
+    with b.client() as cb:
+        assert cb.info(meta.doc_id) == meta
+        before = cb.stats().object_store["get_bytes"]  # manifest and L1
+        t_end = time.monotonic() + 3.0  # twice the quiet spell, with a read every 0.2 s
+        while time.monotonic() < t_end:
+            assert dict(cb.fetch(meta.doc_id, [5]))[5].tobytes() == doc.chunks[5].tobytes()
+            time.sleep(0.2)
+        o = cb.stats().object_store
+        assert o["landing"] == 1 and o["get_bytes"] <= before + 2 * big.chunk_nbytes(0), (o, before)
+        t0 = time.monotonic()
+        assert local_docs(cb, 1, timeout=60) == 1  # reads stopped: it lands
+        assert time.monotonic() - t0 >= 1.0
+        assert_doc_equal(cb, doc)
+
+
 def test_a_delete_while_landing_stops_the_download(on_bucket, tmp_path):
     from acre_store.types import DocLayout
 
