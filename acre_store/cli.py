@@ -84,10 +84,10 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
                    help="a document served from this daemon's copy is looked up in the bucket (one HEAD of its "
                         "manifest) when its last look is older than this, and dropped here if it was deleted "
                         "through another daemon (default 30; 0: at every Info/Fetch/L1 request)")
-    s.add_argument("--object-land-quiet", type=float, default=1.0, metavar="SECONDS",
+    s.add_argument("--object-land-quiet", type=float, default=3.0, metavar="SECONDS",
                    help="a document read through from the bucket is served at once; the background download of "
                         "the rest starts (and goes on) only while no request has read the document for this long, "
-                        "so the first questions do not share the host with it (default 1; 0: at once)")
+                        "so the first answers (their decoding too) do not share the host with it (default 3; 0: at once)")
     s.set_defaults(func=_guard(_serve))
 
     for name, helptext in (("ls", "list documents"), ("stats", "tier usage, caps and hit rates")):

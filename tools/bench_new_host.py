@@ -33,11 +33,11 @@ from tools.bench_object_store import start_moto  # noqa: E402
 from tools.bench_serve import free_port  # noqa: E402
 
 
-def start_daemon(data: Path, sock: str, bucket_url: str, env: dict) -> subprocess.Popen:
+def start_daemon(data: Path, sock: str, bucket_url: str, env: dict, extra: tuple = ()) -> subprocess.Popen:
     from acre_store import connect
 
     p = subprocess.Popen([sys.executable, "-m", "acre_model.cli", "store", "serve", "--data", str(data),
-                          "--listen", sock, "--object-store", bucket_url, "--log-level", "WARNING"],
+                          "--listen", sock, "--object-store", bucket_url, "--log-level", "WARNING", *extra],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -68,8 +68,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=7800)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--land-quiet", type=float, default=None, metavar="SECONDS",
+                    help="daemon B's --object-land-quiet (default: the daemon's default)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    extra = () if args.land_quiet is None else ("--object-land-quiet", str(args.land_quiet))
     import boto3
 
     from acre_model.engine import Engine
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
         first, answers = [], []
         for rep in range(args.reps):
             b_sock = f"unix://{tmp}/b{rep}.sock"
-            procs.append(start_daemon(tmp / f"b{rep}", b_sock, bucket, env))  # an empty data folder
+            procs.append(start_daemon(tmp / f"b{rep}", b_sock, bucket, env, extra))  # an empty data folder
             eng.reset_caches()
             with connect(b_sock) as b:
                 t0 = time.perf_counter()

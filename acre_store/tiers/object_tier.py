@@ -62,7 +62,7 @@ class ObjectStoreConfig:
     range_bytes: int = 8 << 20  # one ranged GET reads about this much (whole chunks)
     parallel: int = 16  # ranged GETs in flight per document read
     recheck_s: float = 30.0  # a local copy served after this long without a look at its manifest: HEAD it
-    land_quiet_s: float = 1.0  # a read-through's background download waits until the document was not read for this long
+    land_quiet_s: float = 3.0  # a read-through's background download waits until the document was not read for this long
 
     def __post_init__(self) -> None:
         u = urlparse(self.url)
