@@ -71,6 +71,15 @@ def direct_read(tier_cfg, doc_id: str) -> float:
     return dt
 
 
+def settle(client, timeout: float = 120.0) -> None:
+    """Wait until the daemon has no document landing (its background download waits for a quiet spell,
+    `--object-land-quiet`, then runs and commits), then one more second."""
+    deadline = time.monotonic() + timeout
+    while client.stats().object_store["landing"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+
+
 def measure(quick: bool, backend: str, reps: int, layout_for, daemon_cls, free_port) -> dict:
     """The cells, as one dict: per-rep seconds and GB/s of both paths, and their ratio (median)."""
     from acre_store.tiers.object_tier import ObjectStoreConfig
@@ -109,7 +118,7 @@ def measure(quick: bool, backend: str, reps: int, layout_for, daemon_cls, free_p
             r.info(ids[0])  # warm-up: connections, first read-through
             for i in range(reps):
                 doc_daemon, doc_direct = ids[1 + 2 * i], ids[2 + 2 * i]
-                time.sleep(1.0)  # the previous read-through's disk commit runs in the background: let it end
+                settle(r)  # the previous read-through's download and commit run in the background: let them end
                 t0 = time.perf_counter()
                 n = sum(a.nbytes for _, a in r.fetch(doc_daemon, range(n_chunks)))
                 through.append(time.perf_counter() - t0)
@@ -117,7 +126,7 @@ def measure(quick: bool, backend: str, reps: int, layout_for, daemon_cls, free_p
                 t0 = time.perf_counter()
                 sum(a.nbytes for _, a in r.fetch(doc_daemon, range(n_chunks)))
                 hot.append(time.perf_counter() - t0)
-                time.sleep(1.0)  # the same quiet start for the direct read
+                settle(r)  # the same quiet start for the direct read (this read-through lands meanwhile)
                 direct.append(direct_read(cfg, doc_direct))
         gb = L.kv_nbytes / 1e9
         med = lambda xs: float(np.median(xs))  # noqa: E731
