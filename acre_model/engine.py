@@ -37,6 +37,7 @@ from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
 from .kv_cache import KVCache
 from .library import Library, LibraryLayout
+from .pass1 import Pass1Runner
 from .plan import Plan
 from .policies import PlanContext, Policy, make_policy
 from .policies.chunk_policy import ChunkPolicy
@@ -300,9 +301,12 @@ class Engine:
         return result
 
     def plan_question(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
-                      store: StoreAPI | str | None = None, max_new_tokens: int = 1, **knobs) -> Planned:
+                      store: StoreAPI | str | None = None, max_new_tokens: int = 1, *,
+                      pass1: Pass1Runner | None = None, **knobs) -> Planned:
         """Steps 1-5 of `prepare`: everything before pass 2, with the refill started in the background.
-        The caller runs `run_pass2` on it (alone or with other questions) or `abandon`s it."""
+        The caller runs `run_pass2` on it (alone or with other questions) or `abandon`s it. `pass1`: what
+        runs pass 1's forward (the scheduler batches the pass 1 of questions planned together); None: here.
+        (A question over several documents runs its pass 1 here.)"""
         if not question or not question.strip():
             raise InputError("empty question")
         if not isinstance(doc_id, str):
@@ -315,7 +319,7 @@ class Engine:
         # 2. the question's ids: separator, question, end of the user turn, assistant header, prefix
         q_ids = torch.tensor(self.tokenizer.question_ids(question, answer_prefix))
         # 3. the plan: pass 1 over L1, the locator, the refill volume, the chosen chunks (policies/)
-        plan = pol.plan(PlanContext(self.model, doc, q_ids))
+        plan = pol.plan(PlanContext(self.model, doc, q_ids, pass1))
         return self._plan_active(st, pol, doc, plan, q_ids, max_new_tokens)
 
     def _plan_active(self, st: StoreAPI, pol: Policy, doc: DocState, plan: Plan, ids: torch.Tensor,

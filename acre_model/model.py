@@ -124,16 +124,18 @@ class Attention(nn.Module):
         q, k_raw, k_rot, v = self._heads(x, cos, sin)
         return self.o_proj(self._attend(q, k_raw, k_rot, v, layer, cache, positions, probe))
 
-    def forward_spans(self, x: torch.Tensor, layer: int, spans: Sequence[tuple[int, int, KVCache]],
+    def forward_spans(self, x: torch.Tensor, layer: int,
+                      spans: Sequence[tuple[int, int, KVCache, AttnProbe | None]],
                       positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Several sequences' new tokens in one tensor: rows [s, s + t) of x belong to the cache of span
-        (s, t, cache). Projections and RoPE run over all rows at once; each span attends over its own
-        cache exactly as `forward` does alone. Rows outside every span are padding (zero before o_proj)."""
+        """Several sequences' new tokens in one tensor: rows [s, s + t) of x belong to the cache (and
+        probe, or None) of span (s, t, cache, probe). Projections and RoPE run over all rows at once; each
+        span attends over its own cache exactly as `forward` does alone. Rows outside every span are
+        padding (zero before o_proj)."""
         q, k_raw, k_rot, v = self._heads(x, cos, sin)
         out = x.new_zeros(x.shape[0], self.n_heads * self.hd)
-        for s, t, cache in spans:
+        for s, t, cache, probe in spans:
             r = slice(s, s + t)
-            out[r] = self._attend(q[:, r], k_raw[:, r], k_rot[:, r], v[:, r], layer, cache, positions[r], None)
+            out[r] = self._attend(q[:, r], k_raw[:, r], k_rot[:, r], v[:, r], layer, cache, positions[r], probe)
         return self.o_proj(out)
 
     def _heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -298,12 +300,14 @@ LayerHook = Callable[[int, KVCache], None]
 
 @dataclass
 class BatchItem:
-    """One sequence of `LlamaModel.forward_batch`: new tokens ids [T] at positions [T] over `cache`."""
+    """One sequence of `LlamaModel.forward_batch`: new tokens ids [T] at positions [T] over `cache`;
+    `probe` records its attention details (pass 1)."""
 
     ids: torch.Tensor
     cache: KVCache
     positions: torch.Tensor
     before_layer: LayerHook | None = None
+    probe: AttnProbe | None = None
 
 
 class LlamaModel(nn.Module):
@@ -416,16 +420,19 @@ class LlamaModel(nn.Module):
         ids, pos = ids.to(self.device), pos.to(self.device)
         cs = self._cos_sin(pos)
         h = self.embed(ids)
-        spans = [(j, 1, cache) for j, cache in enumerate(caches)]  # rows past b are padding
+        spans = [(j, 1, cache, None) for j, cache in enumerate(caches)]  # rows past b are padding
         for i, lay in enumerate(self.model.layers):
             h = lay.residual(h, lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, *cs[i]))
         return self.logits(self.model.norm(h))[:b]
 
     @torch.inference_mode()
-    def forward_batch(self, items: Sequence["BatchItem"]) -> list[torch.Tensor | BaseException]:
-        """Several sequences' new tokens, each over its own cache, in one forward (pass 2 of questions
-        admitted together). Returns per item the logits [vocab] of its last token, or the exception its
-        `before_layer` hook raised (that item leaves the forward; the others go on).
+    def forward_batch(self, items: Sequence["BatchItem"], *, last_layer: int | None = None
+                      ) -> list[torch.Tensor | BaseException | None]:
+        """Several sequences' new tokens, each over its own cache, in one forward (pass 1 or pass 2 of
+        questions planned together). Returns per item the logits [vocab] of its last token, or the
+        exception its `before_layer` hook raised (that item leaves the forward; the others go on).
+        `last_layer`: as in `forward`, layers 0..last_layer only (up to its attention, what the items'
+        probes record), and None in place of each item's logits.
 
         Each item's rows are padded to a multiple of ROW_MULTIPLE, so that an item's numbers are the
         same in a batch of one and in any batch (the CPU BLAS gives a row the same bits whatever the
@@ -461,8 +468,11 @@ class LlamaModel(nn.Module):
                     except BaseException as e:  # this item's refill failed: it leaves the batch
                         results[j] = e
                         continue
-                spans.append((s, int(it.ids.numel()), it.cache))
-            h = lay.residual(h, lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, *cs[i]))
+                spans.append((s, int(it.ids.numel()), it.cache, it.probe))
+            attn = lay.self_attn.forward_spans(lay.input_layernorm(h), i, spans, pos, *cs[i])
+            if i == last_layer:
+                return results
+            h = lay.residual(h, attn)
         last = [s + int(it.ids.numel()) - 1 for it, s in zip(items, starts)]
         last += [0] * (-len(last) % ROW_MULTIPLE)  # the head's rows padded too, for the same reason
         logits = self.logits(self.model.norm(h[torch.tensor(last, device=self.device)]))

@@ -3,21 +3,54 @@
 The question's tokens run at their original positions (continuing after the document) over the attend
 set only. An `AttnProbe` records what the locators need at chosen layers: the question's queries (for
 the locator index) and/or its attention probabilities over the attend set (for the seed's L1 locator).
+
+The forward itself is a `Pass1Job`: one item of `LlamaModel.forward_batch` up to the last probed layer.
+Alone it runs as a batch of one; a `Pass1Runner` (the scheduler's) may run the jobs of several questions
+as one batched forward instead. A question's numbers are the same either way (forward_batch pads each
+item's rows, see there).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .doc_state import DocState
 from .kv_cache import KVCache
-from .model import AttnProbe
+from .model import AttnProbe, BatchItem
 
 
-def run_pass1(model, doc: DocState, q_ids: torch.Tensor, probe_layers: list[int], want_queries: bool,
-              want_probs: bool) -> AttnProbe:
-    """Runs q_ids [T] over the attend set; returns the probe filled at `probe_layers`:
-    `queries[l]` [n_heads, T, head_dim] (rotated) and/or `probs[l]` [n_heads, T, n_l1 + T]."""
-    # Only the layers up to the last probed one run: nothing later changes what the probe records.
+@dataclass
+class Pass1Job:
+    """One question's pass 1: its item (ids, a cache of the attend set, positions, probe) and the last
+    layer to run (the last probed one: nothing later changes what the probe records)."""
+
+    item: BatchItem
+    last_layer: int
+
+
+Pass1Runner = Callable[[Pass1Job], None]  # runs a job's forward (its probe is then filled), or raises
+
+
+def run_jobs(model, jobs: list[Pass1Job]) -> list[BaseException | None]:
+    """The jobs' forwards, batched by their last layer. Returns per job None (its probe is filled) or the
+    error that stopped it."""
+    out: list[BaseException | None] = [None] * len(jobs)
+    for last in sorted({j.last_layer for j in jobs}):
+        idx = [i for i, j in enumerate(jobs) if j.last_layer == last]
+        try:
+            res = model.forward_batch([jobs[i].item for i in idx], last_layer=last)
+        except BaseException as e:  # the forward itself failed: every job in it fails
+            res = [e] * len(idx)
+        for i, r in zip(idx, res):
+            out[i] = r if isinstance(r, BaseException) else None
+    return out
+
+
+def pass1_job(model, doc: DocState, q_ids: torch.Tensor, probe_layers: list[int], want_queries: bool,
+              want_probs: bool) -> Pass1Job:
+    """The job of q_ids [T] over the attend set (its cache built here), with a probe at `probe_layers`."""
     L = max(probe_layers) + 1
     # per layer the attend set; a hybrid document's unstored local layers see their window instead
     entries = [doc.pass1_entries(l) for l in range(L)]
@@ -25,5 +58,19 @@ def run_pass1(model, doc: DocState, q_ids: torch.Tensor, probe_layers: list[int]
                                  [e[2] for e in entries], extra_capacity=len(q_ids))
     probe = AttnProbe(layers=probe_layers, want_probs=want_probs, want_queries=want_queries)
     pos = torch.arange(doc.n_tokens, doc.n_tokens + len(q_ids))
-    model.forward(q_ids, cache, pos, probe=probe, last_layer=L - 1)
-    return probe
+    return Pass1Job(BatchItem(q_ids, cache, pos, probe=probe), L - 1)
+
+
+def run_pass1(model, doc: DocState, q_ids: torch.Tensor, probe_layers: list[int], want_queries: bool,
+              want_probs: bool, runner: Pass1Runner | None = None) -> AttnProbe:
+    """Runs q_ids [T] over the attend set (through `runner` when given, else as a batch of one); returns
+    the probe filled at `probe_layers`: `queries[l]` [n_heads, T, head_dim] (rotated) and/or `probs[l]`
+    [n_heads, T, n_l1 + T]."""
+    job = pass1_job(model, doc, q_ids, probe_layers, want_queries, want_probs)
+    if runner is not None:
+        runner(job)
+    else:
+        err = run_jobs(model, [job])[0]
+        if err is not None:
+            raise err
+    return job.item.probe

@@ -1,17 +1,22 @@
 """`Scheduler`: many questions at once on one engine, with continuous batching.
 
 Questions are submitted from any thread. Planning threads run each new question's steps 1-5
-(`Engine.plan_question`: L1, pass 1, the plan, the layout; its refill starts in the background). The
-decoding thread owns the model's batched forwards: before each decoding step it runs pass 2 of every
-question planned since the last step as one forward (`Engine.run_pass2`, each question over its own
-active cache), and those questions join the running batch; then it steps every question in flight as
-one batched forward (`LlamaModel.decode_batch`: one row per question, each over its own cache). A
-finished or cancelled question leaves the batch at once: the batch is re-formed every step, as serving
-engines do.
+(`Engine.plan_question`: L1, pass 1, the plan, the layout; its refill starts in the background), all but
+the model's forwards. The decoding thread owns those, each batched over the questions that wait for it;
+in every turn of its loop it runs
+  1. pass 1 of every question whose planner waits for it, as one forward (`pass1.run_jobs`: each question
+     over its own L1 attend set, up to the last probed layer); the planners go on with the locator,
+  2. pass 2 of every question planned since the last turn, as one forward (`Engine.run_pass2`, each
+     question over its own active cache); those questions join the running batch,
+  3. one decoding step of every question in flight, as one forward (`LlamaModel.decode_batch`: one row
+     per question, each over its own cache).
+A finished or cancelled question leaves the batch at once: the batch is re-formed every step, as serving
+engines do. One thread for every forward also keeps the CPU's cores to one batched forward at a time (on
+a small CPU, forwards of several threads at once slow each other down more than they overlap).
 
 Each question decodes through a `Sequence`, as `Engine.ask` does, and a row's numbers do not depend on
-the other rows of its batch (in pass 2 and in decoding), so an answer equals the same question asked
-alone (greedy, token for token).
+the other rows of its batch (in pass 1, pass 2 and decoding), so an answer equals the same question
+asked alone (greedy, token for token).
 """
 from __future__ import annotations
 
@@ -19,11 +24,13 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from .errors import AcreError, InputError
 from .generation import SamplingParams
+from .pass1 import Pass1Job, run_jobs
 from .results import Answer
 from .sequence import Sequence
 
@@ -128,14 +135,20 @@ class Cancelled(AcreError):
 
 
 class Scheduler:
-    def __init__(self, engine, max_batch: int = 16, listener=None, planners: int = 2):
+    def __init__(self, engine, max_batch: int = 16, listener=None, planners: int | None = None):
+        """`planners`: planning threads (default min(8, max_batch)); they wait for pass 1 most of the time,
+        and as many questions as wait together share one pass 1 forward."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        planners = min(8, max_batch) if planners is None else planners
+        if planners < 1:
+            raise ValueError("planners must be >= 1")
         self.engine = engine
         self.max_batch = max_batch
         self.listener = listener  # optional: on_step(batch_size, queue_depth), on_done(answer), on_error(exc)
         self._pending: queue.Queue[AskStream | None] = queue.Queue()
         self._ready: queue.Queue = queue.Queue()  # (stream, Planned), or None when a planner stops
+        self._pass1: queue.Queue[tuple[Pass1Job, Future]] = queue.Queue()  # planners' pass 1 forwards
         self._slots = threading.Semaphore(max_batch)  # questions planned or decoding
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -197,7 +210,7 @@ class Scheduler:
             try:
                 r = stream.request
                 planned = self.engine.plan_question(r.doc_id, r.question, r.policy, r.answer_prefix, r.store,
-                                                    r.max_new_tokens, **r.knobs)
+                                                    r.max_new_tokens, pass1=self._run_pass1, **r.knobs)
             except BaseException as e:  # the question's own error: reported through its stream
                 self._slots.release()
                 self._report_error(stream, e)
@@ -205,12 +218,36 @@ class Scheduler:
             self._ready.put((stream, planned))
             self._wake.set()
 
+    def _run_pass1(self, job: Pass1Job) -> None:
+        """A planner's pass 1: the decoding thread runs it (with the others waiting) in its next turn."""
+        fut: Future = Future()
+        self._pass1.put((job, fut))
+        self._wake.set()
+        fut.result()
+
     # ---- decoding thread -----------------------------------------------------------------------
+
+    def _run_waiting_pass1(self) -> None:
+        waiting = []
+        while True:
+            try:
+                waiting.append(self._pass1.get_nowait())
+            except queue.Empty:
+                break
+        if not waiting:
+            return
+        errors = run_jobs(self.engine.model, [job for job, _ in waiting])
+        for (_, fut), e in zip(waiting, errors):
+            if e is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(e)
 
     def _decode_loop(self) -> None:
         planners_done = 0
         busy = False
         while True:
+            self._run_waiting_pass1()
             # pass 2 of every question planned since the last step, as one forward; they join the batch
             # with their first token (from pass 2's logits)
             admitted = []

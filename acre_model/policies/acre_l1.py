@@ -26,5 +26,6 @@ class AcreL1Policy(CoverageVolumePolicy):
             layers = list(range(int(L * 0.4), int(L * 0.8)))
             # a hybrid document's local layers attend their window, not the attend set: global ones only
             layers = [l for l in layers if ctx.doc.is_stored(l)] or [l for l in range(L) if ctx.doc.is_stored(l)]
-        probe = run_pass1(ctx.model, ctx.doc, ctx.q_ids, layers, want_queries=False, want_probs=True)
+        probe = run_pass1(ctx.model, ctx.doc, ctx.q_ids, layers, want_queries=False, want_probs=True,
+                          runner=ctx.pass1)
         return locator.to_distribution(locator.l1_chunk_scores(ctx.doc, probe), self.p_power)

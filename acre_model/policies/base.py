@@ -15,6 +15,7 @@ import torch
 from ..doc_state import DocState
 from ..errors import InputError
 from ..library import Library, LibraryPlan
+from ..pass1 import Pass1Runner
 from ..plan import MODES, Plan
 
 
@@ -25,6 +26,7 @@ class PlanContext:
     model: object  # the LlamaModel (pass 1 runs on it)
     doc: DocState
     q_ids: torch.Tensor  # [T] the question's token ids (separator, question, assistant header, prefix)
+    pass1: Pass1Runner | None = None  # runs pass 1's forward (the scheduler's batches it); None: at once
 
     @property
     def cfg(self):

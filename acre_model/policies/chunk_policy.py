@@ -41,7 +41,8 @@ class ChunkPolicy(Policy):
         heads' layers; every document token's key at those heads is scored against them."""
         doc, cfg = ctx.doc, ctx.cfg
         layers = sorted({layer for layer, _ in doc.index_heads})
-        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False)
+        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False,
+                          runner=ctx.pass1)
         scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim)
         return locator.to_distribution(scores, self.p_power)
 

@@ -46,7 +46,8 @@ class InfLLMPolicy(FixedKPolicy):
                 f"document {doc.doc_id[:12]} has no InfLLM representatives (ingested before they were stored, "
                 f"or with infllm_reps=0): ingest its text again to ask it with policy 'infllm' (it gets a new id)")
         layers = [l for l in range(cfg.num_hidden_layers) if doc.is_stored(l)]  # hybrid: global layers
-        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False)
+        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False,
+                          runner=ctx.pass1)
         skip = locator.attended_anyway(doc)
         share = torch.zeros(doc.n_chunks, device=doc.infllm_keys.device)
         for layer in layers:

@@ -48,7 +48,8 @@ class QuestPolicy(FixedKPolicy):
                 f"with quest_page=0): ingest its text again to ask it with policy 'quest' (it gets a new id)")
         L = cfg.num_hidden_layers
         layers = [l for l in range(min(DENSE_LAYERS, L - 1), L) if doc.is_stored(l)]  # hybrid: global layers
-        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False)
+        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False,
+                          runner=ctx.pass1)
         page = doc.layout.quest_page
         per_chunk = -(-doc.chunk_size // page)
         n_pages = doc.quest_kmin.shape[2]

@@ -4,6 +4,7 @@ the real model."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -100,6 +101,58 @@ def test_pass_two_of_questions_planned_together_equals_each_alone(tiny):
     got = eng.run_pass2(planned)
     assert isinstance(got[1], Boom)
     assert torch.equal(got[0].logits, alone[0].logits)
+
+
+def test_pass_one_of_questions_run_together_equals_each_alone(tiny):
+    """`pass1.run_jobs` over several questions' pass 1 (different documents, lengths, probes and last
+    layers) records for each the same queries and probabilities as a job run alone, bitwise."""
+    from acre_model.pass1 import pass1_job, run_jobs
+
+    eng, store, docs = tiny
+    specs = [(0, "What colour is the grass?", [0], True, False), (1, "Where does the pilot keep the map?", [0, 1],
+             True, True), (0, "Name a colour.", [1], False, True), (1, "Who keeps a coin?", [0], True, False)]
+
+    def jobs():
+        return [pass1_job(eng.model, eng.load_document(docs[d], store), torch.tensor(eng.tokenizer.question_ids(q, "")),
+                          layers, wq, wp) for d, q, layers, wq, wp in specs]
+
+    alone = jobs()
+    for j in alone:
+        assert run_jobs(eng.model, [j]) == [None]
+    together = jobs()
+    assert run_jobs(eng.model, together) == [None] * len(specs)
+    for a, b, (_, _, layers, wq, wp) in zip(alone, together, specs):
+        pa, pb = a.item.probe, b.item.probe
+        for layer in layers:
+            if wq:
+                assert torch.equal(pa.queries[layer], pb.queries[layer])
+            if wp:
+                assert torch.equal(pa.probs[layer], pb.probs[layer])
+
+
+def test_the_scheduler_runs_pass_one_of_waiting_questions_together(tiny, monkeypatch):
+    """Questions submitted at once share pass 1 forwards (on the decoding thread) and still answer as alone."""
+    import acre_model.scheduler as sched_mod
+
+    eng, store, docs = tiny
+    sizes = []
+    real = sched_mod.run_jobs
+
+    def counting(model, jobs):
+        sizes.append(len(jobs))
+        if len(sizes) == 1:
+            time.sleep(0.3)  # a slow first forward: the other planners' pass 1 jobs wait for the next one
+        return real(model, jobs)
+
+    monkeypatch.setattr(sched_mod, "run_jobs", counting)
+    alone = [eng.ask(docs[d], q, pol, store=store, max_new_tokens=4, **k) for d, q, pol, k in ASKS]
+    sched = Scheduler(eng, max_batch=8, planners=8)
+    try:
+        got = [s.result(timeout=120) for s in [sched.submit(request(docs, store, i, n=4)) for i in range(len(ASKS))]]
+    finally:
+        sched.close()
+    assert max(sizes) >= 2, sizes
+    assert [g.answer for g in got] == [a.answer for a in alone]
 
 
 def test_a_question_joins_a_running_batch(tiny):
