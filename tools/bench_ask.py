@@ -8,6 +8,7 @@
 - needle-chunk recall per locator (`acre` = index, `acre-l1` = the seed's locator).
 
     python tools/bench_ask.py [--quick] [--lengths 2048,4096,8000] [--n 2] [--store ADDR] [--out DIR]
+    python tools/bench_ask.py --model gemma-3-270m --lengths 32768 --n 1 --facts 8   # one 32k document, 8 facts
 
 Ends with one JSON line holding the headline ratios at the longest length.
 """
@@ -42,13 +43,17 @@ def main(argv=None) -> int:
     ap.add_argument("--store", default=None,
                     help="daemon address (unix:///path or host:port), or a directory for an embedded store "
                          "(default: an embedded store in a temp dir)")
+    ap.add_argument("--model", default=None, help="a prepared model (default: the default model)")
+    ap.add_argument("--facts", type=int, default=0, metavar="N",
+                    help="documents with N planted facts at evenly spaced depths instead of one needle: the "
+                         "timings use the first fact's question, recall and answers cover all N")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from acre_model.engine import Engine
-    from acre_model.synth import make_needle_doc
+    from acre_model.synth import make_multi_fact_doc, make_needle_doc
     from acre_store import EmbeddedStore
 
-    eng = Engine.from_pretrained()
+    eng = Engine.from_pretrained(args.model)
     if args.store and "://" not in args.store and ":" not in args.store:
         store = EmbeddedStore(args.store)
     else:
@@ -62,26 +67,37 @@ def main(argv=None) -> int:
                                "kv_ratio", "kv_bytes_acre", "kv_bytes_full", "fetch_s", "hidden", "rec_index",
                                "rec_l1", "ok_acre", "ok_full", "index_share")}
         for i in range(n_docs):
-            d = make_needle_doc(eng.tokenizer.encode, n, depth=(i + 0.5) / n_docs, seed=30_000 + i)
-            info = eng.ingest(d.text, store=store)
+            if args.facts:
+                md = make_multi_fact_doc(eng.tokenizer.encode, n, facts=[(j + 0.5) / args.facts for j in range(args.facts)],
+                                         seed=30_000 + i)
+                text = md.text
+                probes = [(f.question, f.answer_prefix, f.answer, f.char_span) for f in md.facts]
+            else:
+                nd = make_needle_doc(eng.tokenizer.encode, n, depth=(i + 0.5) / n_docs, seed=30_000 + i)
+                text = nd.text
+                probes = [(nd.question, nd.answer_prefix, nd.answer, nd.needle_char_span)]
+            t_ingest = time.perf_counter()
+            info = eng.ingest(text, store=store)
+            print(f"  {n} tokens, doc {i + 1}/{n_docs} ingested in {time.perf_counter() - t_ingest:.1f}s", file=sys.stderr)
             eng.reset_caches()  # cold L1 and device chunk cache
-            span = eng.tokenizer.document_token_span(d.text, d.needle_char_span)
-            need = set(eng.load_document(info.doc_id, store).chunks_of(span))
+            doc_state = eng.load_document(info.doc_id, store)
+            needs = [set(doc_state.chunks_of(eng.tokenizer.document_token_span(text, sp))) for *_, sp in probes]
             eng.reset_caches()
-            cold = eng.ask(info.doc_id, d.question, answer_prefix=d.answer_prefix, store=store, max_new_tokens=10)
-            warm = eng.ask(info.doc_id, d.question, answer_prefix=d.answer_prefix, store=store, max_new_tokens=10)
-            full = eng.ask(info.doc_id, d.question, policy="full", answer_prefix=d.answer_prefix, store=store,
+            question, prefix0 = probes[0][0], probes[0][1]  # the timings use the first question
+            cold = eng.ask(info.doc_id, question, answer_prefix=prefix0, store=store, max_new_tokens=10)
+            warm = eng.ask(info.doc_id, question, answer_prefix=prefix0, store=store, max_new_tokens=10)
+            full = eng.ask(info.doc_id, question, policy="full", answer_prefix=prefix0, store=store,
                            max_new_tokens=10)
-            seed = eng.ask(info.doc_id, d.question, policy="acre-l1", answer_prefix=d.answer_prefix, store=store,
+            seed = eng.ask(info.doc_id, question, policy="acre-l1", answer_prefix=prefix0, store=store,
                            max_new_tokens=1)
             # re-prefill from scratch: document + question in one prefill, as without a KV store
-            parts = eng.tokenizer.prompt_ids(d.text, d.question, d.answer_prefix)
+            parts = eng.tokenizer.prompt_ids(text, question, prefix0)
             ids = torch.tensor(parts.prefix + parts.suffix)
             t0 = time.perf_counter()
             eng.model.prefill(ids, eng.model.new_cache(capacity=len(ids) + steps + 2))
             acc["ttft_reprefill"].append(time.perf_counter() - t0)
-            rf_a = eng.prepare(info.doc_id, d.question, "acre", d.answer_prefix, store, steps + 2)
-            rf_f = eng.prepare(info.doc_id, d.question, "full", d.answer_prefix, store, steps + 2)
+            rf_a = eng.prepare(info.doc_id, question, "acre", prefix0, store, steps + 2)
+            rf_f = eng.prepare(info.doc_id, question, "full", prefix0, store, steps + 2)
             acc["kv_bytes_acre"].append(rf_a.cache.nbytes())
             acc["kv_bytes_full"].append(rf_f.cache.nbytes())
             acc["dec_acre"].append(decode_ms(eng.model, rf_a.cache, steps))
@@ -92,11 +108,17 @@ def main(argv=None) -> int:
             acc["kv_ratio"].append(warm.kv_ratio)
             acc["fetch_s"].append(cold.fetch_s)
             acc["hidden"].append(1 - cold.fetch_wait_s / cold.fetch_s if cold.fetch_s > 0 else 1.0)
-            acc["rec_index"].append(bool(need & set(warm.refilled_chunks)))
-            acc["rec_l1"].append(bool(need & set(seed.refilled_chunks)))
-            acc["ok_acre"].append(d.answer in warm.answer)
-            acc["ok_full"].append(d.answer in full.answer)
             acc["index_share"].append(warm.index_share)
+            for j, ((q, prefix, ans, _), need) in enumerate(zip(probes, needs)):
+                a = warm if j == 0 else eng.ask(info.doc_id, q, answer_prefix=prefix, store=store, max_new_tokens=10)
+                f = full if j == 0 else eng.ask(info.doc_id, q, policy="full", answer_prefix=prefix, store=store,
+                                                max_new_tokens=10)
+                sd = seed if j == 0 else eng.ask(info.doc_id, q, policy="acre-l1", answer_prefix=prefix, store=store,
+                                                 max_new_tokens=1)
+                acc["rec_index"].append(bool(need & set(a.refilled_chunks)))
+                acc["rec_l1"].append(bool(need & set(sd.refilled_chunks)))
+                acc["ok_acre"].append(ans in a.answer)
+                acc["ok_full"].append(ans in f.answer)
             print(f"  {n} tokens, doc {i + 1}/{n_docs} done", file=sys.stderr)
         m = {k: statistics.mean(float(x) for x in v) for k, v in acc.items()}
         m["tokens"] = n
