@@ -20,24 +20,24 @@ from pathlib import Path
 import torch
 
 
-def _time(fn, repeat: int) -> float:
-    fn()  # warm-up: allocator, thread pool and RoPE tables, so neither side pays first-call costs
+def _time(fn, repeat: int, warm=None) -> tuple[float, object]:
+    """Median seconds of `repeat` calls of fn after one warm-up call (of `warm`, else fn), and the last result."""
+    (warm or fn)()  # warm-up: allocator, thread pool and RoPE tables, so neither side pays first-call costs
     ts = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return statistics.median(ts), out
 
 
-def bench_ours(model, ids: torch.Tensor, n_decode: int, repeat: int) -> tuple[float, float]:
-    def prefill():
-        c = model.new_cache(capacity=len(ids) + n_decode)
-        model.prefill(ids, c, chunk_size=len(ids))
+def bench_ours(model, ids: torch.Tensor, n_decode: int, repeat: int, warm_len: int = 0) -> tuple[float, float]:
+    def prefill(x=ids):
+        c = model.new_cache(capacity=len(x) + n_decode)
+        model.prefill(x, c, chunk_size=len(x))
         return c
 
-    pre = _time(prefill, repeat)
-    cache = prefill()
+    pre, cache = _time(prefill, repeat, (lambda: prefill(ids[:warm_len])) if warm_len else None)
     tok = torch.tensor([ids[-1].item()])
     model(tok, cache)  # warm
     t0 = time.perf_counter()
@@ -46,19 +46,18 @@ def bench_ours(model, ids: torch.Tensor, n_decode: int, repeat: int) -> tuple[fl
     return pre, (time.perf_counter() - t0) / n_decode
 
 
-def bench_hf(hf, ids: torch.Tensor, n_decode: int, repeat: int) -> tuple[float, float]:
+def bench_hf(hf, ids: torch.Tensor, n_decode: int, repeat: int, warm_len: int = 0) -> tuple[float, float]:
     from transformers import DynamicCache
 
-    def prefill():
+    def prefill(x=ids):
         with torch.no_grad():
             # with the config: a sliding-window layer's cache keeps only its window (Gemma 3)
             c = DynamicCache(config=hf.config)
             # logits_to_keep=1: only the last position's logits, as ours returns
-            hf(ids[None], past_key_values=c, use_cache=True, logits_to_keep=1)
+            hf(x[None], past_key_values=c, use_cache=True, logits_to_keep=1)
         return c
 
-    pre = _time(prefill, repeat)
-    cache = prefill()
+    pre, cache = _time(prefill, repeat, (lambda: prefill(ids[:warm_len])) if warm_len else None)
     tok = ids[-1:].view(1, 1)
     with torch.no_grad():
         hf(tok, past_key_values=cache, use_cache=True)
@@ -84,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write results.json here")
     ap.add_argument("--model", default=None)
     ap.add_argument("--lengths", default="1024,4096", help="comma-separated context lengths")
+    ap.add_argument("--warmup-tokens", type=int, default=0, metavar="N",
+                    help="warm up each side on the first N tokens instead of a whole prefill (long contexts)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
@@ -104,11 +105,11 @@ def main(argv=None) -> int:
         ids = torch.randint(100, ours.cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(n))
         # interleave, alternating who goes first, so that machine noise hits both sides alike
         if j % 2 == 0:
-            o_pre, o_dec = bench_ours(ours, ids, n_decode, repeat)
-            h_pre, h_dec = bench_hf(hf, ids, n_decode, repeat)
+            o_pre, o_dec = bench_ours(ours, ids, n_decode, repeat, args.warmup_tokens)
+            h_pre, h_dec = bench_hf(hf, ids, n_decode, repeat, args.warmup_tokens)
         else:
-            h_pre, h_dec = bench_hf(hf, ids, n_decode, repeat)
-            o_pre, o_dec = bench_ours(ours, ids, n_decode, repeat)
+            h_pre, h_dec = bench_hf(hf, ids, n_decode, repeat, args.warmup_tokens)
+            o_pre, o_dec = bench_ours(ours, ids, n_decode, repeat, args.warmup_tokens)
         rows.append((n, n / o_pre, n / h_pre, 1000 * o_dec, 1000 * h_dec))
         results[f"prefill_{n}_tok_s"] = {"ours": n / o_pre, "hf": n / h_pre, "ratio": h_pre / o_pre}
         results[f"decode_{n}_ms"] = {"ours": 1000 * o_dec, "hf": 1000 * h_dec, "ratio": h_dec / o_dec}
