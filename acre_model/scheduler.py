@@ -227,13 +227,18 @@ class Scheduler:
 
     # ---- decoding thread -----------------------------------------------------------------------
 
-    def _run_waiting_pass1(self) -> None:
-        waiting = []
+    @staticmethod
+    def _drain(q: queue.Queue) -> list:
+        """Everything waiting in q now."""
+        out = []
         while True:
             try:
-                waiting.append(self._pass1.get_nowait())
+                out.append(q.get_nowait())
             except queue.Empty:
-                break
+                return out
+
+    def _run_waiting_pass1(self) -> None:
+        waiting = self._drain(self._pass1)
         if not waiting:
             return
         errors = run_jobs(self.engine.model, [job for job, _ in waiting])
@@ -251,11 +256,7 @@ class Scheduler:
             # pass 2 of every question planned since the last step, as one forward; they join the batch
             # with their first token (from pass 2's logits)
             admitted = []
-            while True:
-                try:
-                    item = self._ready.get_nowait()
-                except queue.Empty:
-                    break
+            for item in self._drain(self._ready):
                 if item is None:
                     planners_done += 1
                     continue

@@ -8,7 +8,7 @@
 - needle-chunk recall per locator (`acre` = index, `acre-l1` = the seed's locator).
 
     python tools/bench_ask.py [--quick] [--lengths 2048,4096,8000] [--n 2] [--store ADDR] [--out DIR]
-    python tools/bench_ask.py --model gemma-3-270m --lengths 32768 --n 1 --facts 8   # one 32k document, 8 facts
+    python tools/bench_ask.py --model gemma-3-270m --lengths 32000 --n 1 --facts 8   # one 32k document, 8 facts
 
 Ends with one JSON line holding the headline ratios at the longest length.
 """
@@ -109,12 +109,15 @@ def main(argv=None) -> int:
             acc["fetch_s"].append(cold.fetch_s)
             acc["hidden"].append(1 - cold.fetch_wait_s / cold.fetch_s if cold.fetch_s > 0 else 1.0)
             acc["index_share"].append(warm.index_share)
-            for j, ((q, prefix, ans, _), need) in enumerate(zip(probes, needs)):
-                a = warm if j == 0 else eng.ask(info.doc_id, q, answer_prefix=prefix, store=store, max_new_tokens=10)
-                f = full if j == 0 else eng.ask(info.doc_id, q, policy="full", answer_prefix=prefix, store=store,
-                                                max_new_tokens=10)
-                sd = seed if j == 0 else eng.ask(info.doc_id, q, policy="acre-l1", answer_prefix=prefix, store=store,
-                                                 max_new_tokens=1)
+            asked = {("acre", 0): warm, ("full", 0): full, ("acre-l1", 0): seed}  # the first question's
+
+            def answer(j: int, policy: str, n_new: int):
+                q, prefix = probes[j][:2]
+                return asked.get((policy, j)) or eng.ask(info.doc_id, q, policy=policy, answer_prefix=prefix,
+                                                         store=store, max_new_tokens=n_new)
+
+            for j, ((_, _, ans, _), need) in enumerate(zip(probes, needs)):
+                a, f, sd = answer(j, "acre", 10), answer(j, "full", 10), answer(j, "acre-l1", 1)
                 acc["rec_index"].append(bool(need & set(a.refilled_chunks)))
                 acc["rec_l1"].append(bool(need & set(sd.refilled_chunks)))
                 acc["ok_acre"].append(ans in a.answer)
