@@ -194,15 +194,21 @@ class Attention(nn.Module):
 
         Visible: what the global rule shows (every cached entry, the new tokens causally) AND within the
         window by position. Queries go in blocks of LOCAL_BLOCK rows; when the cache's positions are
-        sorted (a prefill, a decode after one) a block reads only keys from its window's start on.
-        Returns [1, Hq, T, D]."""
+        sorted (a prefill, a decode after one) a block, or a decoded token, reads only keys from its
+        window's start on. Returns [1, Hq, T, D]."""
         t = q.shape[1]
-        if t == 1:
-            mask = window_mask(q_pos, k_pos, self.window)  # [1, n]
-            o = F.scaled_dot_product_attention(q.reshape(1, self.n_kv, self.n_rep, self.hd), keys.unsqueeze(0),
-                                               values.unsqueeze(0), attn_mask=mask, scale=self.scale)
-            return o.reshape(1, self.n_heads, 1, self.hd)
         ordered = bool((k_pos[1:] >= k_pos[:-1]).all())
+        if t == 1:
+            q1 = q.reshape(1, self.n_kv, self.n_rep, self.hd)
+            if ordered:  # a decode after a prefill: only the window's own keys, no mask
+                lo = int(torch.searchsorted(k_pos, q_pos - self.window + 1))
+                o = F.scaled_dot_product_attention(q1, keys[:, lo:].unsqueeze(0), values[:, lo:].unsqueeze(0),
+                                                   scale=self.scale)
+            else:
+                mask = window_mask(q_pos, k_pos, self.window)  # [1, n]
+                o = F.scaled_dot_product_attention(q1, keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask,
+                                                   scale=self.scale)
+            return o.reshape(1, self.n_heads, 1, self.hd)
         outs = []
         for a in range(0, t, LOCAL_BLOCK):
             b = min(t, a + LOCAL_BLOCK)

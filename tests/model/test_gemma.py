@@ -148,6 +148,27 @@ def test_local_layer_ignores_tokens_outside_its_window(tiny_gemma):
     assert p2[:, : n - WINDOW].sum() > 0
 
 
+def test_local_decode_reads_the_window_whether_or_not_positions_are_sorted(tiny_gemma):
+    """A decoded token on a local layer: over entries in position order it reads only the window's own
+    keys (no mask); over the same entries shuffled (an assembled cache) it masks by position. Both equal
+    attention over exactly the keys inside the window."""
+    _, m, _ = tiny_gemma
+    att = m.model.layers[0].self_attn
+    g = torch.Generator().manual_seed(5)
+    n, d = 40, att.hd
+    keys, values = torch.randn(att.n_kv, n, d, generator=g), torch.randn(att.n_kv, n, d, generator=g)
+    q = torch.randn(att.n_heads, 1, d, generator=g)
+    k_pos, q_pos = torch.arange(n), torch.tensor([n - 1])
+    inside = slice(n - WINDOW, n)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.reshape(1, att.n_kv, att.n_rep, d), keys[None, :, inside], values[None, :, inside], scale=att.scale)
+    want = want.reshape(1, att.n_heads, 1, d)
+    got = att._local(q, keys, values, q_pos, k_pos, n - 1)
+    perm = torch.cat([torch.randperm(n - 1, generator=g), torch.tensor([n - 1])])  # the new token stays last
+    shuffled = att._local(q, keys[:, perm], values[:, perm], q_pos, k_pos[perm], n - 1)
+    assert (got - want).abs().max() < 1e-5 and (shuffled - want).abs().max() < 1e-5
+
+
 def test_only_local_layers_reach_a_bounded_distance(tmp_path):
     """With local layers only, the last logits depend on the last L*(WINDOW-1)+1 tokens and no more."""
     from acre_model.weights import load_model
