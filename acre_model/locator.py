@@ -46,7 +46,7 @@ def shift_queries(q: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.
 
 def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, head_dim: int,
                          inv_freq: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Max-rule chunk scores of several documents on one scale: [n_chunks_d] per document.
+    """Chunk scores of several documents on one scale: [n_chunks_d] per document.
 
     The queries of one pass 1 (over the first document, at positions after it) score every document's
     index keys, moved (`inv_freq` given) to the positions right after *that* document, so each document
@@ -54,36 +54,49 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
     one softmax over the tokens of *all* documents: a token that matches the question only in one
     document keeps its probability, while a phrase every document shares (the same form of fact in
     each) is split among them. Sinks are left out of that softmax and the recent window is scored (it
-    is attended only if its document is shown). With one document this is `index_chunk_scores`."""
+    is attended only if its document is shown).
+
+    Over several documents a chunk's score *adds up* its evidence: per head, the sum over the question's
+    rows of the row's largest probability in the chunk; then the best head. A fact whose key shares one
+    word with another document's key ("jolly-otter", "jolly-kettle") wins on the rows of its other words,
+    where one row's maximum (the single-document max rule) would tie them (measured on probe libraries:
+    docs/results.md, "Library"). With one document this is `index_chunk_scores`: the max rule."""
     for doc in docs:
         if doc.index_keys is None or not doc.index_heads:
             raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
     heads = docs[0].index_heads
-    sizes = [d.n_tokens for d in docs]
-    best = torch.zeros(sum(sizes), device=docs[0].index_keys.device)
+    if len(docs) == 1:
+        doc = docs[0]
+        best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
+        for h, (layer, g) in enumerate(heads):
+            q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)  # [n_rep*T, D] rotated
+            best = torch.maximum(best, (q @ doc.index_keys[h].T / math.sqrt(head_dim)).softmax(-1).amax(0))
+        # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
+        # (attention sinks would otherwise win every ranking).
+        best[doc.l1_pos[doc.l1_always]] = 0.0
+        return [max_per_chunk(best, doc.n_tokens, doc.chunk_size)]
+    sizes, n0 = [d.n_tokens for d in docs], docs[0].n_tokens
+    out = [torch.zeros(-(-d.n_tokens // d.chunk_size), device=d.index_keys.device) for d in docs]
     for h, (layer, g) in enumerate(heads):
         q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)  # [n_rep*T, D] rotated
-        if len(docs) == 1:
-            logits = q @ docs[0].index_keys[h].T / math.sqrt(head_dim)  # [n_rep*T, n]
-        else:
-            n0, parts = docs[0].n_tokens, []
-            for d in docs:
-                x = (q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq)) @ d.index_keys[h].T
-                x[:, :d.layout.n_sink] = float("-inf")  # every document's sinks would take a share of every row
-                parts.append(x)
-            logits = torch.cat(parts, 1) / math.sqrt(head_dim)  # [n_rep*T, sum n]
-        best = torch.maximum(best, logits.softmax(-1).amax(0))
-    out = []
-    for doc, b in zip(docs, best.split(sizes)):
-        if len(docs) == 1:
-            # Sinks and the recent window are always attended: a chunk earns refill only by its other
-            # tokens (attention sinks would otherwise win every ranking).
-            b = b.clone()
-            b[doc.l1_pos[doc.l1_always]] = 0.0
-        # Over a library a document's recent window is attended only if the document is shown, so its
-        # tokens stay scorable (its sinks were masked before the softmax).
-        out.append(max_per_chunk(b, doc.n_tokens, doc.chunk_size))
+        parts = []
+        for d in docs:
+            x = (q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq)) @ d.index_keys[h].T
+            x[:, :d.layout.n_sink] = float("-inf")  # every document's sinks would take a share of every row
+            parts.append(x)
+        probs = (torch.cat(parts, 1) / math.sqrt(head_dim)).softmax(-1)  # [n_rep*T, sum n]
+        for i, (d, pr) in enumerate(zip(docs, probs.split(sizes, 1))):
+            out[i] = torch.maximum(out[i], row_chunk_max(pr, d.chunk_size).sum(0))
     return out
+
+
+def row_chunk_max(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """x [R, n_tokens] -> [R, n_chunks]: each row's largest value in each chunk."""
+    n = x.shape[1]
+    pad = -(-n // chunk_size) * chunk_size - n
+    if pad:
+        x = torch.cat([x, x.new_zeros(x.shape[0], pad)], 1)
+    return x.view(x.shape[0], -1, chunk_size).amax(-1)
 
 
 def l1_chunk_scores(doc: DocState, probe: AttnProbe) -> torch.Tensor:

@@ -23,11 +23,15 @@ class ChunkPolicy(Policy):
     neighbors: int = 1  # each chosen chunk brings this many neighbours on each side
     mode: str = "focus"  # "exact" (original positions) | "focus" (renumbered contiguously)
     p_power: float = 2.0  # p ∝ score**p_power: sharpens p so its entropy separates one peak from spread
+    # Over several documents a chunk's score sums its rows' evidence (locator.library_chunk_scores), a
+    # flatter scale: p ∝ score**library_p_power. 8 chosen on probe libraries (seed 1; docs/results.md).
+    library_p_power: float = 8.0
 
     def __post_init__(self) -> None:
         self.check(isinstance(self.neighbors, int) and self.neighbors >= 0, "neighbors must be an integer >= 0")
         self.check_mode(self.mode)
         self.check(self.p_power > 0, "p_power must be > 0")
+        self.check(self.library_p_power > 0, "library_p_power must be > 0")
 
     def plan(self, ctx: PlanContext) -> Plan:
         p = self.locate(ctx)  # pass 1 + the locator: a distribution over chunks
@@ -59,7 +63,7 @@ class ChunkPolicy(Policy):
         layers = sorted({layer for layer, _ in docs[0].index_heads})
         probe = run_pass1(model, docs[0], q_ids, layers, want_queries=True, want_probs=False)
         scores = locator.library_chunk_scores(docs, probe, cfg.n_rep, cfg.head_dim, model.rope.inv_freq)
-        p = locator.to_distribution(torch.cat(scores), self.p_power)
+        p = locator.to_distribution(torch.cat(scores), self.library_p_power)
         k = self.volume(p)
         top = self.choose(PlanContext(model, docs[0], q_ids), p, k)
         starts = torch.tensor([s.numel() for s in scores]).cumsum(0)  # [n_docs] end of each document's chunks
