@@ -21,12 +21,12 @@ from .rope import Rope
 
 
 def max_per_chunk(x: torch.Tensor, n_tokens: int, chunk_size: int) -> torch.Tensor:
-    """x [n_tokens] -> [n_chunks] max over each chunk's tokens."""
+    """x [..., n_tokens] -> [..., n_chunks] max over each chunk's tokens (one row or many)."""
     n_chunks = -(-n_tokens // chunk_size)
     pad = n_chunks * chunk_size - n_tokens
     if pad:
-        x = torch.cat([x, x.new_full((pad,), float("-inf"))])
-    return x.view(n_chunks, chunk_size).amax(-1)
+        x = torch.cat([x, x.new_full((*x.shape[:-1], pad), float("-inf"))], -1)
+    return x.view(*x.shape[:-1], n_chunks, chunk_size).amax(-1)
 
 
 def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int) -> torch.Tensor:
@@ -65,11 +65,15 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
         if doc.index_keys is None or not doc.index_heads:
             raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
     heads = docs[0].index_heads
+
+    def head_queries(layer: int, g: int) -> torch.Tensor:  # [n_rep*T, D] rotated: one KV head's group
+        return probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)
+
     if len(docs) == 1:
         doc = docs[0]
         best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
         for h, (layer, g) in enumerate(heads):
-            q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)  # [n_rep*T, D] rotated
+            q = head_queries(layer, g)
             best = torch.maximum(best, (q @ doc.index_keys[h].T / math.sqrt(head_dim)).softmax(-1).amax(0))
         # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
         # (attention sinks would otherwise win every ranking).
@@ -78,7 +82,7 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
     sizes, n0 = [d.n_tokens for d in docs], docs[0].n_tokens
     out = [torch.zeros(-(-d.n_tokens // d.chunk_size), device=d.index_keys.device) for d in docs]
     for h, (layer, g) in enumerate(heads):
-        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)  # [n_rep*T, D] rotated
+        q = head_queries(layer, g)
         parts = []
         for d in docs:
             x = (q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq)) @ d.index_keys[h].T
@@ -86,17 +90,8 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
             parts.append(x)
         probs = (torch.cat(parts, 1) / math.sqrt(head_dim)).softmax(-1)  # [n_rep*T, sum n]
         for i, (d, pr) in enumerate(zip(docs, probs.split(sizes, 1))):
-            out[i] = torch.maximum(out[i], row_chunk_max(pr, d.chunk_size).sum(0))
+            out[i] = torch.maximum(out[i], max_per_chunk(pr, d.n_tokens, d.chunk_size).sum(0))
     return out
-
-
-def row_chunk_max(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """x [R, n_tokens] -> [R, n_chunks]: each row's largest value in each chunk."""
-    n = x.shape[1]
-    pad = -(-n // chunk_size) * chunk_size - n
-    if pad:
-        x = torch.cat([x, x.new_zeros(x.shape[0], pad)], 1)
-    return x.view(x.shape[0], -1, chunk_size).amax(-1)
 
 
 def l1_chunk_scores(doc: DocState, probe: AttnProbe) -> torch.Tensor:
