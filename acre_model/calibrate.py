@@ -39,7 +39,9 @@ def _candidates(model_path: Path) -> list[Path]:
     return out
 
 
-def load_retrieval_heads(model_path: Path, fingerprint: str) -> list[tuple[int, int]]:
+def calibration_record(model_path: Path, fingerprint: str) -> dict:
+    """The model's calibration result (`heads`, `top_heads` with each head's scores, the probe settings):
+    the model folder's own file first, then the package's bundled ones, matched by fingerprint."""
     for p in _candidates(Path(model_path)):
         if not p.is_file():
             continue
@@ -48,9 +50,13 @@ def load_retrieval_heads(model_path: Path, fingerprint: str) -> list[tuple[int, 
         except (OSError, json.JSONDecodeError):
             continue
         if d.get("fingerprint") == fingerprint:
-            return [tuple(h) for h in d["heads"]]
+            return d
     raise AcreError(f"model {Path(model_path).name} has no calibration (retrieval heads): "
                     f"run `acre model calibrate {model_path}`")
+
+
+def load_retrieval_heads(model_path: Path, fingerprint: str) -> list[tuple[int, int]]:
+    return [tuple(h) for h in calibration_record(model_path, fingerprint)["heads"]]
 
 
 def head_chunk_scores(queries: torch.Tensor, keys: torch.Tensor, n_tokens: int, chunk_size: int) -> torch.Tensor:

@@ -5,7 +5,9 @@ A locator turns what pass 1 (`pass1.py`) saw into a distribution `p` over the do
 - `index` (default): the question's queries at the calibrated retrieval heads against the keys of
   *every* document token at those heads (the locator index). Each chunk scores the largest attention
   probability that any (head, question token) puts on one of its tokens (the max rule: a needle is one
-  sharp peak; summing dilutes it among many weak matches).
+  sharp peak; summing dilutes it among many weak matches). Over several documents
+  (`library_chunk_scores`) each row is one softmax over every document's index keys and a chunk sums
+  its rows' evidence (see there).
 - `l1` (the seed's locator, kept as an ablation): attention mass of the question on the attend set,
   summed per chunk through the proxy map, at the middle layers.
 """
@@ -79,19 +81,32 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
         # (attention sinks would otherwise win every ranking).
         best[doc.l1_pos[doc.l1_always]] = 0.0
         return [max_per_chunk(best, doc.n_tokens, doc.chunk_size)]
-    sizes, n0 = [d.n_tokens for d in docs], docs[0].n_tokens
-    out = [torch.zeros(-(-d.n_tokens // d.chunk_size), device=d.index_keys.device) for d in docs]
+    cs, n0 = docs[0].chunk_size, docs[0].n_tokens
+    if any(d.chunk_size != cs for d in docs):
+        raise ValueError("documents of one library must share a chunk size")
+    # One buffer of logits [rows, tokens] per head, each document padded to whole chunks: padding and
+    # sinks hold -inf (probability 0 in the joint softmax), so the chunks' maxima are one view away.
+    n_chunks = [-(-d.n_tokens // cs) for d in docs]
+    offsets = [0]
+    for n in n_chunks:
+        offsets.append(offsets[-1] + n * cs)
+    device = docs[0].index_keys.device
+    total = torch.zeros(offsets[-1] // cs, device=device)
+    logits = None  # one buffer for every head, worked in place (fresh 50 MB buffers cost page faults)
     for h, (layer, g) in enumerate(heads):
-        q = head_queries(layer, g)
-        parts = []
-        for d in docs:
-            x = (q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq)) @ d.index_keys[h].T
-            x[:, :d.layout.n_sink] = float("-inf")  # every document's sinks would take a share of every row
-            parts.append(x)
-        probs = (torch.cat(parts, 1) / math.sqrt(head_dim)).softmax(-1)  # [n_rep*T, sum n]
-        for i, (d, pr) in enumerate(zip(docs, probs.split(sizes, 1))):
-            out[i] = torch.maximum(out[i], max_per_chunk(pr, d.n_tokens, d.chunk_size).sum(0))
-    return out
+        q = head_queries(layer, g) / math.sqrt(head_dim)
+        if logits is None:
+            logits = torch.empty((q.shape[0], offsets[-1]), device=device, dtype=q.dtype)
+        for d, lo, hi in zip(docs, offsets, offsets[1:]):
+            qd = q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq)
+            torch.matmul(qd, d.index_keys[h].T, out=logits[:, lo:lo + d.n_tokens])
+            logits[:, lo + d.n_tokens:hi] = float("-inf")  # the short last chunk's padding
+            logits[:, lo:lo + d.layout.n_sink] = float("-inf")  # every document's sinks would take a share of every row
+        # the softmax per row (question token) over every document's tokens, in place
+        logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+        probs_max = logits.view(q.shape[0], -1, cs).amax(-1) / logits.sum(-1, keepdim=True)
+        total = torch.maximum(total, probs_max.sum(0).to(total.dtype))
+    return list(total.split(n_chunks))
 
 
 def l1_chunk_scores(doc: DocState, probe: AttnProbe) -> torch.Tensor:

@@ -68,3 +68,35 @@ def test_the_adaptive_k_is_monotone_in_spread_and_bounded_by_the_budget():
         with __import__("pytest").raises(Exception, match="kv_budget"):
             make_policy(name, kv_budget=0)
     assert make_policy("acre-entropy", kv_budget=0.05).volume(flat) == 1  # 3 chunks of 64 with neighbours
+
+
+def test_library_scores_are_one_softmax_per_row_over_every_document_summed_per_chunk():
+    """The library scoring (one padded buffer) equals the rule written plainly: per head, one softmax per
+    question row over all documents' tokens (sinks out), each chunk's largest probability per row, summed
+    over rows; the best head. Documents of uneven lengths, so short last chunks are covered."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    D, n_rep, T, cs, n_sink = 8, 2, 3, 4, 2
+    heads = [(1, 0), (2, 1)]
+    docs = [SimpleNamespace(doc_id=f"d{i}", n_tokens=n, chunk_size=cs, index_heads=heads,
+                            index_keys=torch.randn(len(heads), n, D), layout=SimpleNamespace(n_sink=n_sink))
+            for i, n in enumerate([13, 8, 21])]
+    probe = SimpleNamespace(queries={layer: torch.randn(2 * n_rep, T, D) for layer, _ in heads})
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    got = loc.library_chunk_scores(docs, probe, n_rep, D, inv_freq)
+
+    want = [torch.zeros(-(-d.n_tokens // cs)) for d in docs]
+    for h, (layer, g) in enumerate(heads):
+        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, D)
+        parts = []
+        for d in docs:
+            x = loc.shift_queries(q, d.n_tokens - docs[0].n_tokens, inv_freq) @ d.index_keys[h].T / math.sqrt(D)
+            x[:, :n_sink] = float("-inf")
+            parts.append(x)
+        probs = torch.cat(parts, 1).softmax(-1)
+        for i, (d, pr) in enumerate(zip(docs, probs.split([d.n_tokens for d in docs], 1))):
+            want[i] = torch.maximum(want[i], loc.max_per_chunk(pr, d.n_tokens, cs).sum(0))
+    for g_, w in zip(got, want):
+        assert g_.shape == w.shape
+        torch.testing.assert_close(g_, w, rtol=1e-5, atol=1e-6)

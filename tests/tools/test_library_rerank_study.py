@@ -1,0 +1,23 @@
+"""The library re-ranking study's scoring helpers (the study itself needs the real model and a store)."""
+import torch
+
+from tools.library_rerank_study import doc_rank, row_rule
+
+
+def test_doc_rank_scores_a_document_by_its_best_chunk():
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.2])
+    owners = [0, 1, 2, 2]
+    assert doc_rank(scores, owners, 1) == 0
+    assert doc_rank(scores, owners, 2) == 1
+    assert doc_rank(scores, owners, 0) == 2
+    assert doc_rank(scores, owners, 7) == 3  # not among the candidates: after every one of them
+
+
+def test_peak_rule_ignores_rows_every_candidate_shares():
+    # row 0 matches all three candidates alike (a phrase every fact shares), row 1 picks candidate 2
+    p = torch.tensor([[0.30, 0.30, 0.30], [0.05, 0.05, 0.60]])
+    assert row_rule(p, "peak").argmax() == 2
+    assert torch.allclose(row_rule(p, "sum"), torch.tensor([0.35, 0.35, 0.90]))
+    assert torch.allclose(row_rule(p, "rowmax"), torch.tensor([0.30, 0.30, 0.60]))
+    shared_only = torch.tensor([[0.3, 0.3, 0.3]])
+    assert torch.count_nonzero(row_rule(shared_only, "peak")) == 0
