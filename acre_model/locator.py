@@ -13,6 +13,7 @@ A locator turns what pass 1 (`pass1.py`) saw into a distribution `p` over the do
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -81,15 +82,12 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
         # (attention sinks would otherwise win every ranking).
         best[doc.l1_pos[doc.l1_always]] = 0.0
         return [max_per_chunk(best, doc.n_tokens, doc.chunk_size)]
+    # The documents share a chunk size (a `Library` checks it). One buffer of logits [rows, tokens] per head,
+    # each document padded to whole chunks: padding and sinks hold -inf (probability 0 in the joint
+    # softmax), so the chunks' maxima are one view away.
     cs, n0 = docs[0].chunk_size, docs[0].n_tokens
-    if any(d.chunk_size != cs for d in docs):
-        raise ValueError("documents of one library must share a chunk size")
-    # One buffer of logits [rows, tokens] per head, each document padded to whole chunks: padding and
-    # sinks hold -inf (probability 0 in the joint softmax), so the chunks' maxima are one view away.
     n_chunks = [-(-d.n_tokens // cs) for d in docs]
-    offsets = [0]
-    for n in n_chunks:
-        offsets.append(offsets[-1] + n * cs)
+    offsets = [0, *itertools.accumulate(n * cs for n in n_chunks)]
     device = docs[0].index_keys.device
     total = torch.zeros(offsets[-1] // cs, device=device)
     logits = None  # one buffer for every head, worked in place (fresh 50 MB buffers cost page faults)

@@ -22,9 +22,10 @@ import math
 import sys
 from pathlib import Path
 
-import torch
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
 
 RULES = ("sum", "rowmax", "peak")
 
@@ -80,11 +81,13 @@ def main(argv=None) -> int:
     lib = Library([eng.load_document(i, st) for i in ids])
     n_rep, D, L = cfg.num_attention_heads // cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers
     n0 = lib.docs[0].n_tokens
+    # pass 1 records queries at the layers of the locator's heads and of the re-scoring heads
+    probed = sorted({layer for layer, _ in [*lib.docs[0].index_heads, *top[:max(n_heads)]]})
     counts: dict[str, int] = {}
     n_q = 0
     for q in library_questions(docs, args.questions, seed=args.seed):
         q_ids = torch.tensor(eng.tokenizer.question_ids(q.question, q.answer_prefix))
-        probe = run_pass1(model, lib.docs[0], q_ids, list(range(L)), want_queries=True, want_probs=False)
+        probe = run_pass1(model, lib.docs[0], q_ids, probed, want_queries=True, want_probs=False)
         scores = locator.library_chunk_scores(lib.docs, probe, n_rep, D, model.rope.inv_freq)
         owner = [i for i, s in enumerate(scores) for _ in range(s.numel())]
         local = [c for s in scores for c in range(s.numel())]
