@@ -97,7 +97,7 @@ def rank_heads(mrr: torch.Tensor, layers: list[int]) -> torch.Tensor:
     return order[allowed.flatten()[order]]
 
 
-def calibrate(engine, n_probes: int = 12, lengths: tuple[int, ...] = (1024, 2048), n_heads: int = 4,
+def calibrate(engine, n_probes: int = 12, lengths: tuple[int, ...] = (1024, 2048), n_heads: int = 6,
               layout: LayoutConfig | None = None, seed: int = 0, log=print) -> dict:
     layout = layout or LayoutConfig()
     tokenize = engine.tokenizer.encode

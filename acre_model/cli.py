@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--device", default=None)
     pc.add_argument("--n-probes", type=int, default=12)
     pc.add_argument("--lengths", default="1024,2048", help="probe lengths in tokens")
-    pc.add_argument("--n-heads", type=int, default=4, help="retrieval heads to keep")
+    pc.add_argument("--n-heads", type=int, default=6, help="retrieval heads to keep (the locator index)")
     pc.add_argument("--out", default=None, help="where to write the result (default: beside the model)")
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=cmd_model_calibrate, model=None)

@@ -11,12 +11,17 @@ score is its best chunk's; the figure is how often the fact's document ranks fir
 
 Re-scoring rules per head: `sum` adds each row's largest probability in the chunk (the shipped rule's
 form), `rowmax` keeps the largest over rows, `peak` weights each row by how much more its best candidate
-gets than the candidates' mean; heads are then summed (`-sum`) or the best taken (`-max`). Ends with one
-JSON line: top-1 counts per rule.
+gets than the candidates' mean; heads are then summed (`-sum`) or the best taken (`-max`).
+
+`--index-heads 4,6` also ranks with the shipped scoring over a locator index of the N best calibrated heads
+(`index-N`; their keys rebuilt from the stored chunks, rotated at their positions, rounded to float16 as an
+index is stored): what a wider index would find, without re-ingesting. Ends with one JSON line: top-1
+counts per rule.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -50,6 +55,18 @@ def doc_rank(scores: torch.Tensor, owners: list[int], target: int) -> int:
     return sorted(best.values(), reverse=True).index(best[target])
 
 
+def index_from_store(store, doc, heads: list[tuple[int, int]], model) -> torch.Tensor:
+    """[len(heads), n_tokens, D]: `doc`'s keys at `heads` from its stored chunks, rotated at their positions and
+    rounded to float16, as a locator index holds them."""
+    keys = {}
+    for layer in sorted({layer for layer, _ in heads}):
+        arrs = [torch.from_numpy(a) for _, a in store.fetch(doc.doc_id, list(range(doc.n_chunks)), (layer, layer + 1))]
+        k = torch.cat([a[0, 0] for a in arrs], 1)[:, :doc.n_tokens].float()  # [Hkv, n, D] before RoPE
+        for g in (g for lay, g in heads if lay == layer):
+            keys[(layer, g)] = model.ropes[layer].rotate(k[g][None], torch.arange(doc.n_tokens))[0]
+    return torch.stack([keys[h] for h in heads]).half().float()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=100)
@@ -57,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="library seed (the evaluation uses 0: keep apart)")
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--heads", default="1,4,8,16", help="numbers of top calibrated heads to re-score with")
+    ap.add_argument("--index-heads", default="", help="index sizes (best calibrated heads) to rank with, e.g. 4,6")
     ap.add_argument("--store-dir", required=True, help="embedded store (a rerun skips ingestion)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -81,8 +99,12 @@ def main(argv=None) -> int:
     lib = Library([eng.load_document(i, st) for i in ids])
     n_rep, D, L = cfg.num_attention_heads // cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers
     n0 = lib.docs[0].n_tokens
-    # pass 1 records queries at the layers of the locator's heads and of the re-scoring heads
-    probed = sorted({layer for layer, _ in [*lib.docs[0].index_heads, *top[:max(n_heads)]]})
+    wide = {n: top[:n] for n in (int(x) for x in args.index_heads.split(",") if x)}
+    wide_docs = {n: [dataclasses.replace(d, index_heads=hs, index_keys=index_from_store(st, d, hs, model))
+                     for d in lib.docs] for n, hs in wide.items()}
+    # pass 1 records queries at the layers of the locator's heads, the re-scoring heads and the wider indexes
+    probed = sorted({layer for layer, _ in [*lib.docs[0].index_heads, *top[:max(n_heads)],
+                                            *top[:max(wide, default=0)]]})
     counts: dict[str, int] = {}
     n_q = 0
     for q in library_questions(docs, args.questions, seed=args.seed):
@@ -95,6 +117,9 @@ def main(argv=None) -> int:
         cand = flat.topk(min(args.candidates, flat.numel())).indices.tolist()
         owners = [owner[c] for c in cand]
         ranks = {"shipped": doc_rank(flat, owner, q.target)}
+        for n, wd in wide_docs.items():
+            wide_scores = locator.library_chunk_scores(wd, probe, n_rep, D, model.rope.inv_freq)
+            ranks[f"index-{n}"] = doc_rank(torch.cat(wide_scores), owner, q.target)
         chunks = []  # per candidate: [L, 2, Hkv, len, D] from the store, its doc, its first position
         for c in cand:
             d = lib.docs[owner[c]]

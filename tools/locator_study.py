@@ -1,7 +1,7 @@
 """Measure how well each locator finds the needle's chunk, without the store (prefill once per document,
 then vary the layout and the locator on the same KV).
 
-    python tools/locator_study.py [--quick] [--lengths 2048,4096] [--n 8] [--out DIR]
+    python tools/locator_study.py [--quick] [--lengths 2048,4096] [--n 8] [--index-heads 4,6] [--out DIR]
 
 Prints a table of needle-chunk recall@k per (length, chunk size, locator) and ends with one JSON line.
 """
@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", default="2048,4096")
     ap.add_argument("--n", type=int, default=8, help="documents per length")
     ap.add_argument("--chunk-sizes", default="32,64")
+    ap.add_argument("--index-heads", default=None,
+                    help="compare locator indexes of the N best calibrated heads, e.g. 4,6 (default: the shipped set)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from acre_model.doc_state import DocState, LayoutConfig
@@ -38,6 +40,11 @@ def main(argv=None) -> int:
 
     eng = Engine.from_pretrained()
     heads = eng.retrieval_heads()
+    head_sets = {"index": heads}
+    if args.index_heads:
+        from acre_model.calibrate import calibration_record
+        top = [(h["layer"], h["kv_head"]) for h in calibration_record(eng.path, eng.fingerprint)["top_heads"]]
+        head_sets = {f"index-{n}": top[:n] for n in (int(x) for x in args.index_heads.split(","))}
     lengths = [int(x) for x in args.lengths.split(",")]
     n_docs = 3 if args.quick else args.n
     sizes = [int(x) for x in args.chunk_sizes.split(",")]
@@ -53,14 +60,17 @@ def main(argv=None) -> int:
             for C in sizes:
                 for rep_mode in ("attention", "uniform"):
                     lay = replace(LayoutConfig(), chunk_size=C, rep_mode=rep_mode)
-                    parts = build_l1_parts(pf, lay, heads)
-                    ds = DocState.from_parts("x", {"index_heads": heads, "layout": {}}, parts, len(ids), C,
-                                             eng.model.dtype, eng.device)
-                    ctx = PlanContext(eng.model, ds, q)
-                    targets = ds.chunks_of(span)
-                    if rep_mode == "attention":
-                        ranks.setdefault((n, C, "index"), []).append(rank_of(AcrePolicy().locate(ctx), targets))
-                    ranks.setdefault((n, C, f"l1-{rep_mode}"), []).append(rank_of(AcreL1Policy().locate(ctx), targets))
+                    for name, hs in head_sets.items():
+                        parts = build_l1_parts(pf, lay, hs)
+                        ds = DocState.from_parts("x", {"index_heads": hs, "layout": {}}, parts, len(ids), C,
+                                                 eng.model.dtype, eng.device)
+                        ctx = PlanContext(eng.model, ds, q)
+                        targets = ds.chunks_of(span)
+                        if rep_mode == "attention":
+                            ranks.setdefault((n, C, name), []).append(rank_of(AcrePolicy().locate(ctx), targets))
+                        if name == next(iter(head_sets)):
+                            ranks.setdefault((n, C, f"l1-{rep_mode}"), []).append(
+                                rank_of(AcreL1Policy().locate(ctx), targets))
             print(f"  {n} tokens doc {i + 1}/{n_docs} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     print(f"{'tokens':>6} {'C':>4} {'locator':<14} {'top1':>5} {'top2':>5} {'top4':>5} {'top8':>5}  ranks")
     summary = {}
