@@ -140,6 +140,47 @@ def ablation_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# Methods whose volume (k) and locator recall the per-family table shows: the adaptive rule, the seed's rule
+# and the fixed-k ablation, and the retrieval peers.
+VOLUME_METHODS = ["acre", "acre-entropy", "fixed-k", "quest", "infllm"]
+
+
+def family_volume(rows: list[dict]) -> dict:
+    """{family: {method: {"k": (mean, min, max) | None, "kv_ratio": mean, "recall": mean | None, "n": n}}}
+    over the main rows of VOLUME_METHODS: does k move with how spread a family's evidence is?"""
+    cells: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if not r.get("sweep") and r["method"] in VOLUME_METHODS:
+            cells[r["family"]][r["method"]].append(r)
+    out: dict[str, dict] = {}
+    for fam, by_m in cells.items():
+        out[fam] = {}
+        for m, rs in by_m.items():
+            ks = [r["k"] for r in rs if r.get("k") is not None]
+            out[fam][m] = {"k": (mean(ks), min(ks), max(ks)) if ks else None,
+                           "kv_ratio": mean(r["kv_ratio"] for r in rs),
+                           "recall": _mean(r.get("needle_recall") for r in rs), "n": len(rs)}
+    return out
+
+
+def family_volume_table(vol: dict) -> str:
+    """One row per family: per method, mean k (min-max), mean KV ratio and needle-chunk recall."""
+    methods = _ordered({m for d in vol.values() for m in d}, VOLUME_METHODS)
+    lines = ["| family | " + " | ".join(f"{m} k | {m} KV | {m} recall" for m in methods) + " |",
+             "|" + "---|" * (3 * len(methods) + 1)]
+    for fam in sorted(vol):
+        cells = []
+        for m in methods:
+            c = vol[fam].get(m)
+            if c is None:
+                cells += ["—"] * 3
+                continue
+            k = "—" if c["k"] is None else f"{c['k'][0]:.1f} ({c['k'][1]}–{c['k'][2]})"
+            cells += [k, f"{_fmt(c['kv_ratio'])}%", _fmt(c["recall"])]
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def curve_points(rows: list[dict]) -> dict:
     """{family: {curve: [(kv_ratio, score, method, n)]}} over the tasks that have sweep rows, + "full"."""
     swept = {r["task_id"] for r in rows if r.get("sweep")}
@@ -313,6 +354,12 @@ def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: 
               "Needle-chunk recall: share of the chunks holding the facts the answer needs that the policy "
               "refilled (— for policies that select no chunks). Agreement: the answer equals `full`'s after "
               "normalisation (one a word-prefix of the other).", "", ablation_table(summary), ""]
+    vol = family_volume(rows)
+    if vol:
+        parts += ["## Refill volume and locator recall per family", "",
+                  "k: chunks the volume rule chose (mean, min–max over the family's tasks; neighbours come on "
+                  "top); KV: mean KV ratio; recall: needle-chunk recall (all the facts' chunks, e.g. every "
+                  "value of a multi-value task).", "", family_volume_table(vol), ""]
     if points:
         parts += ["## Accuracy vs KV ratio (budget sweep; tasks that were swept)", "", sweep_table(points), ""]
     ttft_lines = ["| method | " + " | ".join(str(n) for n in sorted({n for d in ttft.values() for n in d})) + " |"]

@@ -77,7 +77,27 @@ def test_write_report_files_and_headline(rows, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     md = (tmp_path / "results.md").read_text()
     assert "| acre |" in md and "## Ablations" in md and "needle_heatmap.png" in md
+    assert "## Refill volume and locator recall per family" in md and "| niah_single_prose | 2.0 (2–2) |" in md
     assert head["methods"]["acre"]["score"] == 1.0 and head["methods"]["full"]["kv_ratio"] == 1.0
+
+
+def test_family_volume_reports_k_spread_kv_and_recall_per_family():
+    rows = [_row("mv/0", "acre", 1.0, 0.3, family="niah_multivalue", recall=1.0),
+            _row("mv/1", "acre", 0.0, 0.2, family="niah_multivalue", recall=0.5),
+            _row("s/0", "acre", 1.0, 0.1, recall=1.0),
+            _row("s/0", "fixed-k", 1.0, 0.2, recall=1.0),
+            _row("s/0", "streaming", 0.0, 0.15),  # not a volume method
+            _row("s/0", "acre@k1", 1.0, 0.05, sweep=True)]  # sweep rows are not the main rows
+    rows[0]["k"], rows[1]["k"], rows[2]["k"], rows[3]["k"] = 5, 4, 1, 3
+    vol = eval_report.family_volume(rows)
+    assert set(vol) == {"niah_multivalue", "niah_single_prose"}
+    assert vol["niah_multivalue"]["acre"]["k"] == (4.5, 4, 5)
+    assert vol["niah_multivalue"]["acre"]["recall"] == pytest.approx(0.75)
+    assert vol["niah_multivalue"]["acre"]["kv_ratio"] == pytest.approx(0.25)
+    assert vol["niah_single_prose"]["acre"]["k"] == (1, 1, 1) and vol["niah_single_prose"]["acre"]["n"] == 1
+    assert set(vol["niah_single_prose"]) == {"acre", "fixed-k"}
+    table = eval_report.family_volume_table(vol)
+    assert "| niah_multivalue | 4.5 (4–5) | 25.0% | 75.0 | — | — | — |" in table
 
 
 def test_methods_and_grid():
