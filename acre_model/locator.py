@@ -32,9 +32,20 @@ def max_per_chunk(x: torch.Tensor, n_tokens: int, chunk_size: int) -> torch.Tens
     return x.view(*x.shape[:-1], n_chunks, chunk_size).amax(-1)
 
 
-def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int) -> torch.Tensor:
-    """Max-rule chunk scores [n_chunks] from the locator index."""
-    return library_chunk_scores([doc], probe, n_rep, head_dim)[0]
+def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int,
+                       n_heads: int | None = None) -> torch.Tensor:
+    """Max-rule chunk scores [n_chunks] from the locator index, at its first `n_heads` heads (the index is in
+    calibration order, best first; None: every head). Pass 1 must have recorded those heads' layers."""
+    if doc.index_keys is None or not doc.index_heads:
+        raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
+    best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
+    for h, (layer, g) in enumerate(doc.index_heads[:n_heads]):
+        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)
+        best = torch.maximum(best, (q @ doc.index_keys[h].T / math.sqrt(head_dim)).softmax(-1).amax(0))
+    # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
+    # (attention sinks would otherwise win every ranking).
+    best[doc.l1_pos[doc.l1_always]] = 0.0
+    return max_per_chunk(best, doc.n_tokens, doc.chunk_size)
 
 
 def shift_queries(q: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -73,15 +84,7 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
         return probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)
 
     if len(docs) == 1:
-        doc = docs[0]
-        best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
-        for h, (layer, g) in enumerate(heads):
-            q = head_queries(layer, g)
-            best = torch.maximum(best, (q @ doc.index_keys[h].T / math.sqrt(head_dim)).softmax(-1).amax(0))
-        # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
-        # (attention sinks would otherwise win every ranking).
-        best[doc.l1_pos[doc.l1_always]] = 0.0
-        return [max_per_chunk(best, doc.n_tokens, doc.chunk_size)]
+        return [index_chunk_scores(docs[0], probe, n_rep, head_dim)]
     # The documents share a chunk size (a `Library` checks it). One buffer of logits [rows, tokens] per head,
     # each document padded to whole chunks: padding and sinks hold -inf (probability 0 in the joint
     # softmax), so the chunks' maxima are one view away.

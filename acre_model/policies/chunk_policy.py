@@ -26,12 +26,18 @@ class ChunkPolicy(Policy):
     # Over several documents a chunk's score sums its rows' evidence (locator.library_chunk_scores), a
     # flatter scale: p ∝ score**library_p_power. 8 chosen on probe libraries (seed 1; docs/results.md).
     library_p_power: float = 8.0
+    # One document is scored by its index's best `locator_heads` heads (0: all). The index holds 6 (what a
+    # library of 100 documents needs, where every head is used); a 5th head's second peaks raised the
+    # coverage rule's k on single needles from 1 to 2-6 (docs/results.md, "A wider locator index").
+    locator_heads: int = 4
 
     def __post_init__(self) -> None:
         self.check(isinstance(self.neighbors, int) and self.neighbors >= 0, "neighbors must be an integer >= 0")
         self.check_mode(self.mode)
         self.check(self.p_power > 0, "p_power must be > 0")
         self.check(self.library_p_power > 0, "library_p_power must be > 0")
+        self.check(isinstance(self.locator_heads, int) and self.locator_heads >= 0,
+                   f"locator_heads must be an integer >= 0 (0: every index head), got {self.locator_heads!r}")
 
     def plan(self, ctx: PlanContext) -> Plan:
         p = self.locate(ctx)  # pass 1 + the locator: a distribution over chunks
@@ -41,13 +47,14 @@ class ChunkPolicy(Policy):
         return Plan(chunks, use_l1=True, mode=self.mode, entropy=volume.normalized_entropy(p), k=k, p=p)
 
     def locate(self, ctx: PlanContext) -> torch.Tensor:
-        """p [n_chunks] from the locator index: pass 1 records the question's queries at the retrieval
-        heads' layers; every document token's key at those heads is scored against them."""
+        """p [n_chunks] from the locator index: pass 1 records the question's queries at the layers of the
+        index's best `locator_heads` heads; every document token's key at those heads is scored against them."""
         doc, cfg = ctx.doc, ctx.cfg
-        layers = sorted({layer for layer, _ in doc.index_heads})
+        n_heads = self.locator_heads or None
+        layers = sorted({layer for layer, _ in doc.index_heads[:n_heads]})
         probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False,
                           runner=ctx.pass1)
-        scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim)
+        scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads)
         return locator.to_distribution(scores, self.p_power)
 
     def plan_library(self, model, library: Library, q_ids: torch.Tensor) -> LibraryPlan:
