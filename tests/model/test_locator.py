@@ -100,3 +100,39 @@ def test_library_scores_are_one_softmax_per_row_over_every_document_summed_per_c
     for g_, w in zip(got, want):
         assert g_.shape == w.shape
         torch.testing.assert_close(g_, w, rtol=1e-5, atol=1e-6)
+
+
+def test_single_document_scores_read_the_index_best_heads_only():
+    """`index_chunk_scores(n_heads=)` is the max rule over the index's first heads (calibration order);
+    the policy's `locator_heads` picks them and pass 1 then stops at the last of their layers."""
+    from types import SimpleNamespace
+
+    from acre_model.policies import make_policy
+
+    torch.manual_seed(1)
+    D, n_rep, T, cs, n = 8, 2, 3, 4, 22
+    heads = [(1, 0), (3, 1), (2, 0)]
+    always = torch.zeros(n, dtype=torch.bool)
+    always[[0, 1, n - 1]] = True
+    doc = SimpleNamespace(doc_id="d", n_tokens=n, chunk_size=cs, index_heads=heads,
+                          index_keys=torch.randn(len(heads), n, D), l1_pos=torch.arange(n), l1_always=always)
+    probe = SimpleNamespace(queries={layer: torch.randn(2 * n_rep, T, D) for layer, _ in heads})
+
+    def plain(hs):
+        best = torch.zeros(n)
+        for h in hs:
+            layer, g = heads[h]
+            q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, D)
+            best = torch.maximum(best, (q @ doc.index_keys[h].T / math.sqrt(D)).softmax(-1).amax(0))
+        best[always] = 0.0
+        return loc.max_per_chunk(best, n, cs)
+
+    torch.testing.assert_close(loc.index_chunk_scores(doc, probe, n_rep, D, 1), plain([0]))
+    torch.testing.assert_close(loc.index_chunk_scores(doc, probe, n_rep, D, 2), plain([0, 1]))
+    torch.testing.assert_close(loc.index_chunk_scores(doc, probe, n_rep, D), plain([0, 1, 2]))
+    assert not torch.equal(plain([0]), plain([0, 1, 2]))  # the heads disagree: the slice matters
+    # a library of one document is the single-document rule at every index head
+    torch.testing.assert_close(loc.library_chunk_scores([doc], probe, n_rep, D)[0], plain([0, 1, 2]))
+    assert make_policy("acre").locator_heads == 4
+    with __import__("pytest").raises(Exception, match="locator_heads"):
+        make_policy("acre", locator_heads=-1)
