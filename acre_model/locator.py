@@ -3,7 +3,8 @@
 A locator turns what pass 1 (`pass1.py`) saw into a distribution `p` over the document's chunks:
 
 - `index` (default): the question's queries at the calibrated retrieval heads against the keys of
-  *every* document token at those heads (the locator index). Each chunk scores the largest attention
+  *every* document token at those heads (the locator index; one document is scored at its best
+  `locator_heads`, a policy knob). Each chunk scores the largest attention
   probability that any (head, question token) puts on one of its tokens (the max rule: a needle is one
   sharp peak; summing dilutes it among many weak matches). Over several documents
   (`library_chunk_scores`) each row is one softmax over every document's index keys and a chunk sums
@@ -32,6 +33,11 @@ def max_per_chunk(x: torch.Tensor, n_tokens: int, chunk_size: int) -> torch.Tens
     return x.view(*x.shape[:-1], n_chunks, chunk_size).amax(-1)
 
 
+def head_queries(probe: AttnProbe, layer: int, g: int, n_rep: int, head_dim: int) -> torch.Tensor:
+    """[n_rep * T, D] the rotated queries of KV head `g`'s group at `layer`, every question token."""
+    return probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)
+
+
 def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int,
                        n_heads: int | None = None) -> torch.Tensor:
     """Max-rule chunk scores [n_chunks] from the locator index, at its first `n_heads` heads (the index is in
@@ -40,7 +46,7 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
         raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
     best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
     for h, (layer, g) in enumerate(doc.index_heads[:n_heads]):
-        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)
+        q = head_queries(probe, layer, g, n_rep, head_dim)
         best = torch.maximum(best, (q @ doc.index_keys[h].T / math.sqrt(head_dim)).softmax(-1).amax(0))
     # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
     # (attention sinks would otherwise win every ranking).
@@ -80,9 +86,6 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
             raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
     heads = docs[0].index_heads
 
-    def head_queries(layer: int, g: int) -> torch.Tensor:  # [n_rep*T, D] rotated: one KV head's group
-        return probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, head_dim)
-
     if len(docs) == 1:
         return [index_chunk_scores(docs[0], probe, n_rep, head_dim)]
     # The documents share a chunk size (a `Library` checks it). One buffer of logits [rows, tokens] per head,
@@ -95,7 +98,7 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
     total = torch.zeros(offsets[-1] // cs, device=device)
     logits = None  # one buffer for every head, worked in place (fresh 50 MB buffers cost page faults)
     for h, (layer, g) in enumerate(heads):
-        q = head_queries(layer, g) / math.sqrt(head_dim)
+        q = head_queries(probe, layer, g, n_rep, head_dim) / math.sqrt(head_dim)
         if logits is None:
             logits = torch.empty((q.shape[0], offsets[-1]), device=device, dtype=q.dtype)
         for d, lo, hi in zip(docs, offsets, offsets[1:]):

@@ -45,6 +45,8 @@ def main(argv=None) -> int:
         from acre_model.calibrate import calibration_record
         top = [(h["layer"], h["kv_head"]) for h in calibration_record(eng.path, eng.fingerprint)["top_heads"]]
         head_sets = {f"index-{n}": top[:n] for n in (int(x) for x in args.index_heads.split(","))}
+    # `index-N` scores with every head of its index; the default row is what `acre` ships (its best 4 heads)
+    index_policy = AcrePolicy(locator_heads=0) if args.index_heads else AcrePolicy()
     lengths = [int(x) for x in args.lengths.split(",")]
     n_docs = 3 if args.quick else args.n
     sizes = [int(x) for x in args.chunk_sizes.split(",")]
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
                         ctx = PlanContext(eng.model, ds, q)
                         targets = ds.chunks_of(span)
                         if rep_mode == "attention":
-                            ranks.setdefault((n, C, name), []).append(rank_of(AcrePolicy().locate(ctx), targets))
+                            ranks.setdefault((n, C, name), []).append(rank_of(index_policy.locate(ctx), targets))
                         if name == next(iter(head_sets)):
                             ranks.setdefault((n, C, f"l1-{rep_mode}"), []).append(
                                 rank_of(AcreL1Policy().locate(ctx), targets))
