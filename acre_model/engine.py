@@ -415,7 +415,7 @@ class Engine:
                 k, v, pos = pre
                 kv.append(layer, ropes[layer].rotate(k, pos), v, pos)
             for seg, hdr, entries in zip(layout.segments, headers, layout.assemble(layer, fetcher.chunk_layer)):
-                if hdr is not None:
+                if hdr is not None and not layout.is_local(layer):  # a hybrid's local layers: no headers
                     kv.append(layer, *hdr[layer])
                 if entries is not None:
                     k, v, pos = entries
@@ -431,14 +431,24 @@ class Engine:
 
     def _header_kv(self, doc: DocState, sinks: torch.Tensor, ids: list[int], start: int):
         """Per layer (k rotated, v, positions) of header tokens `ids` at positions start.., computed by a
-        forward over the sinks alone (as each document's chunks were computed without the others)."""
+        forward over the sinks alone (as each document's chunks were computed without the others). A hybrid
+        model's unstored local layers take the sinks from their window entries."""
         if not ids:
             return None
         L = self.cfg.num_hidden_layers
         idx = sinks.to(doc.l1_keys.device)
-        cache = KVCache.from_entries(self.model.ropes, [doc.l1_keys[i][:, idx] for i in range(L)],
-                                     [doc.l1_values[i][:, idx] for i in range(L)],
-                                     torch.arange(idx.numel(), device=idx.device), extra_capacity=len(ids))
+        ks, vs = [], []
+        for i in range(L):
+            if doc.is_stored(i):
+                ks.append(doc.l1_keys[doc.slot(i)][:, idx])
+                vs.append(doc.l1_values[doc.slot(i)][:, idx])
+            else:
+                k, v = doc.window_of(i)
+                w = (doc.win_pos.to(k.device) < doc.layout.n_sink).nonzero().flatten()
+                ks.append(k[:, w])
+                vs.append(v[:, w])
+        cache = KVCache.from_entries(self.model.ropes, ks, vs, torch.arange(idx.numel(), device=idx.device),
+                                     extra_capacity=len(ids))
         self.model.forward(torch.tensor(ids), cache, torch.arange(start, start + len(ids)))
         n = idx.numel()
         out = []

@@ -13,6 +13,11 @@ Only documents with chosen chunks enter the active cache, and k is bounded by th
 cache stays within the model's context whatever the number of documents: a library's total size is
 limited by the store, not by the model. With one document the layout is exactly the single-document
 layout (no header), so a library ask over one document equals the single-document ask.
+
+On a hybrid model whose documents store their global layers only, all of the above holds on the global
+layers; the local (sliding-window) layers hold the window of the document shown last (the locator's best,
+nearest the question), renumbered to end just before the question as in a single-document focus ask, and
+nothing of the other documents (none of their local-layer KV is stored beyond their own last window).
 """
 from __future__ import annotations
 
@@ -46,18 +51,13 @@ class Library:
         self.check_compatible()
 
     def check_compatible(self) -> None:
-        """All documents must share chunk size, L1 layout and locator heads: their chunks are then
-        ranked on one scale and assembled into one cache. Otherwise an InputError names them. Several
-        documents of a hybrid model stored with global layers only are refused (one is asked as alone)."""
+        """All documents must share chunk size, L1 layout and locator heads (and, on a hybrid model, the
+        stored layers): their chunks are then ranked on one scale and assembled into one cache. Otherwise
+        an InputError names them."""
         def key(d: DocState):
             return (d.chunk_size, tuple(sorted(d.extra.get("layout", {}).items())), tuple(d.index_heads),
-                    str(d.l1_keys.dtype))
+                    str(d.l1_keys.dtype), tuple(d.win_layers))
 
-        if len(self.docs) > 1 and any(d.win_layers for d in self.docs):
-            raise InputError(
-                "a question over several documents of a hybrid model stored with its global layers only is not "
-                "supported (each document's local layers keep only its own last window): ask the documents one "
-                "at a time, or ingest them with store_layers='all'")
         first = key(self.docs[0])
         odd = [d for d in self.docs if key(d) != first]
         if odd:
@@ -116,6 +116,11 @@ class Segment:
     header_start: int = 0  # position of the header's first token
 
 
+# A local layer of a document shown before the last one: no entries (its window is not the question's).
+_NO_ENTRIES = LayerEntries(torch.empty(0, dtype=torch.long), [], [], torch.empty(0, dtype=torch.long),
+                           torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+
+
 @dataclass
 class LibraryLayout:
     """The active cache of a library question at focus positions: the sinks of the first document
@@ -128,6 +133,7 @@ class LibraryLayout:
     prefix_doc: DocState  # the document whose sinks open the cache
     prefix: torch.Tensor  # [n_s] attend-set indices of those sinks (empty with one document)
     segments: list[Segment]
+    local: list[bool] = field(default_factory=list)  # per layer: an unstored local layer of a hybrid model
 
     @classmethod
     def build(cls, plan: LibraryPlan, library: Library, n_layers: int,
@@ -151,11 +157,14 @@ class LibraryLayout:
             if p.tokens is not None:
                 raise InputError("a question over several documents needs a chunk-level policy")
         prefix = sink_mask(shown[0][0]).nonzero().flatten()
+        local = [not shown[0][0].is_stored(layer) for layer in range(n_layers)]
+        first_stored = local.index(False)
         segments, at = [], int(prefix.numel())
         for i, (doc, p) in enumerate(shown):
             # a chunk made only of sinks would repeat the chat template's start mid-cache
             p = replace(p, chunks=[c for c in p.chunks if c * doc.chunk_size + doc.chunk_len(c) > doc.layout.n_sink])
-            e = ActiveLayout.build(p, doc, n_layers).layers[0]
+            own = ActiveLayout.build(p, doc, n_layers)
+            e = own.layers[first_stored]
             l1 = e.l1[~sink_mask(doc)[e.l1]]  # its sinks are the opening ones
             hdr = list(header_ids(i, doc))
             whole = [torch.arange(c * doc.chunk_size, c * doc.chunk_size + doc.chunk_len(c)) for c in e.chunks]
@@ -164,27 +173,42 @@ class LibraryLayout:
             pos = pos[order]
             start = at + len(hdr)
             entries = LayerEntries(l1, list(e.chunks), [], order, pos, torch.arange(start, start + pos.numel()))
-            one = ActiveLayout(plan.mode, doc.n_tokens, doc.chunk_size, [entries] * n_layers, list(e.chunks))
+            last = i == len(shown) - 1  # a local layer: the window of the document shown last, none of the others'
+            layers = [(own.layers[layer] if last else _NO_ENTRIES) if local[layer] else entries
+                      for layer in range(n_layers)]
+            one = ActiveLayout(plan.mode, doc.n_tokens, doc.chunk_size, layers, list(e.chunks))
             segments.append(Segment(doc, one, hdr, at))
             at = start + pos.numel()
-        return cls(plan.mode, library.n_tokens, shown[0][0], prefix, segments)
+        out = cls(plan.mode, library.n_tokens, shown[0][0], prefix, segments, local)
+        q0 = out.question_start
+        for e in segments[-1].layout.layers:  # the window ends just before the question (as in one document)
+            if e.window is not None:
+                e.rope_positions = torch.cat([torch.arange(q0 - e.n_sinks, q0),
+                                              torch.arange(q0 - (e.n - e.n_sinks), q0)])
+        return out
 
     @property
     def n_header(self) -> int:
         return sum(len(s.header_ids) for s in self.segments)
 
+    def is_local(self, layer: int) -> bool:
+        """An unstored local layer of a hybrid model: no sinks or headers, the last document's window."""
+        return bool(self.local) and self.local[layer]
+
     @property
     def n_active(self) -> list[int]:
-        """Active entries per layer (sinks, headers and document entries)."""
+        """Active entries per layer (sinks, headers and document entries; a local layer: its window)."""
         n_layers = len(self.segments[0].layout.layers)
-        return [int(self.prefix.numel()) + self.n_header + sum(s.layout.layers[i].n for s in self.segments)
-                for i in range(n_layers)]
+        return [(0 if self.is_local(i) else int(self.prefix.numel()) + self.n_header)
+                + sum(s.layout.layers[i].n for s in self.segments) for i in range(n_layers)]
 
     @property
     def question_start(self) -> int:
         if len(self.segments) == 1 and not self.prefix.numel():  # one document: its own layout decides
             return self.segments[0].layout.question_start
-        return max(self.n_active, default=0)
+        # a local layer's sinks (local_sinks) share its window's positions, so they do not count
+        return max((n - (self.segments[-1].layout.layers[i].n_sinks if self.is_local(i) else 0)
+                    for i, n in enumerate(self.n_active)), default=0)
 
     def question_positions(self, n_question: int) -> torch.Tensor:
         return torch.arange(self.question_start, self.question_start + n_question)
@@ -222,12 +246,14 @@ class LibraryLayout:
         return [{"doc_id": doc.doc_id, "name": doc.name, "chunks": list(layout.chunks_needed)}] if layout.chunks_needed else []
 
     def prefix_entries(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(k pre-RoPE, v) [n_kv_heads, n_s, head_dim] and positions [n_s] of the opening sinks."""
-        if not self.prefix.numel():
+        """(k pre-RoPE, v) [n_kv_heads, n_s, head_dim] and positions [n_s] of the opening sinks (none on a
+        hybrid model's local layers)."""
+        if not self.prefix.numel() or self.is_local(layer):
             return None
         d = self.prefix_doc
         idx = self.prefix.to(d.l1_keys.device)
-        return d.l1_keys[layer][:, idx], d.l1_values[layer][:, idx], torch.arange(idx.numel(), device=idx.device)
+        s = d.slot(layer)
+        return d.l1_keys[s][:, idx], d.l1_values[s][:, idx], torch.arange(idx.numel(), device=idx.device)
 
 
 def resolve_library(store, ref: str) -> list[str]:

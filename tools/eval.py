@@ -11,6 +11,9 @@ where it stopped (`--out` the same directory). Reports: OUT/results.md and PNGs 
     python tools/eval.py --out DIR --grid "niah_single_prose:1024,2048,4096,7800:0,0.25,0.5,0.75,1:1" \
         --grid "vt,cwe:2048,4096:-:2" --sweep "niah_single_prose:4096,7800"
     python tools/eval.py --out DIR --longbench data/hotpotqa.jsonl --limit 50   # real data, LongBench format
+    python tools/eval.py --model gemma-3-270m --out DIR --grid "niah_single_prose:8192,16384,32000:0.5:2"
+
+One output directory holds one model's rows (each row names it); asking another model there is refused.
 
 Prints the main table; the last stdout line is one JSON object with per-method mean scores and KV ratios.
 """
@@ -165,7 +168,7 @@ def run(args, tasks, methods_for, out: Path) -> float:
     total = sum(len(ms) for _, ms in pending)
     if not total:
         return 0.0
-    eng = Engine.from_pretrained()
+    eng = Engine.from_pretrained(str(args.model_path))
     store = EmbeddedStore(args.store or str(out / "store"))
     t0 = time.perf_counter()
     bar = tqdm(total=total, unit="ask", file=sys.stderr, dynamic_ncols=True)
@@ -195,7 +198,7 @@ def run(args, tasks, methods_for, out: Path) -> float:
                 pred = cut_at_stop(a.answer, task.stop)
                 chunks = set(a.refilled_chunks)
                 row = {
-                    "task_id": task.task_id, "family": task.family, "group": group_of(task.family),
+                    "task_id": task.task_id, "model": args.model_path.name, "family": task.family, "group": group_of(task.family),
                     "metric": task.metric, "length": task.n_tokens_target or info.n_tokens,
                     "n_tokens": info.n_tokens, "depth": task.depth, "method": m.name,
                     "curve": m.curve, "sweep": m.sweep, "policy": m.policy, "params": m.params,
@@ -216,8 +219,8 @@ def run(args, tasks, methods_for, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def engine_defaults() -> str:
-    """The commit and the acre defaults a run measured (they are still being tuned)."""
+def engine_defaults(model: str | None = None) -> str:
+    """The commit, the model and the acre defaults a run measured (they are still being tuned)."""
     import subprocess
     from dataclasses import asdict
 
@@ -232,12 +235,24 @@ def engine_defaults() -> str:
     acre = asdict(make_policy("acre"))
     prm = {k: acre[k] for k in ("coverage", "k_min", "k_max", "kv_budget", "neighbors", "mode")}
     prm.update(budget=make_policy("streaming").budget, fixed_k=make_policy("fixed-k").fixed_k)
-    return f"commit {rev or '?'}; ask defaults {prm}; chunk_size {LayoutConfig().chunk_size}"
+    where = f"; model {model}" if model else ""
+    return f"commit {rev or '?'}{where}; ask defaults {prm}; chunk_size {LayoutConfig().chunk_size}"
+
+
+def check_one_model(rows: list[dict], model: str, default: str) -> None:
+    """An output directory's rows come from one model (rows written before rows named their model are the
+    default model's): mixing two would average answers of different models into one table."""
+    others = sorted({r.get("model") or default for r in rows} - {model})
+    if others:
+        raise SystemExit(f"--out already holds rows of {', '.join(others)}; this run asks {model}: "
+                         f"give another --out (one directory per model)")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small grid at 1k-2k tokens (minutes on a CPU)")
+    ap.add_argument("--model", default=None,
+                    help="a bundled model's name (e.g. gemma-3-270m) or a model folder (default: the default model)")
     ap.add_argument("--out", required=True, help="directory for results.jsonl, results.md and plots")
     ap.add_argument("--grid", action="append", default=None,
                     help="families:lengths:depths:n (repeatable; default: the full grid)")
@@ -269,7 +284,9 @@ def main(argv=None) -> int:
         sweep_specs = args.sweep or (QUICK_SWEEP if args.quick else FULL_SWEEP)
         sweeps = [] if sweep_specs == ["none"] else \
             [(set(s.split(":")[0].split(",")), {int(x) for x in s.split(":")[1].split(",")}) for s in sweep_specs]
-        tok = Tokenizer.from_folder(resolve(None))
+        args.model_path = resolve(args.model)
+        check_one_model(eval_report.load_rows(out / "results.jsonl"), args.model_path.name, resolve(None).name)
+        tok = Tokenizer.from_folder(args.model_path)
         t0 = time.perf_counter()
         tasks = build_tasks(tok.encode, grids, args.longbench, args.limit, args.seed)
         print(f"{len(tasks)} tasks built in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -293,7 +310,8 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         seconds = run(args, tasks, methods_for, out)
         with (out / "runs.jsonl").open("a") as f:
-            f.write(json.dumps({"command": command, "seconds": seconds, "defaults": engine_defaults(),
+            f.write(json.dumps({"command": command, "seconds": seconds,
+                                "defaults": engine_defaults(args.model_path.name),
                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
     # duration: all sessions that asked something in this directory (a resumed run has several)
     runs = [r for r in eval_report.load_rows(out / "runs.jsonl") if r.get("seconds")]
@@ -302,7 +320,8 @@ def main(argv=None) -> int:
         if args.report_only:
             command = runs[-1]["command"]
     rows = eval_report.load_rows(out / "results.jsonl")
-    head = eval_report.write_report(rows, out, command, seconds, note=engine_defaults())
+    model = next((r["model"] for r in rows if r.get("model")), None)
+    head = eval_report.write_report(rows, out, command, seconds, note=engine_defaults(model))
     print(eval_report.main_table(eval_report.summarize(rows)))
     print(json.dumps(head))
     return 0

@@ -8,6 +8,7 @@ cache (entries, largest over the questions) against the model's context, and tim
 first question, which loads every document's L1, and the median of the others).
 
     python -m tools.eval_library --sizes 10,30 --questions 10 --out runs/library
+    python -m tools.eval_library --model gemma-3-270m --sizes 10,30 --questions 10 --out runs/library-gemma
 
 Ends with one JSON line of the headline figures.
 """
@@ -50,7 +51,8 @@ def run_size(eng, n_docs: int, n_questions: int, seed: int, policy: str, log, st
                 f"active {a.n_active}  TTFT {a.ttft_s:.2f}s")
         st.close()
     warm = [r["ttft_s"] for r in rows[1:]] or [rows[0]["ttft_s"]]
-    return {"n_docs": n_docs, "n_tokens": sum(d.n_tokens for d in docs), "n_questions": len(rows),
+    return {"model": eng.path.name, "n_docs": n_docs, "n_tokens": sum(d.n_tokens for d in docs),
+            "n_questions": len(rows),
             "score": sum(r["score"] for r in rows) / len(rows), "found": sum(r["found"] for r in rows) / len(rows),
             "max_active": max(r["n_active"] for r in rows), "max_context": eng.max_context,
             "mean_kv_ratio": sum(r["kv_ratio"] for r in rows) / len(rows),
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="10,30,100", help="library sizes (documents), comma-separated")
     ap.add_argument("--questions", type=int, default=10, help="questions per library size")
     ap.add_argument("--policy", default="acre")
+    ap.add_argument("--model", default=None,
+                    help="a bundled model's name (e.g. gemma-3-270m) or a model folder (default: the default model)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="one library of 10 documents, 3 questions")
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
 
     from acre_model.engine import Engine
 
-    eng = Engine.from_pretrained()
+    eng = Engine.from_pretrained(args.model)
 
     def log(m):
         print(m, file=sys.stderr, flush=True)
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
     for r in results:
         print(f"{r['n_docs']:5d} {r['n_tokens']:7d} {r['score']:6.2f} {r['found']:6.2f} "
               f"{r['max_active']:10d} {r['mean_kv_ratio']:8.4f} {r['ttft_first_s']:9.2f}s {r['ttft_median_s']:10.2f}s")
-    print(json.dumps({"policy": args.policy, "sizes": [{k: v for k, v in r.items() if k != "rows"} for r in results]}))
+    print(json.dumps({"model": eng.path.name, "policy": args.policy,
+                      "sizes": [{k: v for k, v in r.items() if k != "rows"} for r in results]}))
     return 0
 
 

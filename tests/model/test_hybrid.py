@@ -256,15 +256,37 @@ def test_real_gemma_20k_needle_answered_by_acre_through_a_daemon(tmp_path):
         shutil.rmtree(sock, ignore_errors=True)
 
 
-def test_a_library_of_one_hybrid_document_is_the_document_and_several_are_refused(hybrid):
+def test_a_library_of_hybrid_documents_global_layers_hold_every_document_local_layers_the_last_window(hybrid):
+    """One hybrid document asked as a library is that document's ask; over several, the global layers hold
+    sinks once, a header and the chosen chunks of each document at contiguous positions, and the local
+    layers the window of the document shown last, ending just before the question."""
     eng, store, info = hybrid
     for policy in ("acre", "full"):
         one = eng.prepare(info.doc_id, Q, policy, answer_prefix=PREFIX, store=store)
         lib = eng.prepare([info.doc_id], Q, policy, answer_prefix=PREFIX, store=store)
         assert torch.equal(one.logits, lib.logits) and lib.layout.n_active == one.layout.n_active
-    other = eng.ingest(DOC + " The end.", store=store)
-    with pytest.raises(InputError, match="hybrid model"):
-        eng.ask([info.doc_id, other.doc_id], Q, store=store, max_new_tokens=1)
+    other = eng.ingest("The hills are brown. " + DOC, store=store)
+    ids = [info.doc_id, other.doc_id]
+    p = eng.prepare(ids, Q, "random", answer_prefix=PREFIX, store=store, k_min=8, k_max=8, neighbors=0)
+    lay = p.layout
+    assert len(lay.segments) == 2 and all(s.layout.chunks_needed for s in lay.segments)
+    q0, n_q, last = lay.question_start, p.n_question, lay.segments[-1].doc
+    n_global = lay.prefix.numel() + lay.n_header + sum(s.layout.layers[1].n for s in lay.segments)
+    assert q0 == n_global > HYBRID_WINDOW
+    for layer in range(len(HYBRID_TYPES)):
+        _, v, pos = p.cache.view(layer)
+        if layer in eng.stored_layers:
+            assert torch.equal(pos.cpu(), torch.arange(q0 + n_q))
+        else:  # no sinks, headers or chunks: the last document's window, then the question
+            assert torch.equal(pos.cpu(), torch.cat([torch.arange(q0 - HYBRID_WINDOW, q0 + n_q)]))
+            _, wv = last.window_of(layer)
+            in_window = (last.win_pos >= last.n_tokens - HYBRID_WINDOW).to(wv.device)
+            assert torch.equal(v[:, :HYBRID_WINDOW].cpu(), wv[:, in_window].cpu())
+    assert lay.n_active == [HYBRID_WINDOW, n_global, HYBRID_WINDOW, n_global]
+    a = eng.ask(ids, Q, "random", answer_prefix=PREFIX, store=store, max_new_tokens=3, k_min=8, k_max=8,
+                neighbors=0)
+    assert sorted(s["doc_id"] for s in a.sources) == sorted(ids)
+    assert a.n_active == max(lay.n_active)
 
 
 def test_reselect_on_a_hybrid_document_rebuilds_the_global_layers_only(hybrid):

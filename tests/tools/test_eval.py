@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tools import eval_report
-from tools.eval import Grid, main_methods, resolved, sweep_methods
+from tools.eval import Grid, check_one_model, main_methods, resolved, sweep_methods
+from tools.eval import main as eval_main
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT_FILES = ("results.md", "needle_heatmap.png", "accuracy_vs_kv.png", "ttft_vs_length.png", "results.jsonl")
@@ -116,6 +117,32 @@ def test_methods_and_grid():
     assert g.families == ("niah_multikey", "vt") and g.lengths == (1024, 2048) and g.depths == (0.25, 0.75)
     with pytest.raises(SystemExit):
         Grid.parse("vt:1024")
+
+
+def test_one_model_per_output_directory():
+    legacy = [_row("vt/1024/-/0", "acre", 1.0, 0.3)]  # written before rows named their model
+    check_one_model(legacy, "SmolLM2", default="SmolLM2")
+    check_one_model([{**legacy[0], "model": "gemma"}], "gemma", default="SmolLM2")
+    with pytest.raises(SystemExit, match="rows of SmolLM2; this run asks gemma"):
+        check_one_model(legacy, "gemma", default="SmolLM2")
+
+
+def test_model_option_asks_that_model_and_names_it_in_every_row(default_model_path, tmp_path):
+    """`--model FOLDER` end to end on one 1k-token task; a directory holding another model's rows is refused
+    before anything is loaded or asked."""
+    out = tmp_path / "ev"
+    argv = ["--model", str(default_model_path), "--grid", "niah_single_prose:1024:0.5:1", "--methods",
+            "full,acre", "--sweep", "none", "--threads", "0", "--out", str(out)]
+    assert eval_main(argv) == 0
+    rows = eval_report.load_rows(out / "results.jsonl")
+    assert sorted(r["method"] for r in rows) == ["acre", "full"]
+    assert {r["model"] for r in rows} == {default_model_path.name}
+    assert f"model {default_model_path.name}" in (out / "results.md").read_text()
+    with (out / "results.jsonl").open("a") as f:
+        f.write(json.dumps({**rows[0], "task_id": "x", "model": "gemma-3-270m"}) + "\n")
+    with pytest.raises(SystemExit, match="gemma-3-270m"):
+        eval_main(argv)
+    assert len(eval_report.load_rows(out / "results.jsonl")) == 3
 
 
 @pytest.mark.slow
