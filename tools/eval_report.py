@@ -227,6 +227,28 @@ def ttft_by_length(rows: list[dict]) -> dict:
     return out
 
 
+def by_length(rows: list[dict]) -> dict:
+    """{method: {length: (mean score, mean KV ratio, tasks)}} over the main (not swept) rows."""
+    acc = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if not r.get("sweep"):
+            acc[r["method"]][r["length"]].append(r)
+    return {m: {n: (mean(r["score"] for r in rs), mean(r["kv_ratio"] for r in rs), len(rs))
+                for n, rs in sorted(d.items())} for m, d in acc.items()}
+
+
+def length_table(per: dict) -> str:
+    """Rows: methods; columns: lengths; cells: "score (KV%)"; the last row counts tasks per length."""
+    lens = sorted({n for d in per.values() for n in d})
+    lines = ["| method | " + " | ".join(str(n) for n in lens) + " |", "|" + "---|" * (len(lens) + 1)]
+    for m in _ordered(per, MAIN_ORDER):
+        lines.append(f"| {m} | " + " | ".join(
+            f"{_fmt(per[m][n][0])} ({_fmt(per[m][n][1])}%)" if n in per[m] else "—" for n in lens) + " |")
+    counts = {n: max(d[n][2] for d in per.values() if n in d) for n in lens}
+    lines.append("| tasks | " + " | ".join(str(counts[n]) for n in lens) + " |")
+    return "\n".join(lines)
+
+
 def heatmap_cells(rows: list[dict]) -> dict:
     """{method: {(length, depth): mean score}} over needle tasks (group niah) with a depth."""
     acc = defaultdict(lambda: defaultdict(list))
@@ -360,6 +382,10 @@ def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: 
                   "k: chunks the volume rule chose (mean, min–max over the family's tasks; neighbours come on "
                   "top); KV: mean KV ratio; recall: needle-chunk recall (all the facts' chunks, e.g. every "
                   "value of a multi-value task).", "", family_volume_table(vol), ""]
+    per_len = by_length(rows)
+    if len({n for d in per_len.values() for n in d}) > 1:
+        parts += ["## Score by document length (score %, mean over tasks; KV ratio in brackets)", "",
+                  length_table(per_len), ""]
     if points:
         parts += ["## Accuracy vs KV ratio (budget sweep; tasks that were swept)", "", sweep_table(points), ""]
     ttft_lines = ["| method | " + " | ".join(str(n) for n in sorted({n for d in ttft.values() for n in d})) + " |"]

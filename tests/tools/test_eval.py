@@ -80,6 +80,18 @@ def test_write_report_files_and_headline(rows, tmp_path):
     assert "| acre |" in md and "## Ablations" in md and "needle_heatmap.png" in md
     assert "## Refill volume and locator recall per family" in md and "| niah_single_prose | 2.0 (2–2) |" in md
     assert head["methods"]["acre"]["score"] == 1.0 and head["methods"]["full"]["kv_ratio"] == 1.0
+    assert "## Score by document length" in md and "| streaming | 0.0 (15.0%) | 0.0 (15.0%) |" in md
+
+
+def test_score_by_length_counts_main_rows_only(rows):
+    per = eval_report.by_length(rows)
+    assert "streaming@0.4" not in per  # sweep points are not main rows
+    assert per["acre"][1024] == pytest.approx((1.0, (2 * 0.2 + 0.3) / 3, 3))  # two needles and vt at 1024
+    assert per["acre"][2048] == pytest.approx((1.0, 0.2, 2))
+    assert per["full"][1024][0] == pytest.approx(2.5 / 3)
+    table = eval_report.length_table(per)
+    assert table.splitlines()[0] == "| method | 1024 | 2048 |"
+    assert "| full | 83.3 (100.0%) | 100.0 (100.0%) |" in table and table.endswith("| tasks | 3 | 2 |")
 
 
 def test_family_volume_reports_k_spread_kv_and_recall_per_family():
