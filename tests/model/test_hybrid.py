@@ -14,6 +14,7 @@ import torch
 
 from acre_model.engine import Engine
 from acre_model.errors import DocumentError, InputError
+from tests.helpers import library_floor
 from tests.model.tiny import DOC, HYBRID_TYPES, HYBRID_WINDOW, make_tiny_folder
 
 Q, PREFIX = "What colour is the sea?", "The sea is"
@@ -314,16 +315,6 @@ def test_reselect_on_a_hybrid_document_rebuilds_the_global_layers_only(hybrid):
 def test_real_gemma_answers_library_questions_across_ten_documents(tmp_path):
     """Quality floor on Gemma 3 (the full runs: `tools/eval_library.py --model gemma-3-270m`): 10 short
     documents, one fact of the same form in each, questions about 5 of them over the whole library."""
-    from acre_store import EmbeddedStore
-    from tools.tasks.library import library_questions, make_library
-
-    eng = _gemma()
-    docs = make_library(eng.tokenizer.encode, 10, seed=7, min_tokens=250, max_tokens=450)
-    with EmbeddedStore(str(tmp_path / "store")) as st:
-        ids = [eng.ingest(d.text, store=st, name=d.name).doc_id for d in docs]
-        right = found = 0
-        for q in library_questions(docs, 5, seed=7):
-            a = eng.ask(ids, q.question, answer_prefix=q.answer_prefix, store=st, max_new_tokens=10)
-            right += q.score(a.answer) == 1.0
-            found += ids[q.target] in [s["doc_id"] for s in a.sources]
-        assert found >= 4 and right >= 3, (found, right)
+    right, found, most = library_floor(_gemma(), tmp_path / "store")
+    assert found >= 4 and right >= 3, (found, right)
+    assert most <= 2048  # global layers: a few chunks and headers; local layers: one 512-token window

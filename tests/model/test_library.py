@@ -12,7 +12,7 @@ from acre_model.doc_state import LayoutConfig
 from acre_model.engine import Engine
 from acre_model.errors import DocumentError, InputError
 from acre_store import EmbeddedStore
-from tests.helpers import assert_clean_error, run_acre
+from tests.helpers import assert_clean_error, library_floor, run_acre
 from tests.model.tiny import DOC, make_tiny_folder
 
 DOCS = [DOC,
@@ -165,21 +165,9 @@ def test_real_model_answers_library_questions_across_ten_documents(engine, tmp_p
     """Quality floor (the full runs: tools/eval_library.py): 10 short documents, one fact of the same
     form in each, questions about 5 of them asked over the whole library (measured: 4 of 5 right, the
     fact's document among the sources in 5 of 5)."""
-    from tools.tasks.library import library_questions, make_library
-
-    docs = make_library(engine.tokenizer.encode, 10, seed=7, min_tokens=250, max_tokens=450)
-    st = EmbeddedStore(tmp_path / "store")
-    try:
-        ids = [engine.ingest(d.text, store=st, name=d.name).doc_id for d in docs]
-        right = found = 0
-        for q in library_questions(docs, 5, seed=7):
-            a = engine.ask(ids, q.question, answer_prefix=q.answer_prefix, store=st, max_new_tokens=10)
-            right += q.score(a.answer) == 1.0
-            found += ids[q.target] in [s["doc_id"] for s in a.sources]
-            assert a.n_active + 64 < engine.max_context
-        assert found >= 4 and right >= 3, (found, right)
-    finally:
-        st.close()
+    right, found, most = library_floor(engine, tmp_path / "store")
+    assert found >= 4 and right >= 3, (found, right)
+    assert most + 64 < engine.max_context
 
 
 def test_shifted_queries_equal_queries_rotated_at_the_shifted_positions(tiny):
