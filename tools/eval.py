@@ -315,13 +315,15 @@ def main(argv=None) -> int:
                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
     # duration: all sessions that asked something in this directory (a resumed run has several)
     runs = [r for r in eval_report.load_rows(out / "runs.jsonl") if r.get("seconds")]
+    commands = [command] if not args.report_only else []
     if runs:
         seconds = sum(r["seconds"] for r in runs)
-        if args.report_only:
-            command = runs[-1]["command"]
+        commands = list(dict.fromkeys(r["command"] for r in runs))  # every run whose rows are here, in order
     rows = eval_report.load_rows(out / "results.jsonl")
     model = next((r["model"] for r in rows if r.get("model")), None)
-    head = eval_report.write_report(rows, out, command, seconds, note=engine_defaults(model))
+    # the engine the rows were asked with: the last run's record (a report rewritten later keeps it)
+    note = (runs[-1].get("defaults") if runs else None) or engine_defaults(model)
+    head = eval_report.write_report(rows, out, commands, seconds, note=note)
     print(eval_report.main_table(eval_report.summarize(rows)))
     print(json.dumps(head))
     return 0

@@ -351,9 +351,10 @@ def headline(summary: dict) -> dict:
                         for m, s in summary.items()}}
 
 
-def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: float | None = None,
+def write_report(rows: list[dict], out: str | Path, command: str | list[str] = "", seconds: float | None = None,
                  note: str = "") -> dict:
-    """Writes results.md and the PNGs under `out`; returns the headline dict (per-method score, KV ratio)."""
+    """Writes results.md and the PNGs under `out`; returns the headline dict (per-method score, KV ratio).
+    `command`: the command that made the rows, or the commands of every run whose rows were merged here."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
@@ -364,8 +365,13 @@ def write_report(rows: list[dict], out: str | Path, command: str = "", seconds: 
              "ttft_vs_length.png": plot_ttft(ttft, out / "ttft_vs_length.png")}
     n_tasks = len({r["task_id"] for r in rows})
     parts = ["# ACRE evaluation", ""]
-    if command:
-        parts += [f"Command: `{command}`", ""]
+    commands = [command] if isinstance(command, str) else list(command)
+    commands = [c for c in commands if c]
+    if len(commands) == 1:
+        parts += [f"Command: `{commands[0]}`", ""]
+    elif commands:
+        parts += ["Commands (the rows of every run in this directory):", "",
+                  *[f"- `{c}`" for c in commands], ""]
     if note:
         parts += [f"Engine: {note}", ""]
     parts += [f"{n_tasks} tasks, {len(rows)} (task, method) rows"

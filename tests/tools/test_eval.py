@@ -83,6 +83,15 @@ def test_write_report_files_and_headline(rows, tmp_path):
     assert "## Score by document length" in md and "| streaming | 0.0 (15.0%) | 0.0 (15.0%) |" in md
 
 
+def test_report_names_every_command_whose_rows_it_holds(rows, tmp_path):
+    eval_report.write_report(rows, tmp_path, ["python tools/eval.py --out A", "python tools/eval.py --out B"])
+    md = (tmp_path / "results.md").read_text()
+    assert "Commands (the rows of every run" in md
+    assert "- `python tools/eval.py --out A`" in md and "- `python tools/eval.py --out B`" in md
+    eval_report.write_report(rows, tmp_path, "python tools/eval.py --quick")
+    assert "Command: `python tools/eval.py --quick`" in (tmp_path / "results.md").read_text()
+
+
 def test_score_by_length_counts_main_rows_only(rows):
     per = eval_report.by_length(rows)
     assert "streaming@0.4" not in per  # sweep points are not main rows
@@ -150,6 +159,12 @@ def test_model_option_asks_that_model_and_names_it_in_every_row(default_model_pa
     assert sorted(r["method"] for r in rows) == ["acre", "full"]
     assert {r["model"] for r in rows} == {default_model_path.name}
     assert f"model {default_model_path.name}" in (out / "results.md").read_text()
+    # a report rewritten later names the command and the engine recorded with the run, not today's
+    run = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
+    (out / "runs.jsonl").write_text(json.dumps({**run, "defaults": "commit 0000000; recorded"}) + "\n")
+    assert eval_main(["--out", str(out), "--report-only"]) == 0
+    md = (out / "results.md").read_text()
+    assert "Engine: commit 0000000; recorded" in md and f"Command: `{run['command']}`" in md
     with (out / "results.jsonl").open("a") as f:
         f.write(json.dumps({**rows[0], "task_id": "x", "model": "gemma-3-270m"}) + "\n")
     with pytest.raises(SystemExit, match="gemma-3-270m"):
