@@ -211,17 +211,27 @@ def sweep_table(points: dict) -> str:
     return "\n".join(lines)
 
 
+def _main_by_length(rows: list[dict]) -> dict:
+    """{method: {length: [rows]}} over the main (not swept) rows, lengths in order."""
+    acc = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if not r.get("sweep"):
+            acc[r["method"]][r["length"]].append(r)
+    return {m: dict(sorted(d.items())) for m, d in acc.items()}
+
+
+def _lengths(per: dict) -> list:
+    """The lengths of a {name: {length: ...}} table, in order."""
+    return sorted({n for d in per.values() for n in d})
+
+
 def ttft_by_length(rows: list[dict]) -> dict:
     """{method: {length: mean ttft}} for main methods, plus "ingest (prefill)" per length."""
-    acc = defaultdict(lambda: defaultdict(list))
+    out = {m: {n: mean(r["ttft_s"] for r in rs) for n, rs in d.items()} for m, d in _main_by_length(rows).items()}
     ing = defaultdict(dict)
     for r in rows:
-        if r.get("sweep"):
-            continue
-        acc[r["method"]][r["length"]].append(r["ttft_s"])
-        if r.get("ingest_s") is not None:
+        if not r.get("sweep") and r.get("ingest_s") is not None:
             ing[r["length"]][r["task_id"]] = r["ingest_s"]
-    out = {m: {n: mean(v) for n, v in sorted(d.items())} for m, d in acc.items()}
     if ing:
         out["ingest (prefill)"] = {n: mean(d.values()) for n, d in sorted(ing.items())}
     return out
@@ -229,17 +239,13 @@ def ttft_by_length(rows: list[dict]) -> dict:
 
 def by_length(rows: list[dict]) -> dict:
     """{method: {length: (mean score, mean KV ratio, tasks)}} over the main (not swept) rows."""
-    acc = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if not r.get("sweep"):
-            acc[r["method"]][r["length"]].append(r)
-    return {m: {n: (mean(r["score"] for r in rs), mean(r["kv_ratio"] for r in rs), len(rs))
-                for n, rs in sorted(d.items())} for m, d in acc.items()}
+    return {m: {n: (mean(r["score"] for r in rs), mean(r["kv_ratio"] for r in rs), len(rs)) for n, rs in d.items()}
+            for m, d in _main_by_length(rows).items()}
 
 
 def length_table(per: dict) -> str:
     """Rows: methods; columns: lengths; cells: "score (KV%)"; the last row counts tasks per length."""
-    lens = sorted({n for d in per.values() for n in d})
+    lens = _lengths(per)
     lines = ["| method | " + " | ".join(str(n) for n in lens) + " |", "|" + "---|" * (len(lens) + 1)]
     for m in _ordered(per, MAIN_ORDER):
         lines.append(f"| {m} | " + " | ".join(
@@ -389,14 +395,13 @@ def write_report(rows: list[dict], out: str | Path, command: str | list[str] = "
                   "top); KV: mean KV ratio; recall: needle-chunk recall (all the facts' chunks, e.g. every "
                   "value of a multi-value task).", "", family_volume_table(vol), ""]
     per_len = by_length(rows)
-    if len({n for d in per_len.values() for n in d}) > 1:
+    if len(_lengths(per_len)) > 1:
         parts += ["## Score by document length (score %, mean over tasks; KV ratio in brackets)", "",
                   length_table(per_len), ""]
     if points:
         parts += ["## Accuracy vs KV ratio (budget sweep; tasks that were swept)", "", sweep_table(points), ""]
-    ttft_lines = ["| method | " + " | ".join(str(n) for n in sorted({n for d in ttft.values() for n in d})) + " |"]
-    lens = sorted({n for d in ttft.values() for n in d})
-    ttft_lines.append("|" + "---|" * (len(lens) + 1))
+    lens = _lengths(ttft)
+    ttft_lines = ["| method | " + " | ".join(str(n) for n in lens) + " |", "|" + "---|" * (len(lens) + 1)]
     for m in _ordered(ttft, MAIN_ORDER + ["ingest (prefill)"]):
         ttft_lines.append(f"| {m} | " + " | ".join(f"{ttft[m][n]:.2f}" if n in ttft[m] else "—" for n in lens) + " |")
     parts += ["## Time to first token (s) by document length", "", *ttft_lines, ""]
