@@ -504,27 +504,21 @@ class Engine:
 
     def _reselect(self, seq: Sequence, st: StoreAPI, room: int) -> None:
         """Re-selection during decoding: pass 1 again with the question and the answer so far as the query;
-        the policy's own volume rule picks chunks on the new distribution, and those not yet refilled join
-        the plan (nothing already attended is dropped; a `kv_budget` caps the union). When some do, the
-        active cache is rebuilt over the union: its chunks fetched in the background while the question
-        and the answer so far run over it again (pass 2), so the cache is exactly what a question planned
-        with the union from the start would hold after the same tokens. Nothing new: nothing changes."""
+        the policy's residual locator (`ChunkPolicy.locate_more`) names the chunks it still needs that
+        the active cache lacks, and they join the plan (nothing already attended is dropped; a
+        `kv_budget` caps the union). When some do, the active cache is rebuilt over the union: its chunks
+        fetched in the background while the question and the answer so far run over it again (pass 2), so
+        the cache is exactly what a question planned with the union from the start would hold after the
+        same tokens. Nothing new: nothing changes."""
         p = seq.p
         pol: ChunkPolicy = p.policy
         ids = torch.cat([p.q_ids, torch.tensor(seq.tokens, dtype=p.q_ids.dtype)])
-        ctx = PlanContext(self.model, p.doc, ids)
-        dist = pol.locate(ctx)
-        top = pol.choose(ctx, dist, pol.volume(dist))
         have = set(p.plan.chunks)
         cap = volume.budget_k(getattr(pol, "kv_budget", None), p.doc.n_chunks, 0)  # chunks the budget allows
-        new: list[int] = []
-        for c in top:  # most probable first, each with its neighbours, while the budget allows
-            add = [x for x in volume.with_neighbors([c], pol.neighbors, p.doc.n_chunks) if x not in have]
-            if add and len(have) + len(add) <= cap:
-                have.update(add)
-                new += add
+        new = [c for c in pol.locate_more(PlanContext(self.model, p.doc, ids), have, cap) if c not in have]
         if not new:
             return
+        have.update(new)
         plan = replace(p.plan, chunks=sorted(have))
         # the answer's last token is not in the cache yet: the next decoding step feeds it
         r = self.run_pass2([self._plan_active(st, pol, p.doc, plan, ids[:-1], room)])[0]

@@ -39,19 +39,38 @@ def head_queries(probe: AttnProbe, layer: int, g: int, n_rep: int, head_dim: int
 
 
 def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int,
-                       n_heads: int | None = None) -> torch.Tensor:
+                       n_heads: int | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Max-rule chunk scores [n_chunks] from the locator index, at its first `n_heads` heads (the index is in
-    calibration order, best first; None: every head). Pass 1 must have recorded those heads' layers."""
+    calibration order, best first; None: every head). Pass 1 must have recorded those heads' layers.
+
+    `exclude` [n_tokens] bool (the residual locator, re-selection's): those tokens, and the sinks and
+    recent window, are left out of each row's softmax, so a row's probability goes to the tokens the
+    active cache does not attend yet; a token that matches as well as one already attended then takes
+    the share the attended one had."""
     if doc.index_keys is None or not doc.index_heads:
         raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
+    always = doc.l1_pos[doc.l1_always]
+    if exclude is not None:
+        exclude = exclude.clone()
+        exclude[always] = True
     best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
     for h, (layer, g) in enumerate(doc.index_heads[:n_heads]):
         q = head_queries(probe, layer, g, n_rep, head_dim)
-        best = torch.maximum(best, (q @ doc.index_keys[h].T / math.sqrt(head_dim)).softmax(-1).amax(0))
+        logits = q @ doc.index_keys[h].T / math.sqrt(head_dim)
+        probs = logits.softmax(-1) if exclude is None else softmax_mass(logits, exclude)
+        best = torch.maximum(best, probs.amax(0))
     # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
     # (attention sinks would otherwise win every ranking).
-    best[doc.l1_pos[doc.l1_always]] = 0.0
+    best[always] = 0.0
     return max_per_chunk(best, doc.n_tokens, doc.chunk_size)
+
+
+def chunk_tokens(doc: DocState, chunks) -> torch.Tensor:
+    """[n_tokens] bool: the tokens of the given chunks."""
+    mask = torch.zeros(doc.n_chunks * doc.chunk_size, dtype=torch.bool, device=doc.index_keys.device)
+    for c in chunks:
+        mask[c * doc.chunk_size:(c + 1) * doc.chunk_size] = True
+    return mask[:doc.n_tokens]
 
 
 def shift_queries(q: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,12 @@ class ChunkPolicy(Policy):
     # library of 100 documents needs, where every head is used); a 5th head's second peaks raised the
     # coverage rule's k on single needles from 1 to 2-6 (docs/results.md, "A wider locator index").
     locator_heads: int = 4
+    # Re-selection (`Engine.ask(reselect=N)`, `locate_more`): a chunk joins while the answer is decoded
+    # when, with every token the active cache attends left out of the locator's softmax, an index head
+    # still puts at least this share of one query row (a question or answer token) on one of its tokens.
+    # Chosen on probe seeds (docs/results.md, "Re-selection during decoding"): with the needle attended,
+    # single needles' best such share is 0.50-0.67; a multi-value fact left out of the plan scores 0.98-1.0.
+    reselect_min: float = 0.9
 
     def __post_init__(self) -> None:
         self.check(isinstance(self.neighbors, int) and self.neighbors >= 0, "neighbors must be an integer >= 0")
@@ -38,6 +44,8 @@ class ChunkPolicy(Policy):
         self.check(self.library_p_power > 0, "library_p_power must be > 0")
         self.check(isinstance(self.locator_heads, int) and self.locator_heads >= 0,
                    f"locator_heads must be an integer >= 0 (0: every index head), got {self.locator_heads!r}")
+        self.check(isinstance(self.reselect_min, (int, float)) and 0 < self.reselect_min <= 1,
+                   f"reselect_min must lie in (0, 1], got {self.reselect_min!r}")
 
     def plan(self, ctx: PlanContext) -> Plan:
         p = self.locate(ctx)  # pass 1 + the locator: a distribution over chunks
@@ -56,6 +64,31 @@ class ChunkPolicy(Policy):
                           runner=ctx.pass1)
         scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads)
         return locator.to_distribution(scores, self.p_power)
+
+    def locate_more(self, ctx: PlanContext, have: set[int], cap: int) -> list[int]:
+        """Re-selection: the chunks the query (`ctx.q_ids`: the question and the answer so far) still needs
+        beyond `have` (the chunks refilled so far), each with its neighbours, while at most `cap` chunks
+        are held in all. The residual locator (`locator.index_chunk_scores(exclude=)`) scores the index
+        with every attended token left out of the softmax; its best chunk joins while it scores at least
+        `reselect_min`, then is left out in turn (a second missing fact then gets the share the two had
+        split); at most `k_max` (6 without one) chunks join per call. Reads the locator index whatever
+        the policy's own locator. [] when nothing new is needed."""
+        doc, cfg = ctx.doc, ctx.cfg
+        n_heads = self.locator_heads or None
+        layers = sorted({layer for layer, _ in doc.index_heads[:n_heads]})
+        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False,
+                          runner=ctx.pass1)
+        have, new = set(have), []
+        for _ in range(getattr(self, "k_max", 6)):
+            exclude = locator.chunk_tokens(doc, have)
+            scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads, exclude=exclude)
+            c = int(scores.argmax())
+            add = [x for x in volume.with_neighbors([c], self.neighbors, doc.n_chunks) if x not in have]
+            if float(scores[c]) < self.reselect_min or not add or len(have) + len(add) > cap:
+                break
+            have.update(add)
+            new += add
+        return sorted(new)
 
     def plan_library(self, model, library: Library, q_ids: torch.Tensor) -> LibraryPlan:
         """The same steps over several documents: one pass 1 (over the first document's attend set) gives

@@ -102,6 +102,17 @@ def test_library_scores_are_one_softmax_per_row_over_every_document_summed_per_c
         torch.testing.assert_close(g_, w, rtol=1e-5, atol=1e-6)
 
 
+def _no_sinks(doc, probe, n_rep, D, heads, always):
+    """Per-token best share with the sinks and recent window left out of the softmax (no other exclusion)."""
+    best = torch.zeros(doc.n_tokens)
+    for h, (layer, g) in enumerate(heads):
+        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, D)
+        best = torch.maximum(best, (q @ doc.index_keys[h].T / math.sqrt(D)).masked_fill(always, -1e30)
+                             .softmax(-1).amax(0))
+    best[always] = 0.0
+    return best
+
+
 def test_single_document_scores_read_the_index_best_heads_only():
     """`index_chunk_scores(n_heads=)` is the max rule over the index's first heads (calibration order);
     the policy's `locator_heads` picks them and pass 1 then stops at the last of their layers."""
@@ -114,7 +125,7 @@ def test_single_document_scores_read_the_index_best_heads_only():
     heads = [(1, 0), (3, 1), (2, 0)]
     always = torch.zeros(n, dtype=torch.bool)
     always[[0, 1, n - 1]] = True
-    doc = SimpleNamespace(doc_id="d", n_tokens=n, chunk_size=cs, index_heads=heads,
+    doc = SimpleNamespace(doc_id="d", n_tokens=n, n_chunks=-(-n // cs), chunk_size=cs, index_heads=heads,
                           index_keys=torch.randn(len(heads), n, D), l1_pos=torch.arange(n), l1_always=always)
     probe = SimpleNamespace(queries={layer: torch.randn(2 * n_rep, T, D) for layer, _ in heads})
 
@@ -134,5 +145,20 @@ def test_single_document_scores_read_the_index_best_heads_only():
     # a library of one document is the single-document rule at every index head
     torch.testing.assert_close(loc.library_chunk_scores([doc], probe, n_rep, D)[0], plain([0, 1, 2]))
     assert make_policy("acre").locator_heads == 4
+    # the residual locator: excluded tokens (and sinks, recent) leave each row's softmax; the rest share it
+    excl = loc.chunk_tokens(doc, [1, 3])
+    assert excl.shape == (n,) and excl[4:8].all() and excl[12:16].all() and excl.sum() == 8
+    res = loc.index_chunk_scores(doc, probe, n_rep, D, exclude=excl)
+    assert float(res[1]) == float(res[3]) == 0.0
+    want = torch.zeros(n)
+    for layer, g in heads:
+        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep].reshape(-1, D)
+        logits = (q @ doc.index_keys[heads.index((layer, g))].T / math.sqrt(D)).masked_fill(excl | always, -1e30)
+        want = torch.maximum(want, logits.softmax(-1).amax(0))
+    want[always] = 0.0
+    torch.testing.assert_close(res, loc.max_per_chunk(want, n, cs))
+    assert (res[[0, 2, 4, 5]] >= plain([0, 1, 2])[[0, 2, 4, 5]]).all()  # shares only grow when others leave
+    torch.testing.assert_close(loc.index_chunk_scores(doc, probe, n_rep, D, exclude=torch.zeros(n, dtype=torch.bool)),
+                               loc.max_per_chunk(_no_sinks(doc, probe, n_rep, D, heads, always), n, cs))
     with __import__("pytest").raises(Exception, match="locator_heads"):
         make_policy("acre", locator_heads=-1)

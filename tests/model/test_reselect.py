@@ -1,6 +1,6 @@
 """Re-selection during decoding (`Engine.ask(..., reselect=N)`), on a tiny random model with the real
-tokenizer and a real store: off changes nothing, a locator that finds nothing new changes nothing, a
-locator that finds new chunks adds them (and only after N tokens), a budget caps them."""
+tokenizer and a real store: off changes nothing, a locator that finds nothing new changes nothing, the
+residual locator's chunks join (only after N tokens, best unattended chunk first), a budget caps them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,27 +22,13 @@ def tiny(tmp_path_factory, default_model_path):
 
 
 @dataclass
-class FrozenLocator(AcrePolicy):
-    """acre whose locator, after the question, keeps answering what it answered for the question."""
+class NothingNew(AcrePolicy):
+    """acre whose re-selection runs (and is counted) but names only chunks the cache already holds."""
 
-    def locate(self, ctx):
-        if not hasattr(self, "_first"):
-            self._first = super().locate(ctx)
+    def locate_more(self, ctx, have, cap):
         self.calls = getattr(self, "calls", 0) + 1
-        return self._first
-
-
-@dataclass
-class MovingLocator(AcrePolicy):
-    """acre whose locator, once the answer has started, points at the chunks farthest from the first choice."""
-
-    def locate(self, ctx):
-        p = super().locate(ctx)
-        if not hasattr(self, "_n_q"):
-            self._n_q = len(ctx.q_ids)
-            return p
-        assert len(ctx.q_ids) > self._n_q  # re-selection queries with the answer so far
-        return p.flip(0)
+        assert len(ctx.q_ids) > self.n_q  # re-selection queries with the answer so far
+        return sorted(have)
 
 
 def test_reselect_off_is_todays_answer(tiny):
@@ -58,20 +44,25 @@ def test_reselect_off_is_todays_answer(tiny):
 def test_a_locator_that_finds_nothing_new_leaves_the_answer_unchanged(tiny):
     eng, store, info = tiny
     base = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, k_max=2)
-    pol = FrozenLocator(k_max=2)
+    pol = NothingNew(k_max=2)
+    pol.n_q = len(eng.tokenizer.question_ids(Q))
     a = eng.ask(info.doc_id, Q, pol, store=store, max_new_tokens=N_NEW, reselect=2)
     assert a.n_new_tokens == base.n_new_tokens == N_NEW  # a random model never stops early
-    assert pol.calls == 1 + (N_NEW - 1) // 2  # the locator did run again every 2 tokens
+    assert pol.calls == (N_NEW - 1) // 2  # re-selection did run, every 2 tokens
     assert a.answer == base.answer and a.refilled_chunks == base.refilled_chunks
     assert a.kv_ratio == base.kv_ratio and a.reselected_chunks == []
 
 
 def test_new_chunks_join_after_n_tokens_and_a_budget_caps_them(tiny):
+    """With `reselect_min` near 0 every unattended chunk the residual locator sees qualifies: k_max of them
+    join at each re-selection, none of them already refilled; a budget of the plan's own size stops them."""
     eng, store, info = tiny
     n = 4
     base = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, k_max=2, neighbors=0)
-    a = eng.ask(info.doc_id, Q, MovingLocator(k_max=2, neighbors=0), store=store, max_new_tokens=N_NEW, reselect=n)
-    assert a.reselected_chunks and not set(a.reselected_chunks) & set(base.refilled_chunks)
+    a = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, k_max=2, neighbors=0, reselect_min=1e-9,
+                reselect=n)
+    assert len(a.reselected_chunks) == 2 * ((N_NEW - 1) // n)  # k_max chunks at each re-selection
+    assert not set(a.reselected_chunks) & set(base.refilled_chunks)
     assert a.refilled_chunks == sorted(set(base.refilled_chunks) | set(a.reselected_chunks))
     assert a.kv_ratio > base.kv_ratio and a.fetched_bytes >= base.fetched_bytes
     # the first n tokens come before any re-selection: they are the plain answer's; later ones need not be
@@ -79,9 +70,38 @@ def test_new_chunks_join_after_n_tokens_and_a_budget_caps_them(tiny):
     assert first and a.answer.startswith(first) and base.answer.startswith(first)
     # a budget of the plan's own size leaves no room: nothing joins
     cap = len(base.refilled_chunks) / info.n_chunks
-    b = eng.ask(info.doc_id, Q, MovingLocator(k_max=2, neighbors=0, kv_budget=cap), store=store,
-                max_new_tokens=N_NEW, reselect=n)
+    b = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, k_max=2, neighbors=0, reselect_min=1e-9,
+                kv_budget=cap, reselect=n)
     assert b.reselected_chunks == [] and b.answer == base.answer
+    # a share no softmax row reaches on this model: nothing joins either
+    c = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, k_max=2, neighbors=0, reselect_min=1.0,
+                reselect=n)
+    assert c.reselected_chunks == [] and c.answer == base.answer
+
+
+def test_residual_locator_takes_the_best_unattended_chunk_first(tiny):
+    """`locate_more` ranks by the residual locator: its first pick is the best chunk of
+    `index_chunk_scores(exclude=attended)`, and each pick is left out before the next."""
+    import torch
+    from acre_model import locator
+    from acre_model.pass1 import run_pass1
+    from acre_model.policies.base import PlanContext
+
+    eng, store, info = tiny
+    doc = eng.load_document(info.doc_id, store)
+    ids = torch.tensor(eng.tokenizer.question_ids(Q))
+    pol = AcrePolicy(k_max=3, neighbors=0, reselect_min=1e-9)
+    have = {0, 1}
+    got = pol.locate_more(PlanContext(eng.model, doc, ids), have, doc.n_chunks)
+    assert len(got) == 3 and not set(got) & have
+    layers = sorted({layer for layer, _ in doc.index_heads[:pol.locator_heads]})
+    probe = run_pass1(eng.model, doc, ids, layers, want_queries=True, want_probs=False)
+    cfg = eng.model.cfg
+    s = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, pol.locator_heads,
+                                   exclude=locator.chunk_tokens(doc, have))
+    assert float(s[0]) == float(s[1]) == 0.0 and int(s.argmax()) in got
+    assert AcrePolicy(k_max=1, neighbors=0, reselect_min=1e-9).locate_more(
+        PlanContext(eng.model, doc, ids), have, doc.n_chunks) == [int(s.argmax())]
 
 
 def test_reselect_is_refused_where_it_cannot_work(tiny):
