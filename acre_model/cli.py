@@ -129,7 +129,8 @@ def _cli_knobs(args) -> dict:
     """The policy knobs given on the command line (unset ones are left to the policy)."""
     return {k: v for k, v in (("mode", args.mode), ("k_min", args.k_min), ("k_max", args.k_max),
                               ("neighbors", args.neighbors), ("coverage", getattr(args, "coverage", None)),
-                              ("kv_budget", getattr(args, "kv_budget", None))) if v is not None}
+                              ("kv_budget", getattr(args, "kv_budget", None)),
+                              ("reselect_min", getattr(args, "reselect_min", None))) if v is not None}
 
 
 def read_questions(path: str) -> list[dict]:
@@ -352,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(acre, acre-entropy, acre-l1, random)")
     pa.add_argument("--reselect", type=int, default=0, metavar="N",
                     help="every N answer tokens, run the locator again with the answer so far and refill "
-                         "the chunks it newly needs (chunk policies; 0: off)")
+                         "the chunks it still finds outside the active cache (chunk policies; 0: off)")
+    pa.add_argument("--reselect-min", type=float, default=None,
+                    help="share of a query row's attention (0-1], with attended tokens left out, a chunk needs "
+                         "to join at re-selection (default 0.9)")
     _add_model_args(pa)
     pa.set_defaults(func=cmd_ask)
 

@@ -3,6 +3,7 @@
 the evaluation's (0), as in `tools/tune_volume.py`.
 
     python tools/measure_reselect.py --families niah_multivalue --depths 0.2,0.4,0.6,0.8 --reselect 8
+    python tools/measure_reselect.py --model gemma-3-270m --families niah_multivalue --lengths 8192 --depths 0.3,0.7
 
 Prints one line per task and a summary per family; ends with one JSON line.
 """
@@ -21,6 +22,7 @@ if __package__ in (None, ""):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="a bundled model's name or a model folder (default: the default model)")
     ap.add_argument("--families", default="niah_multivalue")
     ap.add_argument("--lengths", default="2048")
     ap.add_argument("--depths", default="0.2,0.4,0.6,0.8", help="one task per depth (depth-free: as many)")
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     from tools.tasks import build_suite
 
     torch.set_num_threads(args.threads)
-    eng = Engine.from_pretrained()
+    eng = Engine.from_pretrained(args.model)
     depths = tuple(float(d) for d in args.depths.split(","))
     tasks = build_suite(eng.tokenizer.encode, [int(x) for x in args.lengths.split(",")], depths, 1,
                         seed=args.seed, families=args.families.split(","), n_per_length=len(depths))

@@ -127,10 +127,11 @@ def test_acre_ask_reselect_on_the_command_line(tiny, tmp_path):
     assert p.returncode == 0, p.stderr
     doc_id = json.loads(p.stdout)["doc_id"]
     p = run_acre("ask", doc_id, Q, "--model", str(eng.path), "--json", "--max-new-tokens", "6", "--reselect", "2",
-                 "--kv-budget", "0.5", env_extra=env)
+                 "--kv-budget", "0.5", "--k-max", "1", "--neighbors", "0", "--reselect-min", "1e-9",
+                 env_extra=env)
     assert p.returncode == 0, p.stderr
     a = json.loads(p.stdout)
-    assert a["n_new_tokens"] >= 1 and "reselected_chunks" in a and a["kv_ratio"] <= 1.0
+    assert a["n_new_tokens"] >= 3 and a["reselected_chunks"] and a["kv_ratio"] <= 0.5 + 1e-9
     qs = tmp_path / "q.jsonl"
     qs.write_text(json.dumps({"question": Q}) + "\n")
     assert_clean_error(run_acre("ask", doc_id, "--questions", str(qs), "--reselect", "2", env_extra=env),
