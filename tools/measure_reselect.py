@@ -5,7 +5,10 @@ the evaluation's (0), as in `tools/tune_volume.py`.
     python tools/measure_reselect.py --families niah_multivalue --depths 0.2,0.4,0.6,0.8 --reselect 8
     python tools/measure_reselect.py --model gemma-3-270m --families niah_multivalue --lengths 8192 --depths 0.3,0.7
 
-Prints one line per task and a summary per family; ends with one JSON line.
+Prints one line per task and a summary per family; ends with one JSON line. Per task it also reports the
+residual locator's view right after the first plan (the question's rows only, every attended token left
+out of the softmax; what `ChunkPolicy.locate_more` thresholds with `reselect_min`): its best share and
+whether that chunk holds a needle the plan missed.
 """
 from __future__ import annotations
 
@@ -18,6 +21,32 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def residual_view(eng, task, doc_id, store, policy) -> dict:
+    """The residual locator's best chunk and share for the question alone, with the first plan's chunks
+    (and sinks, recent window) left out of the softmax; `missed_needle`: it holds a needle the plan lacks."""
+    import torch
+
+    from acre_model import locator
+    from acre_model.pass1 import run_pass1
+    from acre_model.policies import make_policy
+    from acre_model.policies.base import PlanContext
+    from tools.eval import needle_chunks
+
+    pol = make_policy(policy)
+    doc = eng.load_document(doc_id, store)
+    q_ids = torch.tensor(eng.tokenizer.question_ids(task.question, task.answer_prefix))
+    plan = pol.plan(PlanContext(eng.model, doc, q_ids))
+    n_heads = pol.locator_heads or None
+    layers = sorted({layer for layer, _ in doc.index_heads[:n_heads]})
+    probe = run_pass1(eng.model, doc, q_ids, layers, want_queries=True, want_probs=False)
+    cfg = eng.model.cfg
+    s = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads,
+                                   exclude=locator.chunk_tokens(doc, plan.chunks))
+    c = int(s.argmax())
+    need = needle_chunks(eng.tokenizer, task, doc) if task.needle_spans else set()
+    return {"share": float(s[c]), "chunk": c, "missed_needle": c in need and c not in plan.chunks}
 
 
 def main(argv=None) -> int:
@@ -52,16 +81,21 @@ def main(argv=None) -> int:
     for task in tasks:
         info = eng.ingest(task.doc_text, store=store, name=task.task_id)
         row = {"task_id": task.task_id, "family": task.family}
+        row["residual"] = residual_view(eng, task, info.doc_id, store, args.policy)
         for label, n in (("off", 0), ("on", args.reselect)):
             a = eng.ask(info.doc_id, task.question, args.policy, task.answer_prefix, store,
                         task.max_new_tokens, reselect=n)
             row[label] = {"score": task.score(a.answer), "answer": a.answer, "kv_ratio": a.kv_ratio,
                           "n_refilled": len(a.refilled_chunks), "n_reselected": len(a.reselected_chunks),
+                          "refilled_chunks": list(a.refilled_chunks),
                           "total_s": a.total_s, "n_new_tokens": a.n_new_tokens}
         rows.append(row)
         store.delete(info.doc_id)
         off, on = row["off"], row["on"]
-        print(f"{task.task_id}: score {off['score']:.2f} -> {on['score']:.2f}, chunks {off['n_refilled']} -> "
+        res = row["residual"]
+        print(f"{task.task_id}: residual best {res['share']:.3f} (chunk {res['chunk']}, "
+              f"{'a missed needle' if res['missed_needle'] else 'no needle missed there'}), "
+              f"score {off['score']:.2f} -> {on['score']:.2f}, chunks {off['n_refilled']} -> "
               f"{on['n_refilled']}, KV {off['kv_ratio']:.3f} -> {on['kv_ratio']:.3f}, "
               f"time {off['total_s']:.1f}s -> {on['total_s']:.1f}s ({time.perf_counter() - t0:.0f}s)",
               file=sys.stderr)
@@ -72,10 +106,14 @@ def main(argv=None) -> int:
                         for label in ("off", "on") for k, f in (("score", "score"), ("kv", "kv_ratio"),
                                                                  ("chunks", "n_refilled"), ("s", "total_s"))}
         summary[fam]["n"] = len(rs)
+        for key, missed in (("residual_missed_needle", True), ("residual_otherwise", False)):
+            shares = [r["residual"]["share"] for r in rs if r["residual"]["missed_needle"] is missed]
+            summary[fam][key] = [round(min(shares), 3), round(max(shares), 3), len(shares)] if shares else None
         s = summary[fam]
         print(f"{fam} (n={len(rs)}): score {s['score_off']:.1f} -> {s['score_on']:.1f}, KV {100 * s['kv_off']:.1f}% -> "
               f"{100 * s['kv_on']:.1f}%, chunks {s['chunks_off']:.1f} -> {s['chunks_on']:.1f}, "
-              f"time/answer {s['s_off']:.1f}s -> {s['s_on']:.1f}s")
+              f"time/answer {s['s_off']:.1f}s -> {s['s_on']:.1f}s; residual best share where it is a missed "
+              f"needle {s['residual_missed_needle']}, otherwise {s['residual_otherwise']} ([min, max, n])")
     if args.out:
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(json.dumps({"policy": args.policy, "reselect": args.reselect, "summary": summary}))
