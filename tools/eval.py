@@ -220,16 +220,22 @@ def run(args, tasks, methods_for, out: Path) -> float:
 
 
 def engine_defaults(model: str | None = None) -> str:
-    """The commit, the model and the acre defaults a run measured (they are still being tuned)."""
+    """The commit, the model and the acre defaults a run measured (they are still being tuned). Taken when
+    the run starts: the code a run imported is the code of its start, whatever is committed meanwhile."""
     import subprocess
     from dataclasses import asdict
 
     from acre_model.doc_state import LayoutConfig
     from acre_model.policies import make_policy
 
+    root = Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1], timeout=10).stdout.strip()
+                             cwd=root, timeout=10).stdout.strip()
+        # the engine's code differs from the commit's (uncommitted edits): say so
+        if rev and subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "acre_model", "acre_store"],
+                                  cwd=root, timeout=10).returncode:
+            rev += " with uncommitted changes to acre_model/acre_store"
     except (OSError, subprocess.SubprocessError):
         rev = "?"
     acre = asdict(make_policy("acre"))
@@ -308,10 +314,11 @@ def main(argv=None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        defaults = engine_defaults(args.model_path.name)
         seconds = run(args, tasks, methods_for, out)
         with (out / "runs.jsonl").open("a") as f:
             f.write(json.dumps({"command": command, "seconds": seconds,
-                                "defaults": engine_defaults(args.model_path.name),
+                                "defaults": defaults,
                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
     # duration: all sessions that asked something in this directory (a resumed run has several)
     runs = [r for r in eval_report.load_rows(out / "runs.jsonl") if r.get("seconds")]

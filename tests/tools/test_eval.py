@@ -193,3 +193,16 @@ def test_quick_run_writes_reports(tmp_path):
     p2 = subprocess.run([sys.executable, "tools/eval.py", "--quick", "--out", str(out)], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
     assert p2.returncode == 0 and len(eval_report.load_rows(out / "results.jsonl")) == len(rows)
+
+
+def test_engine_defaults_name_the_commit_and_say_when_the_engine_has_uncommitted_edits():
+    from tools.eval import engine_defaults
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+
+    rev = git("rev-parse", "--short", "HEAD").stdout.strip()
+    dirty = git("diff", "--quiet", "HEAD", "--", "acre_model", "acre_store").returncode != 0
+    d = engine_defaults("m")
+    assert d.startswith(f"commit {rev}") and "; model m; ask defaults {'coverage': 0.9" in d
+    assert ("uncommitted changes" in d) == dirty
