@@ -58,7 +58,12 @@ def main_methods() -> list[Method]:
           Method("acre-exact", "acre", {"mode": "exact"}), Method("acre-focus", "acre", {"mode": "focus"})]
     ms += [Method(p, p, curve=p) for p in ("acre-entropy", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
                                            "random", "fixed-k", "quest", "infllm")]
+    # acre with residual completion of its first plan (`complete`): asked only when --methods names it
+    ms += [Method("acre+complete", "acre", {"complete": True})]
     return ms
+
+
+OPT_IN = {"acre+complete"}  # main methods a run asks only when --methods names them
 
 
 def sweep_methods() -> list[Method]:
@@ -306,6 +311,8 @@ def main(argv=None) -> int:
                 raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {[m.name for m in mains]}")
             mains = [m for m in mains if m.name in keep]
             swp = [m for m in swp if m.curve in keep]
+        else:
+            mains = [m for m in mains if m.name not in OPT_IN]
 
         def methods_for(task):
             return mains + (swp if in_sweep(task, sweeps) else [])

@@ -36,6 +36,10 @@ class ChunkPolicy(Policy):
     # Chosen on probe seeds (docs/results.md, "Re-selection during decoding"): with the needle attended,
     # single needles' best such share is 0.50-0.67; a multi-value fact left out of the plan scores 0.98-1.0.
     reselect_min: float = 0.9
+    # Residual completion of the first plan: after the volume rule's chunks, the residual locator
+    # (`locate_more`, the question alone) adds the chunks it still finds at `reselect_min`, before the
+    # first token. Off by default; measured as `acre+complete` (docs/results.md).
+    complete: bool = False
 
     def __post_init__(self) -> None:
         self.check(isinstance(self.neighbors, int) and self.neighbors >= 0, "neighbors must be an integer >= 0")
@@ -46,12 +50,16 @@ class ChunkPolicy(Policy):
                    f"locator_heads must be an integer >= 0 (0: every index head), got {self.locator_heads!r}")
         self.check(isinstance(self.reselect_min, (int, float)) and 0 < self.reselect_min <= 1,
                    f"reselect_min must lie in (0, 1], got {self.reselect_min!r}")
+        self.check(isinstance(self.complete, bool), f"complete must be true or false, got {self.complete!r}")
 
     def plan(self, ctx: PlanContext) -> Plan:
         p = self.locate(ctx)  # pass 1 + the locator: a distribution over chunks
         k = self.volume(p)  # how many chunks this question gets
         top = self.choose(ctx, p, k)
         chunks = volume.with_neighbors(top, self.neighbors, p.numel())
+        if self.complete:  # a second pass 1 (the index's heads), then the residual locator
+            cap = volume.budget_k(getattr(self, "kv_budget", None), p.numel(), 0)
+            chunks = sorted(set(chunks) | set(self.locate_more(ctx, set(chunks), cap)))
         return Plan(chunks, use_l1=True, mode=self.mode, entropy=volume.normalized_entropy(p), k=k, p=p)
 
     def locate(self, ctx: PlanContext) -> torch.Tensor:

@@ -136,3 +136,24 @@ def test_acre_ask_reselect_on_the_command_line(tiny, tmp_path):
     qs.write_text(json.dumps({"question": Q}) + "\n")
     assert_clean_error(run_acre("ask", doc_id, "--questions", str(qs), "--reselect", "2", env_extra=env),
                        "scheduler")
+
+
+def test_residual_completion_of_the_first_plan(tiny):
+    """`complete=True` adds, before the first token, what the residual locator finds beyond the volume
+    rule's chunks (at most k_max, within the budget); with a share no row reaches it adds nothing."""
+    eng, store, info = tiny
+    base = eng.ask(info.doc_id, Q, store=store, max_new_tokens=2, k_max=2, neighbors=0)
+    a = eng.ask(info.doc_id, Q, store=store, max_new_tokens=2, k_max=2, neighbors=0, complete=True,
+                reselect_min=1e-9)
+    assert set(base.refilled_chunks) < set(a.refilled_chunks)
+    assert len(a.refilled_chunks) == len(base.refilled_chunks) + 2 and a.reselected_chunks == []
+    assert a.kv_ratio > base.kv_ratio
+    b = eng.ask(info.doc_id, Q, store=store, max_new_tokens=2, k_max=2, neighbors=0, complete=True,
+                reselect_min=1.0)
+    assert b.refilled_chunks == base.refilled_chunks and b.answer == base.answer
+    cap = len(base.refilled_chunks) / info.n_chunks
+    c = eng.ask(info.doc_id, Q, store=store, max_new_tokens=2, k_max=2, neighbors=0, complete=True,
+                reselect_min=1e-9, kv_budget=cap)
+    assert c.refilled_chunks == base.refilled_chunks
+    with pytest.raises(InputError, match="complete"):
+        eng.ask(info.doc_id, Q, store=store, complete="yes")

@@ -125,7 +125,11 @@ def test_family_volume_reports_k_spread_kv_and_recall_per_family():
 def test_methods_and_grid():
     names = [m.name for m in main_methods()]
     assert {"full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "streaming", "h2o", "snapkv",
-            "l1-only", "random", "fixed-k", "quest", "infllm"} == set(names)
+            "l1-only", "random", "fixed-k", "quest", "infllm", "acre+complete"} == set(names)
+    from tools.eval import OPT_IN
+
+    assert OPT_IN <= set(names) and resolved(next(m for m in main_methods() if m.name == "acre+complete")) != \
+        resolved(next(m for m in main_methods() if m.name == "acre"))
     from acre_model.policies import policy_names
 
     assert {m.policy for m in main_methods()} == set(policy_names())  # a new policy must join the table
