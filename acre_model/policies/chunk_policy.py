@@ -34,7 +34,7 @@ class ChunkPolicy(Policy):
     # when, with every token the active cache attends left out of the locator's softmax, an index head
     # still puts at least this share of one query row (a question or answer token) on one of its tokens.
     # Chosen on probe seeds (docs/results.md, "Re-selection during decoding"): with the needle attended,
-    # single needles' best such share is 0.50-0.67; a multi-value fact left out of the plan scores 0.98-1.0.
+    # single needles' best such share is 0.30-0.67; a multi-value fact left out of the plan scores 0.97-1.0.
     reselect_min: float = 0.9
     # Residual completion of the first plan: after the volume rule's chunks, the residual locator
     # (`locate_more`, the question alone) adds the chunks it still finds at `reselect_min`, before the
