@@ -51,6 +51,7 @@ class Method:
     curve: str = ""      # the accuracy-vs-KV curve this point belongs to
     sweep: bool = False  # budget-sweep point (not a row of the main table)
     reselect: int = 0    # Engine.ask(reselect=N): re-selection during decoding every N tokens (0: off)
+    opt_in: bool = False  # asked only when --methods names it
 
 
 def main_methods() -> list[Method]:
@@ -58,12 +59,8 @@ def main_methods() -> list[Method]:
           Method("acre-exact", "acre", {"mode": "exact"}), Method("acre-focus", "acre", {"mode": "focus"})]
     ms += [Method(p, p, curve=p) for p in ("acre-entropy", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
                                            "random", "fixed-k", "quest", "infllm")]
-    # acre with residual completion of its first plan (`complete`): asked only when --methods names it
-    ms += [Method("acre+complete", "acre", {"complete": True})]
+    ms += [Method("acre+complete", "acre", {"complete": True}, opt_in=True)]  # residual completion
     return ms
-
-
-OPT_IN = {"acre+complete"}  # main methods a run asks only when --methods names them
 
 
 def sweep_methods() -> list[Method]:
@@ -312,7 +309,7 @@ def main(argv=None) -> int:
             mains = [m for m in mains if m.name in keep]
             swp = [m for m in swp if m.curve in keep]
         else:
-            mains = [m for m in mains if m.name not in OPT_IN]
+            mains = [m for m in mains if not m.opt_in]
 
         def methods_for(task):
             return mains + (swp if in_sweep(task, sweeps) else [])

@@ -29,18 +29,15 @@ def residual_view(eng, task, doc_id, store, policy) -> dict:
     import torch
 
     from acre_model import locator
-    from acre_model.pass1 import run_pass1
     from acre_model.policies import make_policy
     from acre_model.policies.base import PlanContext
     from tools.eval import needle_chunks
 
     pol = make_policy(policy)
     doc = eng.load_document(doc_id, store)
-    q_ids = torch.tensor(eng.tokenizer.question_ids(task.question, task.answer_prefix))
-    plan = pol.plan(PlanContext(eng.model, doc, q_ids))
-    n_heads = pol.locator_heads or None
-    layers = sorted({layer for layer, _ in doc.index_heads[:n_heads]})
-    probe = run_pass1(eng.model, doc, q_ids, layers, want_queries=True, want_probs=False)
+    ctx = PlanContext(eng.model, doc, torch.tensor(eng.tokenizer.question_ids(task.question, task.answer_prefix)))
+    plan = pol.plan(ctx)
+    probe, n_heads = pol.index_probe(ctx)  # the plan's own pass 1
     cfg = eng.model.cfg
     s = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads,
                                    exclude=locator.chunk_tokens(doc, plan.chunks))

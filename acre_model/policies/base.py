@@ -7,7 +7,7 @@ knobs it has (the way kvpress presses own theirs).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -27,6 +27,9 @@ class PlanContext:
     doc: DocState
     q_ids: torch.Tensor  # [T] the question's token ids (separator, question, assistant header, prefix)
     pass1: Pass1Runner | None = None  # runs pass 1's forward (the scheduler's batches it); None: at once
+    # pass 1's probes of this question, by the layers they recorded (`ChunkPolicy.index_probe`): a plan that
+    # reads the locator index twice (`complete`) runs pass 1 once
+    probes: dict = field(default_factory=dict)
 
     @property
     def cfg(self):

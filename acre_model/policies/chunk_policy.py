@@ -11,6 +11,7 @@ import torch
 
 from .. import locator, volume
 from ..library import Library, LibraryPlan
+from ..model import AttnProbe
 from ..pass1 import run_pass1
 from ..plan import Plan
 from .base import PlanContext, Policy
@@ -57,20 +58,26 @@ class ChunkPolicy(Policy):
         k = self.volume(p)  # how many chunks this question gets
         top = self.choose(ctx, p, k)
         chunks = volume.with_neighbors(top, self.neighbors, p.numel())
-        if self.complete:  # a second pass 1 (the index's heads), then the residual locator
+        if self.complete:  # the residual locator on the same pass 1 (index policies; others run their own)
             cap = volume.budget_k(getattr(self, "kv_budget", None), p.numel(), 0)
             chunks = sorted(set(chunks) | set(self.locate_more(ctx, set(chunks), cap)))
         return Plan(chunks, use_l1=True, mode=self.mode, entropy=volume.normalized_entropy(p), k=k, p=p)
 
-    def locate(self, ctx: PlanContext) -> torch.Tensor:
-        """p [n_chunks] from the locator index: pass 1 records the question's queries at the layers of the
-        index's best `locator_heads` heads; every document token's key at those heads is scored against them."""
-        doc, cfg = ctx.doc, ctx.cfg
+    def index_probe(self, ctx: PlanContext) -> tuple[AttnProbe, int | None]:
+        """Pass 1's record of the question's queries at the layers of the index's best `locator_heads`
+        heads, and that head count (None: every head). Run once per question (kept in `ctx.probes`)."""
         n_heads = self.locator_heads or None
-        layers = sorted({layer for layer, _ in doc.index_heads[:n_heads]})
-        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False,
-                          runner=ctx.pass1)
-        scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads)
+        layers = tuple(sorted({layer for layer, _ in ctx.doc.index_heads[:n_heads]}))
+        if layers not in ctx.probes:
+            ctx.probes[layers] = run_pass1(ctx.model, ctx.doc, ctx.q_ids, list(layers), want_queries=True,
+                                           want_probs=False, runner=ctx.pass1)
+        return ctx.probes[layers], n_heads
+
+    def locate(self, ctx: PlanContext) -> torch.Tensor:
+        """p [n_chunks] from the locator index: every document token's key at the index's best
+        `locator_heads` heads scored against the question's queries there (`index_probe`)."""
+        probe, n_heads = self.index_probe(ctx)
+        scores = locator.index_chunk_scores(ctx.doc, probe, ctx.cfg.n_rep, ctx.cfg.head_dim, n_heads)
         return locator.to_distribution(scores, self.p_power)
 
     def locate_more(self, ctx: PlanContext, have: set[int], cap: int) -> list[int]:
@@ -82,10 +89,7 @@ class ChunkPolicy(Policy):
         split); at most `k_max` (6 without one) chunks join per call. Reads the locator index whatever
         the policy's own locator. [] when nothing new is needed."""
         doc, cfg = ctx.doc, ctx.cfg
-        n_heads = self.locator_heads or None
-        layers = sorted({layer for layer, _ in doc.index_heads[:n_heads]})
-        probe = run_pass1(ctx.model, doc, ctx.q_ids, layers, want_queries=True, want_probs=False,
-                          runner=ctx.pass1)
+        probe, n_heads = self.index_probe(ctx)
         have, new = set(have), []
         for _ in range(getattr(self, "k_max", 6)):
             exclude = locator.chunk_tokens(doc, have)

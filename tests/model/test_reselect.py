@@ -157,3 +157,10 @@ def test_residual_completion_of_the_first_plan(tiny):
     assert c.refilled_chunks == base.refilled_chunks
     with pytest.raises(InputError, match="complete"):
         eng.ask(info.doc_id, Q, store=store, complete="yes")
+    # the completion reads the plan's own pass 1: one probe per question
+    import torch
+    from acre_model.policies.base import PlanContext
+
+    ctx = PlanContext(eng.model, eng.load_document(info.doc_id, store), torch.tensor(eng.tokenizer.question_ids(Q)))
+    plan = AcrePolicy(k_max=2, neighbors=0, complete=True, reselect_min=1e-9).plan(ctx)
+    assert len(ctx.probes) == 1 and len(plan.chunks) == len(base.refilled_chunks) + 2

@@ -126,9 +126,7 @@ def test_methods_and_grid():
     names = [m.name for m in main_methods()]
     assert {"full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "streaming", "h2o", "snapkv",
             "l1-only", "random", "fixed-k", "quest", "infllm", "acre+complete"} == set(names)
-    from tools.eval import OPT_IN
-
-    assert OPT_IN <= set(names) and resolved(next(m for m in main_methods() if m.name == "acre+complete")) != \
+    assert {m.name for m in main_methods() if m.opt_in} == {"acre+complete"} and resolved(next(m for m in main_methods() if m.name == "acre+complete")) != \
         resolved(next(m for m in main_methods() if m.name == "acre"))
     from acre_model.policies import policy_names
 
