@@ -12,6 +12,7 @@ where it stopped (`--out` the same directory). Reports: OUT/results.md and PNGs 
         --grid "vt,cwe:2048,4096:-:2" --sweep "niah_single_prose:4096,7800"
     python tools/eval.py --out DIR --longbench data/hotpotqa.jsonl --limit 50   # real data, LongBench format
     python tools/eval.py --model gemma-3-270m --out DIR --grid "niah_single_prose:8192,16384,32000:0.5:2"
+    python tools/eval.py --out DIR --merge NEWER_RUN --merge OLDER_RUN --methods full,acre   # one report
 
 One output directory holds one model's rows (each row names it); asking another model there is refused.
 
@@ -256,6 +257,35 @@ def check_one_model(rows: list[dict], model: str, default: str) -> None:
                          f"give another --out (one directory per model)")
 
 
+def merge(out: Path, sources: list[str], methods: set[str] | None) -> None:
+    """Rows of other output directories into a new one, for one report over runs made apart: for each
+    (task, method) the row of the first source that has it (list the newer runs first), only `methods`
+    when given; every source's run records (commands, engines, seconds) are kept beside them."""
+    if eval_report.load_rows(out / "results.jsonl"):
+        raise SystemExit(f"--merge writes a new directory; {out} already holds rows")
+    rows, runs, seen = [], [], set()
+    for src in sources:
+        path = Path(src)
+        res = path / "results.jsonl" if path.is_dir() else path
+        if not res.is_file():
+            raise SystemExit(f"--merge {src}: no results.jsonl there")
+        n = 0
+        for r in eval_report.load_rows(res):
+            key = (r["task_id"], r["method"])
+            if key in seen or (methods and r["method"] not in methods):
+                continue
+            seen.add(key)
+            rows.append(r)
+            n += 1
+        runs += [r for r in eval_report.load_rows(res.parent / "runs.jsonl") if r not in runs]
+        print(f"{src}: {n} rows", file=sys.stderr)
+    models = {r.get("model") for r in rows if r.get("model")}
+    if len(models) > 1:
+        raise SystemExit(f"--merge: the sources hold rows of several models ({', '.join(sorted(models))})")
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs), encoding="utf-8")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small grid at 1k-2k tokens (minutes on a CPU)")
@@ -278,9 +308,15 @@ def main(argv=None) -> int:
                     help="torch CPU threads (0: torch's default). NOTE: 1 by default: on a 2-core CPU shared "
                          "with other work, 2 threads made prefill 2x slower (measured), and asks are small")
     ap.add_argument("--report-only", action="store_true", help="rewrite the reports from results.jsonl")
+    ap.add_argument("--merge", action="append", default=[], metavar="SRC",
+                    help="(repeatable) write OUT from other runs' directories, the first source's row winning "
+                         "per (task, method), only --methods when given; then the report. Asks nothing")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge(out, args.merge, set(args.methods.split(",")) if args.methods else None)
+        args.report_only = True
     command = "python tools/eval.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     seconds = None
@@ -332,8 +368,9 @@ def main(argv=None) -> int:
         commands = list(dict.fromkeys(r["command"] for r in runs))  # every run whose rows are here, in order
     rows = eval_report.load_rows(out / "results.jsonl")
     model = next((r["model"] for r in rows if r.get("model")), None)
-    # the engine the rows were asked with: the last run's record (a report rewritten later keeps it)
-    note = (runs[-1].get("defaults") if runs else None) or engine_defaults(model)
+    # the engine the rows were asked with: the runs' records (a report rewritten later keeps them; a
+    # resumed or merged directory may name several)
+    note = " | ".join(dict.fromkeys(r["defaults"] for r in runs if r.get("defaults"))) or engine_defaults(model)
     head = eval_report.write_report(rows, out, commands, seconds, note=note)
     print(eval_report.main_table(eval_report.summarize(rows)))
     print(json.dumps(head))

@@ -208,3 +208,38 @@ def test_engine_defaults_name_the_commit_and_say_when_the_engine_has_uncommitted
     d = engine_defaults("m")
     assert d.startswith(f"commit {rev}") and "; model m; ask defaults {'coverage': 0.9" in d
     assert ("uncommitted changes" in d) == dirty
+
+
+def _write_run(d: Path, rows: list[dict], command: str, defaults: str) -> Path:
+    d.mkdir(parents=True)
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "runs.jsonl").write_text(json.dumps({"command": command, "seconds": 10.0, "defaults": defaults,
+                                              "finished": "2026-12-03 12:00:00"}) + "\n")
+    return d
+
+
+def test_merge_takes_the_first_sources_row_per_task_and_method_and_keeps_every_run_record(tmp_path):
+    t0, t1 = "niah_single_prose/1024/d0.50/0", "niah_single_prose/1024/d0.50/1"
+    new = _write_run(tmp_path / "new", [_row(t0, "acre", 1.0, 0.2), _row(t1, "acre", 1.0, 0.2)],
+                     "python tools/eval.py --out new", "commit bbbbbbb")
+    old = _write_run(tmp_path / "old", [_row(t0, "acre", 0.0, 0.2), _row(t0, "full", 0.0, 1.0),
+                                        _row(t0, "streaming", 0.0, 0.15)],
+                     "python tools/eval.py --out old", "commit aaaaaaa")
+    out = tmp_path / "merged"
+    assert eval_main(["--out", str(out), "--merge", str(new), "--merge", str(old / "results.jsonl"),
+                      "--methods", "acre,full"]) == 0
+    rows = eval_report.load_rows(out / "results.jsonl")
+    got = {(r["task_id"], r["method"]): r["score"] for r in rows}
+    assert got == {(t0, "acre"): 1.0, (t1, "acre"): 1.0, (t0, "full"): 0.0}  # new wins; streaming filtered
+    md = (out / "results.md").read_text()
+    assert "--out new" in md and "--out old" in md
+    assert "commit bbbbbbb | commit aaaaaaa" in md
+    # a merge writes a new directory only, and refuses sources of two models
+    with pytest.raises(SystemExit, match="already holds rows"):
+        eval_main(["--out", str(out), "--merge", str(new)])
+    gemma = _write_run(tmp_path / "gemma", [{**_row(t0, "acre", 1.0, 0.02), "model": "gemma-3-270m"}], "c", "d")
+    smol = _write_run(tmp_path / "smol", [{**_row(t1, "acre", 1.0, 0.2), "model": "SmolLM2"}], "c", "d")
+    with pytest.raises(SystemExit, match="several models"):
+        eval_main(["--out", str(tmp_path / "m2"), "--merge", str(gemma), "--merge", str(smol)])
+    with pytest.raises(SystemExit, match="no results.jsonl"):
+        eval_main(["--out", str(tmp_path / "m3"), "--merge", str(tmp_path / "nowhere")])
