@@ -6,6 +6,7 @@ active cache gives them (their original ones, or renumbered ones in focus mode).
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -37,32 +38,43 @@ def inv_frequencies(cfg: ModelConfig) -> torch.Tensor:
 
 
 class Rope:
-    """cos/sin tables grown on demand; `rotate` applies RoPE in the `rotate_half` convention of HF."""
+    """cos/sin tables grown on demand; `rotate` applies RoPE in the `rotate_half` convention of HF.
+
+    Thread-safe: a server's request threads share one model, so the two tables are published together
+    as one tuple (a reader never sees a grown cos beside the old sin) and never shrink."""
 
     def __init__(self, cfg: ModelConfig, device: torch.device | str = "cpu"):
         self.inv_freq = inv_frequencies(cfg).to(device)
         self.device = torch.device(device)
-        self._cos = torch.empty(0, cfg.head_dim, device=device)
-        self._sin = torch.empty(0, cfg.head_dim, device=device)
+        empty = torch.empty(0, cfg.head_dim, device=device)
+        self._tables = (empty, empty)  # (cos, sin) [n, head_dim], replaced whole, never mutated
+        self._grow = threading.Lock()
 
-    def _ensure(self, n: int) -> None:
-        if n <= self._cos.shape[0]:
-            return
-        n = max(n, 2 * self._cos.shape[0], 1024)
-        t = torch.arange(n, device=self.device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq)  # [n, d/2]
-        emb = torch.cat([freqs, freqs], dim=-1)  # [n, d]
-        self._cos, self._sin = emb.cos(), emb.sin()
+    def _ensure(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin tables covering positions < n (a snapshot: later growth does not change them)."""
+        tables = self._tables
+        if n <= tables[0].shape[0]:
+            return tables
+        with self._grow:
+            tables = self._tables
+            if n <= tables[0].shape[0]:
+                return tables
+            n = max(n, 2 * tables[0].shape[0], 1024)
+            t = torch.arange(n, device=self.device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq)  # [n, d/2]
+            emb = torch.cat([freqs, freqs], dim=-1)  # [n, d]
+            self._tables = tables = (emb.cos(), emb.sin())
+            return tables
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [N, head_dim] for integer positions [N]."""
         if positions.numel() == 0:
-            z = torch.empty(0, self._cos.shape[1], device=self.device, dtype=dtype)
+            z = torch.empty(0, self._tables[0].shape[1], device=self.device, dtype=dtype)
             return z, z
         if int(positions.min()) < 0:
             raise ValueError("RoPE positions must be non-negative")
-        self._ensure(int(positions.max()) + 1)
-        return self._cos[positions].to(dtype), self._sin[positions].to(dtype)
+        cos, sin = self._ensure(int(positions.max()) + 1)
+        return cos[positions].to(dtype), sin[positions].to(dtype)
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
