@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -17,31 +18,20 @@ CFG = ModelConfig(vocab_size=32, hidden_size=64, intermediate_size=64, num_hidde
 
 def test_concurrent_first_calls_on_fresh_tables_all_succeed_and_agree():
     want_cos, want_sin = Rope(CFG).cos_sin(torch.arange(5000), torch.float32)
-    errors, wrong = [], []
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
     try:
         for _ in range(40):
-            rope = Rope(CFG)
-            start = threading.Barrier(8)
+            rope, start = Rope(CFG), threading.Barrier(8)
 
             def call(i, rope=rope, start=start):
                 start.wait()
                 pos = torch.tensor([(i + 1) * 600 - 1, i])  # each thread needs a larger table
-                try:
-                    cos, sin = rope.cos_sin(pos, torch.float32)
-                except Exception as e:  # noqa: BLE001 - any error is the failure
-                    errors.append(e)
-                    return
-                if not (torch.equal(cos, want_cos[pos]) and torch.equal(sin, want_sin[pos])):
-                    wrong.append(i)
+                return pos, rope.cos_sin(pos, torch.float32)
 
-            threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            with ThreadPoolExecutor(8) as pool:  # an error in any call is raised here
+                got = list(pool.map(call, range(8)))
+            for pos, (cos, sin) in got:
+                assert torch.equal(cos, want_cos[pos]) and torch.equal(sin, want_sin[pos])
     finally:
         sys.setswitchinterval(old)
-    assert not errors, errors[:3]
-    assert not wrong
