@@ -31,5 +31,34 @@ def test_committed_code_is_what_the_generator_writes():
                     f"code, the committed copy is {committed_version}: only the descriptor is compared")
     for name, text in fresh.items():
         with open(os.path.join(gen_proto.OUT_DIR, name)) as f:
-            assert f.read() == text, f"{name} is stale: run `make proto`"
+            # the gRPC stub stamps the generator's own version: a newer grpcio-tools writes the same code
+            # under another stamp (test_the_grpc_stamp_is_within_the_declared_grpcio_range checks the stamp)
+            assert _unstamped(f.read()) == _unstamped(text), f"{name} is stale: run `make proto`"
     assert "from . import store_pb2" in fresh["store_pb2_grpc.py"]
+
+
+_STAMP = re.compile(r"^GRPC_GENERATED_VERSION = '([^']+)'$", re.M)
+
+
+def _unstamped(code: str) -> str:
+    return _STAMP.sub("GRPC_GENERATED_VERSION = ...", code)
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+def test_the_grpc_stamp_is_within_the_declared_grpcio_range():
+    """The committed stub refuses to import under a grpcio older than its stamp, so the package must not
+    admit one: pyproject's grpcio floor is at least the stamp."""
+    import tomllib
+
+    with open(os.path.join(gen_proto.OUT_DIR, "store_pb2_grpc.py")) as f:
+        stamp = _STAMP.search(f.read()).group(1)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    floor = next(re.fullmatch(r"grpcio>=(\S+)", d.replace(" ", "")).group(1) for d in deps
+                 if re.match(r"grpcio\s*>=", d))
+    assert _version(floor) >= _version(stamp), f"pyproject admits grpcio {floor}, the stub needs >= {stamp}"
+    assert _version(importlib.metadata.version("grpcio")) >= _version(stamp)
