@@ -10,6 +10,8 @@ import pytest
 from acre_store import gen_proto
 from acre_store._proto import store_pb2
 
+from .support import ROOT
+
 grpc_tools = pytest.importorskip("grpc_tools")
 
 
@@ -44,21 +46,18 @@ def _unstamped(code: str) -> str:
     return _STAMP.sub("GRPC_GENERATED_VERSION = ...", code)
 
 
-def _version(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
-
-
 def test_the_grpc_stamp_is_within_the_declared_grpcio_range():
     """The committed stub refuses to import under a grpcio older than its stamp, so the package must not
     admit one: pyproject's grpcio floor is at least the stamp."""
     import tomllib
 
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
     with open(os.path.join(gen_proto.OUT_DIR, "store_pb2_grpc.py")) as f:
-        stamp = _STAMP.search(f.read()).group(1)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
-        deps = tomllib.load(f)["project"]["dependencies"]
-    floor = next(re.fullmatch(r"grpcio>=(\S+)", d.replace(" ", "")).group(1) for d in deps
-                 if re.match(r"grpcio\s*>=", d))
-    assert _version(floor) >= _version(stamp), f"pyproject admits grpcio {floor}, the stub needs >= {stamp}"
-    assert _version(importlib.metadata.version("grpcio")) >= _version(stamp)
+        stamp = Version(_STAMP.search(f.read()).group(1))
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        deps = [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+    (grpcio,) = [r for r in deps if r.name == "grpcio"]
+    floors = [Version(s.version) for s in grpcio.specifier if s.operator == ">="]
+    assert floors and min(floors) >= stamp, f"pyproject admits {grpcio}, the stub needs grpcio>={stamp}"
