@@ -2,13 +2,17 @@
 
 - time to first token (TTFT) of `acre` on the cached document vs re-prefilling document + question from
   scratch (what users do without a KV store) vs `full` on the cached document;
-- decode ms/token of `acre` vs `full` (the same decode steps over each one's active cache);
+- decode ms/token of `acre` vs `full` (the same decode steps over each one's active cache), one question
+  at a time and (`--batch`) with B questions decoding together, as a serving worker's continuous batching
+  runs them (`LlamaModel.decode_batch`: the weights read once per step for all B rows, attention per
+  question over its own active cache);
 - resident KV bytes of the active cache; refill fetch time and the share of it hidden behind compute
   (cold device chunk cache, embedded store or `--store ADDR`);
 - needle-chunk recall per locator (`acre` = index, `acre-l1` = the seed's locator).
 
     python tools/bench_ask.py [--quick] [--lengths 2048,4096,8000] [--n 2] [--store ADDR] [--out DIR]
     python tools/bench_ask.py --model gemma-3-270m --lengths 32000 --n 1 --facts 8   # one 32k document, 8 facts
+    python tools/bench_ask.py --model gemma-3-270m --lengths 32000 --n 1 --facts 8 --batch 4,8,16
 
 Ends with one JSON line holding the headline ratios at the longest length.
 """
@@ -35,6 +39,18 @@ def decode_ms(model, cache, steps: int) -> float:
     return 1000 * (time.perf_counter() - t0) / steps
 
 
+def decode_batch_ms(model, caches, steps: int) -> float:
+    """ms per step of `decode_batch` over `caches` (one question each), after one warm-up step."""
+    for c in caches:
+        c.reserve(steps + 1)
+    toks = [13] * len(caches)
+    model.decode_batch(toks, caches)  # warm
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model.decode_batch(toks, caches)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2k and 8k, one document each, fewer decode steps")
@@ -47,8 +63,14 @@ def main(argv=None) -> int:
     ap.add_argument("--facts", type=int, default=0, metavar="N",
                     help="documents with N planted facts at evenly spaced depths instead of one needle: the "
                          "timings use the first fact's question, recall and answers cover all N")
+    ap.add_argument("--batch", default="", metavar="B1,B2,...",
+                    help="also time decoding B questions together (each over its own active cache; the "
+                         "document's questions in turn) for `acre` and `full`")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    batches = [int(x) for x in args.batch.split(",") if x.strip()]
+    if any(b < 1 for b in batches):
+        ap.error(f"--batch takes positive batch sizes, got {args.batch!r}")
     from acre_model.engine import Engine
     from acre_model.synth import make_multi_fact_doc, make_needle_doc
     from acre_store import EmbeddedStore
@@ -65,7 +87,8 @@ def main(argv=None) -> int:
     for n in lengths:
         acc = {k: [] for k in ("ttft_acre", "ttft_acre_cold", "ttft_full", "ttft_reprefill", "dec_acre", "dec_full",
                                "kv_ratio", "kv_bytes_acre", "kv_bytes_full", "fetch_s", "hidden", "rec_index",
-                               "rec_l1", "ok_acre", "ok_full", "index_share")}
+                               "rec_l1", "ok_acre", "ok_full", "index_share",
+                               *(f"dec{b}_{p}" for b in batches for p in ("acre", "full")))}
         for i in range(n_docs):
             if args.facts:
                 md = make_multi_fact_doc(eng.tokenizer.encode, n, facts=[(j + 0.5) / args.facts for j in range(args.facts)],
@@ -102,6 +125,15 @@ def main(argv=None) -> int:
             acc["kv_bytes_full"].append(rf_f.cache.nbytes())
             acc["dec_acre"].append(decode_ms(eng.model, rf_a.cache, steps))
             acc["dec_full"].append(decode_ms(eng.model, rf_f.cache, steps))
+            del rf_a, rf_f
+            for b in batches:  # B questions decoding together, each over its own active cache
+                for policy in ("acre", "full"):
+                    caches = [eng.prepare(info.doc_id, probes[j % len(probes)][0], policy, probes[j % len(probes)][1],
+                                          store, steps + 2).cache for j in range(b)]
+                    acc[f"dec{b}_{policy}"].append(decode_batch_ms(eng.model, caches, steps))
+                    del caches
+                print(f"  {n} tokens, batch {b}: decode step acre {acc[f'dec{b}_acre'][-1]:.1f} ms, "
+                      f"full {acc[f'dec{b}_full'][-1]:.1f} ms", file=sys.stderr)
             acc["ttft_acre_cold"].append(cold.ttft_s)
             acc["ttft_acre"].append(warm.ttft_s)
             acc["ttft_full"].append(full.ttft_s)
@@ -136,11 +168,19 @@ def main(argv=None) -> int:
               f"{m['kv_ratio']:>8.3f} {m['kv_bytes_acre'] / 1e6:>6.1f} {m['kv_bytes_full'] / 1e6:>7.1f} | "
               f"{m['fetch_s']:>7.3f} {m['hidden']:>6.2f} | {m['rec_index']:>7.2f} {m['rec_l1']:>6.2f} | "
               f"{m['ok_acre']:>7.2f} {m['ok_full']:>7.2f}")
+    if batches:
+        print(f"{'tokens':>6} | {'batch':>5} | {'step ms acre':>12} {'full':>7} | {'ms/token acre':>13} {'full':>7} | "
+              f"{'x':>5}")
+        for m in rows:
+            for b in batches:
+                a, f = m[f"dec{b}_acre"], m[f"dec{b}_full"]
+                print(f"{m['tokens']:>6} | {b:>5} | {a:>12.1f} {f:>7.1f} | {a / b:>13.1f} {f / b:>7.1f} | {f / a:>5.2f}")
     last = rows[-1]
     head = {"tokens": last["tokens"],
             "ttft_speedup_vs_reprefill": last["ttft_reprefill"] / last["ttft_acre"],
             "ttft_speedup_vs_full_cached": last["ttft_full"] / last["ttft_acre"],
             "decode_speedup_vs_full": last["dec_full"] / last["dec_acre"],
+            **{f"decode_speedup_vs_full_batch{b}": last[f"dec{b}_full"] / last[f"dec{b}_acre"] for b in batches},
             "kv_ratio": last["kv_ratio"], "refill_hidden_share": last["hidden"],
             "recall_index": last["rec_index"], "recall_l1": last["rec_l1"],
             "index_share_of_kv": last["index_share"]}
