@@ -9,6 +9,12 @@ The adaptive rule (`acre`): the smallest set of top chunks whose share of p reac
 (`coverage_to_k`): one dominant peak is covered by one chunk, evidence spread over several places needs
 as many chunks as it has places. Both rules are bounded by `k_max` and by a KV budget (`budget_k`).
 A fact can straddle a chunk boundary, so each selected chunk may bring its neighbours.
+
+Distinct places (`distinct_order`, the policies' opt-in `distinct` knob): a fact that straddles a boundary
+puts two adjacent chunks near the top of the ranking, and top-k then spends two of its k on one place
+whose neighbours are refilled anyway. Taken as places, a chunk that a chosen chunk's neighbours already
+bring is passed over, and the coverage rule counts the mass of every chunk the chosen ones refill
+(`coverage_places_k`).
 """
 from __future__ import annotations
 
@@ -56,3 +62,34 @@ def with_neighbors(chunks: list[int], radius: int, n_chunks: int) -> list[int]:
     for c in chunks:
         out.update(range(max(0, c - radius), min(n_chunks, c + radius + 1)))
     return sorted(out)
+
+
+def distinct_order(p: torch.Tensor, radius: int, limit: int | None = None) -> list[int]:
+    """Chunks in descending p, each passed over when it lies within `radius` of one taken before it (that
+    chunk's neighbours refill it): one chunk per place. At most `limit` (None: every place)."""
+    taken: list[int] = []
+    covered = torch.zeros(p.numel(), dtype=torch.bool)
+    for c in p.double().argsort(descending=True, stable=True).tolist():
+        if covered[c]:
+            continue
+        taken.append(c)
+        covered[max(0, c - radius):c + radius + 1] = True
+        if limit is not None and len(taken) >= limit:
+            break
+    return taken
+
+
+def coverage_places_k(p: torch.Tensor, coverage: float, k_min: int, k_max: int, radius: int) -> int:
+    """The fewest places (`distinct_order`) whose chunks, neighbours within `radius` included, hold at least
+    `coverage` of p; clamped to [k_min, k_max] and to the number of places."""
+    order = distinct_order(p, radius, k_max)
+    if not order:
+        return 0
+    total, held = float(p.double().sum()), torch.zeros(p.numel(), dtype=torch.bool)
+    k = len(order)
+    for i, c in enumerate(order):
+        held[max(0, c - radius):c + radius + 1] = True
+        if float(p.double()[held].sum()) >= coverage * total - 1e-12:
+            k = i + 1
+            break
+    return int(max(1, min(len(order), max(k_min, k))))

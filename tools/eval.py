@@ -61,6 +61,8 @@ def main_methods() -> list[Method]:
     ms += [Method(p, p, curve=p) for p in ("acre-entropy", "acre-l1", "streaming", "h2o", "snapkv", "l1-only",
                                            "random", "fixed-k", "quest", "infllm")]
     ms += [Method("acre+complete", "acre", {"complete": True}, opt_in=True)]  # residual completion
+    ms += [Method("acre+distinct", "acre", {"distinct": True}, opt_in=True),  # distinct places
+           Method("fixed-k+distinct", "fixed-k", {"distinct": True}, opt_in=True)]
     return ms
 
 

@@ -41,6 +41,11 @@ class ChunkPolicy(Policy):
     # (`locate_more`, the question alone) adds the chunks it still finds at `reselect_min`, before the
     # first token. Off by default; measured as `acre+complete` (docs/results.md).
     complete: bool = False
+    # Distinct places (`volume.distinct_order`): a chunk that a chosen chunk's neighbours refill anyway is
+    # passed over, so k counts places, not the two halves of one fact that straddles a boundary; the
+    # coverage rule counts the mass of every chunk refilled. Off by default; measured as `acre+distinct`
+    # (docs/results.md, "Distinct places").
+    distinct: bool = False
 
     def __post_init__(self) -> None:
         self.check(isinstance(self.neighbors, int) and self.neighbors >= 0, "neighbors must be an integer >= 0")
@@ -52,6 +57,7 @@ class ChunkPolicy(Policy):
         self.check(isinstance(self.reselect_min, (int, float)) and 0 < self.reselect_min <= 1,
                    f"reselect_min must lie in (0, 1], got {self.reselect_min!r}")
         self.check(isinstance(self.complete, bool), f"complete must be true or false, got {self.complete!r}")
+        self.check(isinstance(self.distinct, bool), f"distinct must be true or false, got {self.distinct!r}")
 
     def plan(self, ctx: PlanContext) -> Plan:
         p = self.locate(ctx)  # pass 1 + the locator: a distribution over chunks
@@ -111,6 +117,7 @@ class ChunkPolicy(Policy):
         self.check(type(self).locate is ChunkPolicy.locate,
                    "a question over several documents needs the locator index (its locator reads one document)")
         self.check(self.mode == "focus", "a question over several documents runs in focus mode")
+        self.check(not self.distinct, "distinct places are for a question over one document")
         docs, cfg = library.docs, model.cfg
         layers = sorted({layer for layer, _ in docs[0].index_heads})
         probe = run_pass1(model, docs[0], q_ids, layers, want_queries=True, want_probs=False)
@@ -132,7 +139,9 @@ class ChunkPolicy(Policy):
         raise NotImplementedError
 
     def choose(self, ctx: PlanContext, p: torch.Tensor, k: int) -> list[int]:
-        """The k most probable chunks."""
+        """The k most probable chunks (`distinct`: the k most probable places)."""
+        if self.distinct:
+            return volume.distinct_order(p, self.neighbors, k)
         return p.topk(min(k, p.numel())).indices.tolist()
 
 
@@ -184,4 +193,6 @@ class CoverageVolumePolicy(BoundedVolumePolicy):
                    f"coverage must lie in (0, 1], got {self.coverage!r}")
 
     def rule_k(self, p: torch.Tensor) -> int:
+        if self.distinct:
+            return volume.coverage_places_k(p, self.coverage, self.k_min, self.k_max, self.neighbors)
         return volume.coverage_to_k(p, self.coverage, self.k_min, self.k_max)

@@ -17,6 +17,10 @@ class RandomPolicy(CoverageVolumePolicy):
 
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check(not self.distinct, "random chooses its chunks at random: distinct places do not apply")
+
     def choose(self, ctx: PlanContext, p: torch.Tensor, k: int) -> list[int]:
         # Seeded per (document, question, seed): reproducible, yet not the same chunks for every
         # document of the same size.

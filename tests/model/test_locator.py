@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from acre_model import locator as loc
@@ -68,6 +69,40 @@ def test_the_adaptive_k_is_monotone_in_spread_and_bounded_by_the_budget():
         with __import__("pytest").raises(Exception, match="kv_budget"):
             make_policy(name, kv_budget=0)
     assert make_policy("acre-entropy", kv_budget=0.05).volume(flat) == 1  # 3 chunks of 64 with neighbours
+
+
+def test_distinct_places_count_a_fact_that_straddles_a_boundary_once():
+    """Four facts, each split over two adjacent chunks: top-k spends two of its k on each fact, distinct
+    places take one chunk per fact (its neighbours bring the other half), and the coverage rule over places
+    needs 4 places where plain coverage needs 6+ chunks; one straddling fact is one place."""
+    p = torch.zeros(100)
+    for c, v in [(10, .5), (11, .45), (40, .4), (41, .35), (70, .3), (71, .25), (90, .2), (91, .15)]:
+        p[c] = v
+    p = p / p.sum()
+    assert sorted(p.topk(4).indices.tolist()) == [10, 11, 40, 41]  # two facts' worth
+    assert volume.distinct_order(p, 1, 4) == [10, 40, 70, 90]
+    refilled = volume.with_neighbors(volume.distinct_order(p, 1, 4), 1, 100)
+    assert {11, 41, 71, 91} <= set(refilled)  # the other halves come as neighbours
+    assert volume.coverage_places_k(p, 0.9, 1, 8, 1) == 4 and volume.coverage_to_k(p, 0.9, 1, 8) >= 6
+    assert volume.coverage_places_k(p, 0.9, 1, 3, 1) == 3  # k_max bounds the places
+    one = torch.zeros(100)
+    one[[50, 51]] = torch.tensor([0.6, 0.4])
+    assert volume.coverage_places_k(one, 0.9, 1, 8, 1) == 1 and volume.coverage_to_k(one, 0.9, 1, 8) == 2
+    # radius 0 (no neighbours): every chunk is its own place, as top-k
+    assert volume.distinct_order(p, 0, 8) == p.topk(8).indices.tolist()
+    assert volume.coverage_places_k(p, 0.9, 1, 8, 0) == volume.coverage_to_k(p, 0.9, 1, 8)
+    # the policies' knob: the plan's chunks are the places' and k counts places
+    from acre_model.policies import make_policy
+
+    pol, plain = make_policy("acre", distinct=True), make_policy("acre")
+    assert pol.volume(p) == 4 and plain.volume(p) >= 6
+    assert pol.choose(None, p, 4) == [10, 40, 70, 90] and make_policy("fixed-k", distinct=True).choose(None, p, 2) == [10, 40]
+    from acre_model.errors import InputError
+
+    with pytest.raises(InputError, match="distinct"):
+        make_policy("acre", distinct="yes")
+    with pytest.raises(InputError, match="distinct"):
+        make_policy("random", distinct=True)
 
 
 def test_library_scores_are_one_softmax_per_row_over_every_document_summed_per_chunk():
