@@ -125,9 +125,13 @@ def test_family_volume_reports_k_spread_kv_and_recall_per_family():
 def test_methods_and_grid():
     names = [m.name for m in main_methods()]
     assert {"full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "streaming", "h2o", "snapkv",
-            "l1-only", "random", "fixed-k", "quest", "infllm", "acre+complete"} == set(names)
-    assert {m.name for m in main_methods() if m.opt_in} == {"acre+complete"} and resolved(next(m for m in main_methods() if m.name == "acre+complete")) != \
-        resolved(next(m for m in main_methods() if m.name == "acre"))
+            "l1-only", "random", "fixed-k", "quest", "infllm", "acre+complete", "acre+distinct", "fixed-k+distinct",
+            "acre+places"} == set(names)
+    opt_in = {m.name: m for m in main_methods() if m.opt_in}
+    assert set(opt_in) == {"acre+complete", "acre+distinct", "fixed-k+distinct", "acre+places"}
+    plain = {m.name: resolved(m) for m in main_methods() if not m.opt_in}
+    for m in opt_in.values():  # an opt-in method is not a default method under another name
+        assert resolved(m) not in plain.values(), m.name
     from acre_model.policies import policy_names
 
     assert {m.policy for m in main_methods()} == set(policy_names())  # a new policy must join the table
