@@ -69,7 +69,7 @@ def distinct_order(p: torch.Tensor, radius: int, limit: int | None = None) -> li
     chunk's neighbours refill it): one chunk per place. At most `limit` (None: every place)."""
     taken: list[int] = []
     covered = torch.zeros(p.numel(), dtype=torch.bool)
-    for c in p.double().argsort(descending=True, stable=True).tolist():
+    for c in p.detach().double().cpu().argsort(descending=True, stable=True).tolist():
         if covered[c]:
             continue
         taken.append(c)
@@ -85,11 +85,12 @@ def coverage_places_k(p: torch.Tensor, coverage: float, k_min: int, k_max: int, 
     order = distinct_order(p, radius, k_max)
     if not order:
         return 0
-    total, held = float(p.double().sum()), torch.zeros(p.numel(), dtype=torch.bool)
+    p = p.detach().double().cpu()  # n_chunks values; the mask below lives on the CPU
+    total, held = float(p.sum()), torch.zeros(p.numel(), dtype=torch.bool)
     k = len(order)
     for i, c in enumerate(order):
         held[max(0, c - radius):c + radius + 1] = True
-        if float(p.double()[held].sum()) >= coverage * total - 1e-12:
+        if float(p[held].sum()) >= coverage * total - 1e-12:
             k = i + 1
             break
     return int(max(1, min(len(order), max(k_min, k))))

@@ -43,8 +43,9 @@ class ChunkPolicy(Policy):
     complete: bool = False
     # Distinct places (`volume.distinct_order`): a chunk that a chosen chunk's neighbours refill anyway is
     # passed over, so k counts places, not the two halves of one fact that straddles a boundary; the
-    # coverage rule counts the mass of every chunk refilled. Off by default; measured as `acre+distinct`
-    # (docs/results.md, "Distinct places").
+    # coverage rule counts the mass of every chunk refilled. Off by default; measured as `acre+distinct` and,
+    # with coverage 0.97, `acre+places` (docs/results.md, "Distinct places: multi-value recall at 32k":
+    # more multi-value recall, fewer multi-key answers).
     distinct: bool = False
 
     def __post_init__(self) -> None:
