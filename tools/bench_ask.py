@@ -29,26 +29,26 @@ from pathlib import Path
 import torch
 
 
+def per_step_ms(step, steps: int) -> float:
+    """ms per call of `step()` over `steps` calls, after one warm-up call."""
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
 def decode_ms(model, cache, steps: int) -> float:
     tok = torch.tensor([13])
     cache.reserve(steps + 1)
-    model(tok, cache)  # warm
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        model(tok, cache)
-    return 1000 * (time.perf_counter() - t0) / steps
+    return per_step_ms(lambda: model(tok, cache), steps)
 
 
 def decode_batch_ms(model, caches, steps: int) -> float:
-    """ms per step of `decode_batch` over `caches` (one question each), after one warm-up step."""
+    """ms per step of `decode_batch` over `caches` (one question each)."""
     for c in caches:
         c.reserve(steps + 1)
-    toks = [13] * len(caches)
-    model.decode_batch(toks, caches)  # warm
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        model.decode_batch(toks, caches)
-    return 1000 * (time.perf_counter() - t0) / steps
+    return per_step_ms(lambda: model.decode_batch([13] * len(caches), caches), steps)
 
 
 def main(argv=None) -> int:
@@ -128,8 +128,8 @@ def main(argv=None) -> int:
             del rf_a, rf_f
             for b in batches:  # B questions decoding together, each over its own active cache
                 for policy in ("acre", "full"):
-                    caches = [eng.prepare(info.doc_id, probes[j % len(probes)][0], policy, probes[j % len(probes)][1],
-                                          store, steps + 2).cache for j in range(b)]
+                    qs = [probes[j % len(probes)][:2] for j in range(b)]  # (question, answer prefix)
+                    caches = [eng.prepare(info.doc_id, q, policy, prefix, store, steps + 2).cache for q, prefix in qs]
                     acc[f"dec{b}_{policy}"].append(decode_batch_ms(eng.model, caches, steps))
                     del caches
                 print(f"  {n} tokens, batch {b}: decode step acre {acc[f'dec{b}_acre'][-1]:.1f} ms, "

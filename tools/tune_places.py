@@ -59,17 +59,14 @@ def record(args) -> list[dict]:
 
 def plan(scores: torch.Tensor, power: float, coverage: float, distinct: bool, k_max: int, radius: int
          ) -> tuple[int, list[int]]:
-    """The coverage rule's k and refilled chunks on raw scores, as `CoverageVolumePolicy` plans them."""
+    """The coverage rule's k and refilled chunks on raw scores: `acre` with these knobs plans them."""
     from acre_model import locator, volume
+    from acre_model.policies import make_policy
 
-    p = locator.to_distribution(scores, power)
-    if distinct:
-        k = volume.coverage_places_k(p, coverage, 1, k_max, radius)
-        top = volume.distinct_order(p, radius, k)
-    else:
-        k = volume.coverage_to_k(p, coverage, 1, k_max)
-        top = p.topk(k).indices.tolist()
-    return k, volume.with_neighbors(top, radius, p.numel())
+    pol = make_policy("acre", p_power=power, coverage=coverage, distinct=distinct, k_max=k_max, neighbors=radius)
+    p = locator.to_distribution(scores, pol.p_power)
+    k = pol.volume(p)
+    return k, volume.with_neighbors(pol.choose(None, p, k), radius, p.numel())
 
 
 def table(rows: list[dict], k_max: int, radius: int) -> dict:
