@@ -39,16 +39,24 @@ def head_queries(probe: AttnProbe, layer: int, g: int, n_rep: int, head_dim: int
 
 
 def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int,
-                       n_heads: int | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
+                       n_heads: int | None = None, exclude: torch.Tensor | None = None,
+                       distance: int | None = None, ropes: list[Rope] | None = None) -> torch.Tensor:
     """Max-rule chunk scores [n_chunks] from the locator index, at its first `n_heads` heads (the index is in
     calibration order, best first; None: every head). Pass 1 must have recorded those heads' layers.
 
     `exclude` [n_tokens] bool (the residual locator, re-selection's): those tokens, and the sinks and
     recent window, are left out of each row's softmax, so a row's probability goes to the tokens the
     active cache does not attend yet; a token that matches as well as one already attended then takes
-    the share the attended one had."""
+    the share the attended one had.
+
+    `distance` (with `ropes`, the model's per-layer RoPE): every key is scored as if it stood `distance`
+    positions before the question (`keys_at_distance`) instead of at its own position, so a fact far back
+    in the document competes with a near one on its content alone (focus mode refills it next to the
+    question anyway). None: each key at its own position."""
     if doc.index_keys is None or not doc.index_heads:
         raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
+    if distance is not None and ropes is None:
+        raise ValueError("scoring keys at one distance needs the model's RoPE (ropes=)")
     always = doc.l1_pos[doc.l1_always]
     if exclude is not None:
         exclude = exclude.clone()
@@ -56,13 +64,25 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
     best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
     for h, (layer, g) in enumerate(doc.index_heads[:n_heads]):
         q = head_queries(probe, layer, g, n_rep, head_dim)
-        logits = q @ doc.index_keys[h].T / math.sqrt(head_dim)
+        keys = doc.index_keys[h] if distance is None else keys_at_distance(doc, h, distance, ropes[layer].inv_freq)
+        logits = q @ keys.T / math.sqrt(head_dim)
         probs = logits.softmax(-1) if exclude is None else softmax_mass(logits, exclude)
         best = torch.maximum(best, probs.amax(0))
     # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
     # (attention sinks would otherwise win every ranking).
     best[always] = 0.0
     return max_per_chunk(best, doc.n_tokens, doc.chunk_size)
+
+
+def keys_at_distance(doc: DocState, h: int, distance: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """[n_tokens, D] index head `h`'s keys (rotated at their own positions j) turned to position
+    `n_tokens - distance`: the question's first token (at `n_tokens` in pass 1) then sees every key
+    `distance` positions back. RoPE rotations compose, so key j turns by `n_tokens - distance - j`."""
+    keys = doc.index_keys[h]
+    delta = (doc.n_tokens - distance) - torch.arange(doc.n_tokens, device=keys.device, dtype=torch.float64)
+    f = torch.outer(delta, inv_freq.to(keys.device, torch.float64))
+    emb = torch.cat([f, f], -1)
+    return Rope.apply(keys, emb.cos().to(keys.dtype), emb.sin().to(keys.dtype))
 
 
 def chunk_tokens(doc: DocState, chunks) -> torch.Tensor:

@@ -65,6 +65,10 @@ def main_methods() -> list[Method]:
            Method("fixed-k+distinct", "fixed-k", {"distinct": True}, opt_in=True),
            # distinct places with 97% coverage (chosen on Gemma 3 probe seeds; docs/results.md, "Distinct places")
            Method("acre+places", "acre", {"distinct": True, "coverage": 0.97}, opt_in=True)]
+    # every index key scored at one distance before the question (chosen on Gemma 3 probe seeds; docs/results.md,
+    # "One distance for every key"), alone and with distinct places at 95% coverage
+    ms += [Method("acre+near", "acre", {"locator_distance": 64}, opt_in=True),
+           Method("acre+near+places", "acre", {"locator_distance": 64, "distinct": True, "coverage": 0.95}, opt_in=True)]
     return ms
 
 

@@ -19,6 +19,7 @@ Ends with one JSON line: per setting, the per-cell means.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections import defaultdict
@@ -50,9 +51,12 @@ def record(args) -> list[dict]:
         doc_id = have.get(t.task_id) or eng.ingest(t.doc_text, store=store, name=t.task_id).doc_id
         doc = eng.load_document(doc_id, store)
         q = torch.tensor(eng.tokenizer.question_ids(t.question, t.answer_prefix))
-        scores = make_policy("acre", p_power=1.0).locate(PlanContext(eng.model, doc, q))
-        rows.append({"task_id": t.task_id, "family": t.family, "length": t.n_tokens_target or doc.n_tokens,
-                     "scores": scores.tolist(), "needle_chunks": sorted(needle_chunks(eng.tokenizer, t, doc))})
+        ctx = PlanContext(eng.model, doc, q)  # one pass 1 for every distance
+        for dist in args.distances:
+            scores = make_policy("acre", p_power=1.0, locator_distance=dist).locate(ctx)
+            rows.append({"task_id": t.task_id, "family": t.family, "length": t.n_tokens_target or doc.n_tokens,
+                         "distance": dist, "scores": scores.tolist(),
+                         "needle_chunks": sorted(needle_chunks(eng.tokenizer, t, doc))})
         print(f"  {i + 1}/{len(tasks)} {t.task_id}", file=sys.stderr)
     return rows
 
@@ -71,22 +75,32 @@ def plan(scores: torch.Tensor, power: float, coverage: float, distinct: bool, k_
 
 def table(rows: list[dict], k_max: int, radius: int) -> dict:
     out = {}
-    for power in POWERS:
-        for coverage in COVERAGES:
-            for distinct in (False, True):
-                cells = defaultdict(lambda: defaultdict(float))
-                for r in rows:
-                    s = torch.tensor(r["scores"])
-                    k, chunks = plan(s, power, coverage, distinct, k_max, radius)
-                    need = set(r["needle_chunks"])
-                    c = cells[f"{r['family']}/{r['length']}"]
-                    c["recall"] += len(need & set(chunks)) / len(need)
-                    c["refilled_share"] += len(chunks) / s.numel()
-                    c["k"] += k
-                    c["n"] += 1
-                name = f"p{power:g} c{coverage:g}{' distinct' if distinct else ''}"
-                out[name] = {cell: {m: round(v / c["n"], 4) for m, v in c.items() if m != "n"} | {"n": int(c["n"])}
-                             for cell, c in sorted(cells.items())}
+    for power, coverage, distinct, dist in itertools.product(
+            POWERS, COVERAGES, (False, True), dict.fromkeys(r.get("distance") for r in rows)):
+        cells = defaultdict(lambda: defaultdict(float))
+        for r in (r for r in rows if r.get("distance") == dist):
+            s = torch.tensor(r["scores"])
+            k, chunks = plan(s, power, coverage, distinct, k_max, radius)
+            need = set(r["needle_chunks"])
+            c = cells[f"{r['family']}/{r['length']}"]
+            c["recall"] += len(need & set(chunks)) / len(need)
+            c["refilled_share"] += len(chunks) / s.numel()
+            c["k"] += k
+            c["n"] += 1
+        name = f"p{power:g} c{coverage:g}{' distinct' if distinct else ''}{'' if dist is None else f' d{dist}'}"
+        out[name] = {cell: {m: round(v / c["n"], 4) for m, v in c.items() if m != "n"} | {"n": int(c["n"])}
+                     for cell, c in sorted(cells.items())}
+    return out
+
+
+def distances(text: str) -> list[int | None]:
+    """'none,64,512' -> [None, 64, 512]"""
+    try:
+        out = [None if d.strip() == "none" else int(d) for d in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--distances takes 'none' or integers >= 0 separated by commas, got {text!r}")
+    if any(d is not None and d < 0 for d in out):
+        raise argparse.ArgumentTypeError(f"--distances must be >= 0, got {text!r}")
     return out
 
 
@@ -99,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--store", required=True, help="embedded store directory; probe documents are kept there")
     ap.add_argument("--k-max", type=int, default=6)
     ap.add_argument("--neighbors", type=int, default=1)
+    ap.add_argument("--distances", default="none", type=distances, metavar="D1,D2,...",
+                    help="locator_distance settings to score with ('none': each key at its own position)")
     args = ap.parse_args(argv)
     if args.seed == 0:
         ap.error("--seed 0 builds the evaluation's own tasks; probe settings on another seed")

@@ -47,6 +47,11 @@ class ChunkPolicy(Policy):
     # with coverage 0.97, `acre+places` (docs/results.md, "Distinct places: multi-value recall at 32k":
     # more multi-value recall, fewer multi-key answers).
     distinct: bool = False
+    # Score every index key as if it stood this many positions before the question (None: at its own
+    # position; `locator.keys_at_distance`). A fact far back then competes with a near one on its content
+    # alone, as it does once focus mode refills it next to the question. Off by default; measured as
+    # `acre+near` (docs/results.md, "One distance for every key").
+    locator_distance: int | None = None
 
     def __post_init__(self) -> None:
         self.check(isinstance(self.neighbors, int) and self.neighbors >= 0, "neighbors must be an integer >= 0")
@@ -59,6 +64,10 @@ class ChunkPolicy(Policy):
                    f"reselect_min must lie in (0, 1], got {self.reselect_min!r}")
         self.check(isinstance(self.complete, bool), f"complete must be true or false, got {self.complete!r}")
         self.check(isinstance(self.distinct, bool), f"distinct must be true or false, got {self.distinct!r}")
+        self.check(self.locator_distance is None or (isinstance(self.locator_distance, int)
+                                                      and not isinstance(self.locator_distance, bool)
+                                                      and self.locator_distance >= 0),
+                   f"locator_distance must be an integer >= 0 or null, got {self.locator_distance!r}")
 
     def plan(self, ctx: PlanContext) -> Plan:
         p = self.locate(ctx)  # pass 1 + the locator: a distribution over chunks
@@ -84,7 +93,8 @@ class ChunkPolicy(Policy):
         """p [n_chunks] from the locator index: every document token's key at the index's best
         `locator_heads` heads scored against the question's queries there (`index_probe`)."""
         probe, n_heads = self.index_probe(ctx)
-        scores = locator.index_chunk_scores(ctx.doc, probe, ctx.cfg.n_rep, ctx.cfg.head_dim, n_heads)
+        scores = locator.index_chunk_scores(ctx.doc, probe, ctx.cfg.n_rep, ctx.cfg.head_dim, n_heads,
+                                            distance=self.locator_distance, ropes=ctx.model.ropes)
         return locator.to_distribution(scores, self.p_power)
 
     def locate_more(self, ctx: PlanContext, have: set[int], cap: int) -> list[int]:
@@ -100,7 +110,8 @@ class ChunkPolicy(Policy):
         have, new = set(have), []
         for _ in range(getattr(self, "k_max", 6)):
             exclude = locator.chunk_tokens(doc, have)
-            scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads, exclude=exclude)
+            scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads, exclude=exclude,
+                                                distance=self.locator_distance, ropes=ctx.model.ropes)
             c = int(scores.argmax())
             add = [x for x in volume.with_neighbors([c], self.neighbors, doc.n_chunks) if x not in have]
             if float(scores[c]) < self.reselect_min or not add or len(have) + len(add) > cap:
@@ -119,6 +130,7 @@ class ChunkPolicy(Policy):
                    "a question over several documents needs the locator index (its locator reads one document)")
         self.check(self.mode == "focus", "a question over several documents runs in focus mode")
         self.check(not self.distinct, "distinct places are for a question over one document")
+        self.check(self.locator_distance is None, "locator_distance is for a question over one document")
         docs, cfg = library.docs, model.cfg
         layers = sorted({layer for layer, _ in docs[0].index_heads})
         probe = run_pass1(model, docs[0], q_ids, layers, want_queries=True, want_probs=False)

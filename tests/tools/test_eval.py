@@ -126,9 +126,10 @@ def test_methods_and_grid():
     names = [m.name for m in main_methods()]
     assert {"full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "streaming", "h2o", "snapkv",
             "l1-only", "random", "fixed-k", "quest", "infllm", "acre+complete", "acre+distinct", "fixed-k+distinct",
-            "acre+places"} == set(names)
+            "acre+places", "acre+near", "acre+near+places"} == set(names)
     opt_in = {m.name: m for m in main_methods() if m.opt_in}
-    assert set(opt_in) == {"acre+complete", "acre+distinct", "fixed-k+distinct", "acre+places"}
+    assert set(opt_in) == {"acre+complete", "acre+distinct", "fixed-k+distinct", "acre+places", "acre+near",
+                          "acre+near+places"}
     plain = {m.name: resolved(m) for m in main_methods() if not m.opt_in}
     for m in opt_in.values():  # an opt-in method is not a default method under another name
         assert resolved(m) not in plain.values(), m.name
