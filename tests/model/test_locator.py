@@ -197,3 +197,46 @@ def test_single_document_scores_read_the_index_best_heads_only():
                                loc.max_per_chunk(_no_sinks(doc, probe, n_rep, D, heads, always), n, cs))
     with __import__("pytest").raises(Exception, match="locator_heads"):
         make_policy("acre", locator_heads=-1)
+
+
+def test_keys_at_one_distance_score_by_content_alone():
+    """`locator_distance`: each index key (rotated at its own position j) is turned to position
+    n - distance, which equals rotating its pre-RoPE key there; so two chunks with the same pre-RoPE keys
+    score alike wherever they stand, while at their own positions they do not."""
+    from types import SimpleNamespace
+
+    from acre_model.errors import InputError
+    from acre_model.policies import make_policy
+    from acre_model.rope import Rope
+
+    torch.manual_seed(2)
+    D, n_rep, T, cs, n, dist = 8, 2, 3, 4, 40, 5
+    inv_freq = 1.0 / (100 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))  # a fast RoPE: positions matter
+
+    def rotate(x, pos):
+        f = torch.outer(pos.double(), inv_freq.double())
+        emb = torch.cat([f, f], -1)
+        return Rope.apply(x, emb.cos().float(), emb.sin().float())
+
+    raw = torch.randn(1, n, D)
+    raw[0, 32:36] = raw[0, 8:12]  # one chunk's pre-RoPE keys twice: chunks 2 and 8
+    heads = [(1, 0)]
+    always = torch.zeros(n, dtype=torch.bool)
+    always[[0, n - 1]] = True
+    doc = SimpleNamespace(doc_id="d", n_tokens=n, n_chunks=n // cs, chunk_size=cs, index_heads=heads,
+                          index_keys=rotate(raw, torch.arange(n)), l1_pos=torch.arange(n), l1_always=always)
+    torch.testing.assert_close(loc.keys_at_distance(doc, 0, dist, inv_freq), rotate(raw[0], torch.full((n,), n - dist)),
+                               rtol=1e-4, atol=1e-5)
+    probe = SimpleNamespace(queries={1: rotate(torch.randn(2 * n_rep, T, D), n + torch.arange(T))})
+    ropes = [None, SimpleNamespace(inv_freq=inv_freq)]
+    near = loc.index_chunk_scores(doc, probe, n_rep, D, distance=dist, ropes=ropes)
+    own = loc.index_chunk_scores(doc, probe, n_rep, D)
+    torch.testing.assert_close(near[2], near[8])  # same content, same score
+    assert not torch.allclose(own[2], own[8], rtol=1e-3)  # at their own positions they differ
+    assert not torch.allclose(near, own)
+    with pytest.raises(ValueError, match="RoPE"):
+        loc.index_chunk_scores(doc, probe, n_rep, D, distance=dist)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="locator_distance"):
+            make_policy("acre", locator_distance=bad)
+    assert make_policy("acre").locator_distance is None

@@ -45,6 +45,11 @@ def test_one_probe_task_on_the_default_model_and_the_evaluation_seed_is_refused(
     assert cell["n"] == 1 and 0 <= cell["recall"] <= 1 and 1 <= cell["k"] <= 6
     # the first m places with their neighbours cover the m best chunks, so coverage needs no more places than chunks
     assert res["p4 c0.97 distinct"]["niah_multivalue/1024"]["k"] <= res["p4 c0.97"]["niah_multivalue/1024"]["k"]
-    assert main(grid) == 0  # the kept document is found again, not ingested twice
+    assert main([*grid, "--distances", "none,64"]) == 0  # the kept document is found again, not ingested twice
+    res2 = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert res2["p4 c0.9"] == res["p4 c0.9"]  # 'none': the keys at their own positions, as before
+    assert res2["p4 c0.9 d64"]["niah_multivalue/1024"]["n"] == 1 and "p4 c0.9 d512" not in res2
     with pytest.raises(SystemExit):
         main([*grid, "--seed", "0"])
+    with pytest.raises(SystemExit):
+        main([*grid, "--distances", "none,-3"])
