@@ -68,6 +68,8 @@ class ChunkPolicy(Policy):
                                                       and not isinstance(self.locator_distance, bool)
                                                       and self.locator_distance >= 0),
                    f"locator_distance must be an integer >= 0 or null, got {self.locator_distance!r}")
+        self.check(self.locator_distance is None or type(self).locate is ChunkPolicy.locate,
+                   f"locator_distance sets the locator index's scoring; {self.name} ranks chunks another way")
 
     def plan(self, ctx: PlanContext) -> Plan:
         p = self.locate(ctx)  # pass 1 + the locator: a distribution over chunks

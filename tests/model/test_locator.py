@@ -240,3 +240,5 @@ def test_keys_at_one_distance_score_by_content_alone():
         with pytest.raises(InputError, match="locator_distance"):
             make_policy("acre", locator_distance=bad)
     assert make_policy("acre").locator_distance is None
+    with pytest.raises(InputError, match="ranks chunks another way"):  # its own locator would ignore it
+        make_policy("quest", locator_distance=64)
