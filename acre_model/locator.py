@@ -62,9 +62,15 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
         exclude = exclude.clone()
         exclude[always] = True
     best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
+    turns = {}  # one cos/sin table per RoPE the index heads' layers use
     for h, (layer, g) in enumerate(doc.index_heads[:n_heads]):
         q = head_queries(probe, layer, g, n_rep, head_dim)
-        keys = doc.index_keys[h] if distance is None else keys_at_distance(doc, h, distance, ropes[layer].inv_freq)
+        keys = doc.index_keys[h]
+        if distance is not None:
+            rope = ropes[layer]
+            if id(rope) not in turns:
+                turns[id(rope)] = distance_turn(rope, doc.n_tokens, distance, keys.dtype)
+            keys = Rope.apply(keys, *turns[id(rope)]).to(keys.device)
         logits = q @ keys.T / math.sqrt(head_dim)
         probs = logits.softmax(-1) if exclude is None else softmax_mass(logits, exclude)
         best = torch.maximum(best, probs.amax(0))
@@ -74,15 +80,22 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
     return max_per_chunk(best, doc.n_tokens, doc.chunk_size)
 
 
-def keys_at_distance(doc: DocState, h: int, distance: int, inv_freq: torch.Tensor) -> torch.Tensor:
-    """[n_tokens, D] index head `h`'s keys (rotated at their own positions j) turned to position
+def distance_turn(rope: Rope, n_tokens: int, distance: int, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [n_tokens, D] that turn keys rotated at their own positions j to position
     `n_tokens - distance`: the question's first token (at `n_tokens` in pass 1) then sees every key
-    `distance` positions back. RoPE rotations compose, so key j turns by `n_tokens - distance - j`."""
+    `distance` positions back. RoPE rotations compose, so key j turns by `n_tokens - distance - j`; a
+    negative turn (the last `distance` tokens) reads the table at its size with sin's sign flipped."""
+    turn = (n_tokens - distance) - torch.arange(n_tokens)
+    cos, sin = rope.cos_sin(turn.abs(), dtype)
+    return cos, sin * turn.sign().to(sin.device, dtype)[:, None]
+
+
+def keys_at_distance(doc: DocState, h: int, distance: int, rope: Rope) -> torch.Tensor:
+    """[n_tokens, D] index head `h`'s keys turned so that each stands `distance` positions before the
+    question (`distance_turn`)."""
     keys = doc.index_keys[h]
-    delta = (doc.n_tokens - distance) - torch.arange(doc.n_tokens, device=keys.device, dtype=torch.float64)
-    f = torch.outer(delta, inv_freq.to(keys.device, torch.float64))
-    emb = torch.cat([f, f], -1)
-    return Rope.apply(keys, emb.cos().to(keys.dtype), emb.sin().to(keys.dtype))
+    return Rope.apply(keys, *distance_turn(rope, doc.n_tokens, distance, keys.dtype)).to(keys.device)
 
 
 def chunk_tokens(doc: DocState, chunks) -> torch.Tensor:
