@@ -110,3 +110,27 @@ def test_token_budget_baselines_spend_their_budget_and_keep_the_sinks(tiny):
         kept = p.plan.tokens.sum(-1)
         assert (kept == round(0.4 * info.n_tokens)).all()
         assert p.plan.tokens[:, :n_sink].all()
+
+
+def test_locator_distance_plans_on_keys_at_one_distance_and_answers_with_reselection(tiny):
+    """`locator_distance` reaches the locator through the engine: the plan's p is the index scored with the
+    keys turned to that distance (not their own positions), and re-selection runs with it."""
+    import torch
+
+    from acre_model import locator
+    from acre_model.policies import PlanContext
+
+    eng, store, info = tiny
+    doc = eng.load_document(info.doc_id, store)
+    q = QUESTIONS[1]
+    p = eng.prepare(info.doc_id, q, "acre", store=store, locator_distance=16).plan.p
+    pol = make_policy("acre", locator_distance=16)
+    ctx = PlanContext(eng.model, doc, torch.tensor(eng.tokenizer.question_ids(q, "")))
+    probe, n_heads = pol.index_probe(ctx)
+    want = locator.index_chunk_scores(doc, probe, eng.cfg.n_rep, eng.cfg.head_dim, n_heads, distance=16,
+                                      ropes=eng.model.ropes)
+    torch.testing.assert_close(p, locator.to_distribution(want, pol.p_power))
+    own = eng.prepare(info.doc_id, q, "acre", store=store).plan.p
+    assert not torch.allclose(p, own)  # the distance changed the scores
+    a = eng.ask(info.doc_id, q, "acre", store=store, locator_distance=16, reselect=2, max_new_tokens=4)
+    assert a.policy == "acre" and a.answer is not None
