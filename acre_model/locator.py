@@ -40,7 +40,8 @@ def head_queries(probe: AttnProbe, layer: int, g: int, n_rep: int, head_dim: int
 
 def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int,
                        n_heads: int | None = None, exclude: torch.Tensor | None = None,
-                       distance: int | None = None, ropes: list[Rope] | None = None) -> torch.Tensor:
+                       distance: int | None = None, ropes: list[Rope] | None = None,
+                       keys: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Max-rule chunk scores [n_chunks] from the locator index, at its first `n_heads` heads (the index is in
     calibration order, best first; None: every head). Pass 1 must have recorded those heads' layers.
 
@@ -52,26 +53,18 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
     `distance` (with `ropes`, the model's per-layer RoPE): every key is scored as if it stood `distance`
     positions before the question (`keys_at_distance`) instead of at its own position, so a fact far back
     in the document competes with a near one on its content alone (focus mode refills it next to the
-    question anyway). None: each key at its own position."""
-    if doc.index_keys is None or not doc.index_heads:
-        raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
-    if distance is not None and ropes is None:
-        raise ValueError("scoring keys at one distance needs the model's RoPE (ropes=)")
+    question anyway). None: each key at its own position. `keys`: those heads' keys from `scoring_keys`
+    (a caller scoring one question several times turns them once); None: built here."""
+    if keys is None:
+        keys = scoring_keys(doc, n_heads, distance, ropes)
     always = doc.l1_pos[doc.l1_always]
     if exclude is not None:
         exclude = exclude.clone()
         exclude[always] = True
     best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
-    turns = {}  # one cos/sin table per RoPE the index heads' layers use
-    for h, (layer, g) in enumerate(doc.index_heads[:n_heads]):
+    for (layer, g), k in zip(doc.index_heads[:n_heads], keys):
         q = head_queries(probe, layer, g, n_rep, head_dim)
-        keys = doc.index_keys[h]
-        if distance is not None:
-            rope = ropes[layer]
-            if id(rope) not in turns:
-                turns[id(rope)] = distance_turn(rope, doc.n_tokens, distance, keys.dtype)
-            keys = Rope.apply(keys, *turns[id(rope)]).to(keys.device)
-        logits = q @ keys.T / math.sqrt(head_dim)
+        logits = q @ k.T / math.sqrt(head_dim)
         probs = logits.softmax(-1) if exclude is None else softmax_mass(logits, exclude)
         best = torch.maximum(best, probs.amax(0))
     # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
@@ -80,22 +73,41 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
     return max_per_chunk(best, doc.n_tokens, doc.chunk_size)
 
 
-def distance_turn(rope: Rope, n_tokens: int, distance: int, dtype: torch.dtype
+def scoring_keys(doc: DocState, n_heads: int | None = None, distance: int | None = None,
+                 ropes: list[Rope] | None = None) -> list[torch.Tensor]:
+    """The keys the locator scores at the index's first `n_heads` heads: as stored (rotated at their own
+    positions), or with `distance` (and `ropes`, the model's per-layer RoPE) turned to stand `distance`
+    positions before the question (`distance_turn`, one table per RoPE)."""
+    if doc.index_keys is None or not doc.index_heads:
+        raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
+    heads = doc.index_heads[:n_heads]
+    if distance is None:
+        return [doc.index_keys[h] for h in range(len(heads))]
+    if ropes is None:
+        raise ValueError("scoring keys at one distance needs the model's RoPE (ropes=)")
+    turns = {}
+    for layer, _ in heads:
+        if id(ropes[layer]) not in turns:
+            turns[id(ropes[layer])] = distance_turn(ropes[layer], doc.n_tokens, distance, doc.index_keys)
+    return [Rope.apply(doc.index_keys[h], *turns[id(ropes[layer])]) for h, (layer, _) in enumerate(heads)]
+
+
+def distance_turn(rope: Rope, n_tokens: int, distance: int, like: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [n_tokens, D] that turn keys rotated at their own positions j to position
-    `n_tokens - distance`: the question's first token (at `n_tokens` in pass 1) then sees every key
-    `distance` positions back. RoPE rotations compose, so key j turns by `n_tokens - distance - j`; a
+    """cos, sin [n_tokens, D] (dtype and device of `like`) that turn keys rotated at their own positions j
+    to position `n_tokens - distance`: the question's first token (at `n_tokens` in pass 1) then sees every
+    key `distance` positions back. RoPE rotations compose, so key j turns by `n_tokens - distance - j`; a
     negative turn (the last `distance` tokens) reads the table at its size with sin's sign flipped."""
     turn = (n_tokens - distance) - torch.arange(n_tokens)
-    cos, sin = rope.cos_sin(turn.abs(), dtype)
-    return cos, sin * turn.sign().to(sin.device, dtype)[:, None]
+    cos, sin = rope.cos_sin(turn.abs(), like.dtype)
+    sign = turn.sign().to(sin.device, like.dtype)[:, None]
+    return cos.to(like.device), (sin * sign).to(like.device)
 
 
 def keys_at_distance(doc: DocState, h: int, distance: int, rope: Rope) -> torch.Tensor:
     """[n_tokens, D] index head `h`'s keys turned so that each stands `distance` positions before the
     question (`distance_turn`)."""
-    keys = doc.index_keys[h]
-    return Rope.apply(keys, *distance_turn(rope, doc.n_tokens, distance, keys.dtype)).to(keys.device)
+    return Rope.apply(doc.index_keys[h], *distance_turn(rope, doc.n_tokens, distance, doc.index_keys))
 
 
 def chunk_tokens(doc: DocState, chunks) -> torch.Tensor:

@@ -110,10 +110,11 @@ class ChunkPolicy(Policy):
         doc, cfg = ctx.doc, ctx.cfg
         probe, n_heads = self.index_probe(ctx)
         have, new = set(have), []
+        keys = locator.scoring_keys(doc, n_heads, self.locator_distance, ctx.model.ropes)  # once per call
         for _ in range(getattr(self, "k_max", 6)):
             exclude = locator.chunk_tokens(doc, have)
             scores = locator.index_chunk_scores(doc, probe, cfg.n_rep, cfg.head_dim, n_heads, exclude=exclude,
-                                                distance=self.locator_distance, ropes=ctx.model.ropes)
+                                                keys=keys)
             c = int(scores.argmax())
             add = [x for x in volume.with_neighbors([c], self.neighbors, doc.n_chunks) if x not in have]
             if float(scores[c]) < self.reselect_min or not add or len(have) + len(add) > cap:
