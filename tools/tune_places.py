@@ -3,7 +3,8 @@
 The evaluation seeds its tasks with `--seed 0`; this tool builds the same families with another seed
 (default 7), so its documents never appear in the evaluation. Per task it ingests the document (kept in
 `--store`, so a second run or another grid reuses it), records the locator index's raw chunk scores for
-the question (pass 1, `p_power` 1) and the chunks that hold the task's needles. Every setting of the
+the question (pass 1, `p_power` 1; once per `--distances` setting, `locator_distance`) and the chunks
+that hold the task's needles. Every setting of the
 volume rule is then applied offline to the same scores: p ∝ score^power, the coverage rule at each
 coverage level, with and without distinct places (`volume.distinct_order` / `coverage_places_k`), the
 top chunks plus their neighbours. Prints, per setting and family/length, the needle-chunk recall (all of
