@@ -72,6 +72,14 @@ def main_methods() -> list[Method]:
     return ms
 
 
+def reselect_methods(mains: list[Method], every: int) -> list[Method]:
+    """`--reselect N`: `acre+reselectN`, and each opt-in `acre` method with re-selection (`NAME+reselectN`, opt-in)."""
+    ms = [Method(f"acre+reselect{every}", "acre", reselect=every)]
+    ms += [Method(f"{m.name}+reselect{every}", m.policy, m.params, reselect=every, opt_in=True)
+           for m in mains if m.opt_in and m.policy == "acre" and not m.reselect]
+    return ms
+
+
 def sweep_methods() -> list[Method]:
     from acre_model.policies import make_policy
 
@@ -306,7 +314,8 @@ def main(argv=None) -> int:
                     help="families:lengths whose tasks get the budget sweep (repeatable); 'none' for no sweep")
     ap.add_argument("--methods", default=None, help="comma list of method names (default: all)")
     ap.add_argument("--reselect", type=int, default=0, metavar="N",
-                    help="add the method acre+reselectN: acre re-selecting chunks every N answer tokens")
+                    help="add the method acre+reselectN: acre re-selecting chunks every N answer tokens (and "
+                         "NAME+reselectN for each opt-in acre method, asked when --methods names it)")
     ap.add_argument("--longbench", action="append", default=[], help="a LongBench-format JSONL file")
     ap.add_argument("--limit", type=int, default=None, help="records per LongBench file")
     ap.add_argument("--seed", type=int, default=0)
@@ -344,7 +353,7 @@ def main(argv=None) -> int:
         print(f"{len(tasks)} tasks built in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         mains, swp = main_methods(), sweep_methods()
         if args.reselect:
-            mains.append(Method(f"acre+reselect{args.reselect}", "acre", reselect=args.reselect))
+            mains += reselect_methods(mains, args.reselect)
         if args.methods:
             keep = set(args.methods.split(","))
             unknown = keep - {m.name for m in mains + swp}

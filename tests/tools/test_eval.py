@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tools import eval_report
-from tools.eval import Grid, check_one_model, main_methods, resolved, sweep_methods
+from tools.eval import Grid, check_one_model, main_methods, reselect_methods, resolved, sweep_methods
 from tools.eval import main as eval_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +145,19 @@ def test_methods_and_grid():
     assert g.families == ("niah_multikey", "vt") and g.lengths == (1024, 2048) and g.depths == (0.25, 0.75)
     with pytest.raises(SystemExit):
         Grid.parse("vt:1024")
+
+
+def test_reselect_adds_acre_and_each_opt_in_acre_method_with_re_selection():
+    ms = {m.name: m for m in reselect_methods(main_methods(), 8)}
+    assert set(ms) == {"acre+reselect8", "acre+complete+reselect8", "acre+distinct+reselect8",
+                       "acre+places+reselect8", "acre+near+reselect8", "acre+near+places+reselect8"}
+    assert not ms["acre+reselect8"].opt_in and ms["acre+reselect8"].params == {}
+    opt_in = {m.name: m for m in main_methods() if m.opt_in}
+    for name, m in ms.items():
+        assert m.reselect == 8 and m.policy == "acre"
+        if name != "acre+reselect8":  # the same settings as the method it extends, asked only when named
+            assert m.opt_in and m.params == opt_in[name.removesuffix("+reselect8")].params
+    assert len({resolved(m) for m in ms.values()}) == len(ms)
 
 
 def test_one_model_per_output_directory():
