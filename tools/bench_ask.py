@@ -12,7 +12,8 @@
 
     python tools/bench_ask.py [--quick] [--lengths 2048,4096,8000] [--n 2] [--store ADDR] [--out DIR]
     python tools/bench_ask.py --model gemma-3-270m --lengths 32000 --n 1 --facts 8   # one 32k document, 8 facts
-    python tools/bench_ask.py --model gemma-3-270m --lengths 32000 --n 1 --facts 8 --batch 4,8,16
+    python tools/bench_ask.py --model gemma-3-270m --lengths 32000 --n 1 --facts 8 --batch 1,16,32,48,64 --store DIR
+    # (64 rows of `full` at 32k hold 13.6 GB of active caches; a --store directory keeps the document for a rerun)
 
 Ends with one JSON line holding the headline ratios at the longest length.
 """
