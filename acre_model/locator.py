@@ -51,7 +51,7 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
     the share the attended one had.
 
     `distance` (with `ropes`, the model's per-layer RoPE): every key is scored as if it stood `distance`
-    positions before the question (`keys_at_distance`) instead of at its own position, so a fact far back
+    positions before the question (`scoring_keys`) instead of at its own position, so a fact far back
     in the document competes with a near one on its content alone (focus mode refills it next to the
     question anyway). None: each key at its own position. `keys`: those heads' keys from `scoring_keys`
     (a caller scoring one question several times turns them once); None: built here."""
@@ -102,12 +102,6 @@ def distance_turn(rope: Rope, n_tokens: int, distance: int, like: torch.Tensor
     cos, sin = rope.cos_sin(turn.abs(), like.dtype)
     sign = turn.sign().to(sin.device, like.dtype)[:, None]
     return cos.to(like.device), (sin * sign).to(like.device)
-
-
-def keys_at_distance(doc: DocState, h: int, distance: int, rope: Rope) -> torch.Tensor:
-    """[n_tokens, D] index head `h`'s keys turned so that each stands `distance` positions before the
-    question (`distance_turn`)."""
-    return Rope.apply(doc.index_keys[h], *distance_turn(rope, doc.n_tokens, distance, doc.index_keys))
 
 
 def chunk_tokens(doc: DocState, chunks) -> torch.Tensor:

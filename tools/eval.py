@@ -76,7 +76,7 @@ def reselect_methods(mains: list[Method], every: int) -> list[Method]:
     """`--reselect N`: `acre+reselectN`, and each opt-in `acre` method with re-selection (`NAME+reselectN`, opt-in)."""
     ms = [Method(f"acre+reselect{every}", "acre", reselect=every)]
     ms += [Method(f"{m.name}+reselect{every}", m.policy, m.params, reselect=every, opt_in=True)
-           for m in mains if m.opt_in and m.policy == "acre" and not m.reselect]
+           for m in mains if m.opt_in and m.policy == "acre"]
     return ms
 
 

@@ -48,7 +48,7 @@ class ChunkPolicy(Policy):
     # more multi-value recall, fewer multi-key answers).
     distinct: bool = False
     # Score every index key as if it stood this many positions before the question (None: at its own
-    # position; `locator.keys_at_distance`). A fact far back then competes with a near one on its content
+    # position; `locator.scoring_keys`). A fact far back then competes with a near one on its content
     # alone, as it does once focus mode refills it next to the question. Off by default; measured as
     # `acre+near` (docs/results.md, "One distance for every key").
     locator_distance: int | None = None

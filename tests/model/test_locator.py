@@ -227,13 +227,13 @@ def test_keys_at_one_distance_score_by_content_alone():
                           index_keys=rotate(raw, torch.arange(n)), l1_pos=torch.arange(n), l1_always=always)
     rope = Rope(SimpleNamespace(head_dim=D, rope_theta=100.0, rope_scaling=None))
     torch.testing.assert_close(rope.inv_freq, inv_freq)
-    torch.testing.assert_close(loc.keys_at_distance(doc, 0, dist, rope), rotate(raw[0], torch.full((n,), n - dist)),
+    ropes = [None, rope]
+    torch.testing.assert_close(loc.scoring_keys(doc, 1, dist, ropes)[0], rotate(raw[0], torch.full((n,), n - dist)),
                                rtol=1e-4, atol=1e-5)
     # a distance beyond the document: every key turns forwards (the first ones too)
-    torch.testing.assert_close(loc.keys_at_distance(doc, 0, n + 3, rope), rotate(raw[0], torch.full((n,), -3)),
+    torch.testing.assert_close(loc.scoring_keys(doc, 1, n + 3, ropes)[0], rotate(raw[0], torch.full((n,), -3)),
                                rtol=1e-4, atol=1e-5)
     probe = SimpleNamespace(queries={1: rotate(torch.randn(2 * n_rep, T, D), n + torch.arange(T))})
-    ropes = [None, rope]
     near = loc.index_chunk_scores(doc, probe, n_rep, D, distance=dist, ropes=ropes)
     own = loc.index_chunk_scores(doc, probe, n_rep, D)
     torch.testing.assert_close(near[2], near[8])  # same content, same score
