@@ -104,6 +104,54 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def paired(rows: list[dict], a: str, b: str, n_boot: int = 5000, seed: int = 0) -> dict | None:
+    """Method `a` against `b` on the tasks both answered (not sweep rows): per family the mean score
+    difference, the difference averaged over the families (each family weighs the same, as in the family
+    tables), answers up/down, and a 95% paired bootstrap interval of that average (tasks resampled with
+    replacement within each family, `n_boot` times, seeded). None when no task has both."""
+    import random
+
+    score = defaultdict(dict)
+    for r in rows:
+        if not r.get("sweep") and r["method"] in (a, b):
+            score[r["task_id"]][r["method"]] = (r["family"], r["score"])
+    diffs = defaultdict(list)
+    for by in score.values():
+        if a in by and b in by:
+            diffs[by[a][0]].append(by[a][1] - by[b][1])
+    if not diffs:
+        return None
+    fams = sorted(diffs)
+    avg = mean(mean(diffs[f]) for f in fams)
+    rng = random.Random(seed)
+    boot = sorted(mean(mean(rng.choices(diffs[f], k=len(diffs[f]))) for f in fams) for _ in range(n_boot))
+    lo, hi = boot[int(0.025 * n_boot)], boot[min(n_boot - 1, int(0.975 * n_boot))]
+    return {"a": a, "b": b, "n": sum(len(v) for v in diffs.values()), "diff": avg, "ci95": (lo, hi),
+            "up": sum(d > 0 for v in diffs.values() for d in v), "down": sum(d < 0 for v in diffs.values() for d in v),
+            "families": {f: mean(diffs[f]) for f in fams}}
+
+
+def paired_table(results: list[dict]) -> str:
+    lines = ["| a | b | tasks | a − b (mean of the families) | 95% interval | tasks up / down |", "|---|---|---|---|---|---|"]
+    for p in results:
+        lo, hi = p["ci95"]
+        lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {100 * p['diff']:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+                     f"| {p['up']} / {p['down']} |")
+    return "\n".join(lines)
+
+
+# The paired comparisons a report shows, where both methods have rows: `acre` against each of these.
+PAIRED_AGAINST = ["full", "fixed-k", "acre-entropy", "quest", "infllm"]
+
+
+def paired_pairs(methods) -> list[tuple[str, str]]:
+    """`acre` against the PAIRED_AGAINST methods present, and each `acre+...` variant against `acre`."""
+    if "acre" not in methods:
+        return []
+    return [("acre", m) for m in PAIRED_AGAINST if m in methods] + \
+        [(m, "acre") for m in sorted(methods) if m.startswith("acre+")]
+
+
 def _fmt(x, pct=True, nd=1) -> str:
     if x is None:
         return "—"
@@ -394,6 +442,13 @@ def write_report(rows: list[dict], out: str | Path, command: str | list[str] = "
                   "k: chunks the volume rule chose (mean, min–max over the family's tasks; neighbours come on "
                   "top); KV: mean KV ratio; recall: needle-chunk recall (all the facts' chunks, e.g. every "
                   "value of a multi-value task).", "", family_volume_table(vol), ""]
+    pairs = [p for p in (paired(rows, a, b) for a, b in paired_pairs(summary)) if p]
+    if pairs:
+        parts += ["## Paired differences (score points)", "",
+                  "On the tasks both methods answered: the mean score difference per family, averaged over the "
+                  "families; the interval is a 95% paired bootstrap (tasks resampled within each family, 5000 "
+                  "times, seed 0). An interval that excludes a target rules it out at these task counts.", "",
+                  paired_table(pairs), ""]
     per_len = by_length(rows)
     if len(_lengths(per_len)) > 1:
         parts += ["## Score by document length (score %, mean over tasks; KV ratio in brackets)", "",
@@ -411,6 +466,44 @@ def write_report(rows: list[dict], out: str | Path, command: str | list[str] = "
     return headline(summary)
 
 
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dir", help="a run's directory (its results.jsonl)")
+    ap.add_argument("--paired", metavar="A,B", action="append", default=[],
+                    help="print method A against method B (paired bootstrap) instead of rewriting the report; "
+                         "repeatable")
+    ap.add_argument("--families", help="with --paired: only these task families (comma-separated)")
+    args = ap.parse_args(argv)
+    d = Path(args.dir)
+    rows = load_rows(d / "results.jsonl")
+    if not rows:
+        raise SystemExit(f"no result rows in {d / 'results.jsonl'}")
+    if not args.paired:
+        print(json.dumps(write_report(rows, d)))
+        return 0
+    if args.families:
+        keep = set(args.families.split(","))
+        missing = keep - {r["family"] for r in rows}
+        if missing:
+            raise SystemExit(f"--families: no rows of {', '.join(sorted(missing))}")
+        rows = [r for r in rows if r["family"] in keep]
+    methods = {r["method"] for r in rows}
+    for spec in args.paired:
+        names = spec.split(",")
+        if len(names) != 2:
+            raise SystemExit(f"--paired takes two methods, A,B; got {spec!r}")
+        unknown = [m for m in names if m not in methods]
+        if unknown:
+            raise SystemExit(f"--paired {spec}: no rows for {', '.join(unknown)} (methods: {', '.join(sorted(methods))})")
+        p = paired(rows, *names)
+        if p is None:
+            raise SystemExit(f"--paired {spec}: no task has rows of both")
+        print(paired_table([p]))
+        print("per family: " + ", ".join(f"{f} {100 * v:+.1f}" for f, v in p["families"].items()))
+    return 0
+
+
 if __name__ == "__main__":
-    d = Path(sys.argv[1])
-    print(json.dumps(write_report(load_rows(d / "results.jsonl"), d)))
+    sys.exit(main())

@@ -92,6 +92,55 @@ def test_report_names_every_command_whose_rows_it_holds(rows, tmp_path):
     assert "Command: `python tools/eval.py --quick`" in (tmp_path / "results.md").read_text()
 
 
+def _paired_rows():
+    """Two families of different size: acre beats fixed-k on 2 of 4 needle tasks, ties vt's 2 tasks."""
+    rs = []
+    for i, (a, f) in enumerate(((1.0, 0.0), (1.0, 0.0), (0.0, 0.0), (1.0, 1.0))):
+        t = f"niah_single_prose/1024/d0.50/{i}"
+        rs += [_row(t, "acre", a, 0.1), _row(t, "fixed-k", f, 0.2), _row(t, "acre+reselect8", 1.0, 0.2)]
+    for i in range(2):
+        t = f"vt/1024/-/{i}"
+        rs += [_row(t, m, 0.5, 0.1, family="vt", group="multi-hop", depth=None) for m in ("acre", "fixed-k")]
+    rs.append(_row("vt/1024/-/9", "acre", 1.0, 0.1, family="vt", group="multi-hop", depth=None))  # fixed-k lacks it
+    rs.append(_row("niah_single_prose/1024/d0.50/0", "fixed-k@0.4", 1.0, 0.4, sweep=True))  # sweep rows do not count
+    return rs
+
+
+def test_paired_difference_weighs_families_equally_and_brackets_it():
+    rs = _paired_rows()
+    p = eval_report.paired(rs, "acre", "fixed-k")
+    assert p["n"] == 6 and (p["up"], p["down"]) == (2, 0)  # the task fixed-k lacks is left out
+    assert p["families"] == {"niah_single_prose": 0.5, "vt": 0.0}
+    assert p["diff"] == pytest.approx(0.25)  # (0.5 + 0.0) / 2, not 2 / 6 over the tasks
+    lo, hi = p["ci95"]
+    assert 0.0 <= lo <= p["diff"] <= hi <= 0.5  # resampled needle tasks move it between 0 and 1 -> 0..0.5
+    assert lo < hi
+    assert eval_report.paired(rs, "acre", "fixed-k") == p  # seeded: the same interval every time
+    assert eval_report.paired(rs, "acre", "full") is None
+    same = eval_report.paired(rs, "acre", "acre")
+    assert same["diff"] == 0.0 and same["ci95"] == (0.0, 0.0)
+
+
+def test_report_shows_paired_differences_and_the_cli_compares_two_methods(tmp_path, capsys):
+    rs = _paired_rows()
+    assert eval_report.paired_pairs({"acre", "fixed-k", "acre+reselect8", "streaming"}) == [
+        ("acre", "fixed-k"), ("acre+reselect8", "acre")]
+    eval_report.write_report(rs, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Paired differences (score points)" in md
+    assert "| acre | fixed-k | 6 | +25.0 |" in md and "| acre+reselect8 | acre | 4 | +25.0 |" in md
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rs) + "\n")
+    assert eval_report.main([str(tmp_path), "--paired", "acre,fixed-k", "--families", "vt"]) == 0
+    out = capsys.readouterr().out
+    assert "| acre | fixed-k | 2 | +0.0 | [+0.0, +0.0] | 0 / 0 |" in out and "per family: vt +0.0" in out
+    with pytest.raises(SystemExit, match="no rows for quest"):
+        eval_report.main([str(tmp_path), "--paired", "acre,quest"])
+    with pytest.raises(SystemExit, match="two methods"):
+        eval_report.main([str(tmp_path), "--paired", "acre"])
+    with pytest.raises(SystemExit, match="no rows of cwe"):
+        eval_report.main([str(tmp_path), "--paired", "acre,fixed-k", "--families", "cwe"])
+
+
 def test_score_by_length_counts_main_rows_only(rows):
     per = eval_report.by_length(rows)
     assert "streaming@0.4" not in per  # sweep points are not main rows
