@@ -475,6 +475,7 @@ def main(argv=None) -> int:
                     help="print method A against method B (paired bootstrap) instead of rewriting the report; "
                          "repeatable")
     ap.add_argument("--families", help="with --paired: only these task families (comma-separated)")
+    ap.add_argument("--lengths", help="with --paired: only these document lengths (comma-separated)")
     args = ap.parse_args(argv)
     d = Path(args.dir)
     rows = load_rows(d / "results.jsonl")
@@ -489,6 +490,11 @@ def main(argv=None) -> int:
         if missing:
             raise SystemExit(f"--families: no rows of {', '.join(sorted(missing))}")
         rows = [r for r in rows if r["family"] in keep]
+    if args.lengths:
+        lengths = {int(x) for x in args.lengths.split(",")}
+        rows = [r for r in rows if r["length"] in lengths]
+        if not rows:
+            raise SystemExit(f"--lengths: no rows of length {args.lengths}")
     methods = {r["method"] for r in rows}
     for spec in args.paired:
         names = spec.split(",")

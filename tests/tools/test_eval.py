@@ -137,6 +137,10 @@ def test_report_shows_paired_differences_and_the_cli_compares_two_methods(tmp_pa
         eval_report.main([str(tmp_path), "--paired", "acre,quest"])
     with pytest.raises(SystemExit, match="two methods"):
         eval_report.main([str(tmp_path), "--paired", "acre"])
+    assert eval_report.main([str(tmp_path), "--paired", "acre,fixed-k", "--lengths", "1024"]) == 0
+    assert "| acre | fixed-k | 6 | +25.0 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no rows of length 4096"):
+        eval_report.main([str(tmp_path), "--paired", "acre,fixed-k", "--lengths", "4096"])
     with pytest.raises(SystemExit, match="no rows of cwe"):
         eval_report.main([str(tmp_path), "--paired", "acre,fixed-k", "--families", "cwe"])
 
