@@ -9,10 +9,14 @@ scores (pass 1), and asks the question with the top k chunks (neighbours include
 
     python tools/tune_volume.py --out /tmp/vol            # measure, then print the comparison
     python tools/tune_volume.py --out /tmp/vol --report-only
+    python tools/tune_volume.py --out /tmp/vol --report-only --merge /tmp/vol_seed8   # several splits
 
-Prints, per rule: mean score per family, k's mean/min/max per family, the mean KV ratio, and the
-fixed-k score at the same mean KV (linear between the two fixed-k points around it). Ends with one
-JSON line (the best coverage rule by its margin over fixed-k at equal KV, and its per-family numbers).
+Prints, per rule: mean score per family, k's mean/min/max per family, the mean KV ratio, the fixed-k score
+at the same mean KV (linear between the two fixed-k points around it) and the margin over fixed-k = 3 (the
+evaluation's `fixed-k`). Over several probe directories (`--merge`), also a leave-one-split-out check: the
+rule picked on the other directories, scored on the one left out.
+Ends with one JSON line (the best coverage rule by its margin over fixed-k at equal KV, its per-family
+numbers, and the cross-validation's rows).
 """
 from __future__ import annotations
 
@@ -138,29 +142,85 @@ def fixed_at(curve: list[dict], kv: float) -> float:
     return pts[-1][1]
 
 
-def report(rows: list[dict], max_kv: float) -> dict:
-    fams = sorted({r["family"] for r in rows})
+PEAKS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_RULE = ("coverage", 0.9, 4.0, 6)  # `acre`'s defaults (acre_model/policies/chunk_policy.py)
+
+
+def candidate_rules(K: int) -> list[tuple]:
+    """Every rule the report compares, with k_max within the K that was asked."""
+    rules = [("entropy",)] + [("coverage", c, pw, km) for km in K_MAXES for pw in POWERS for c in COVERAGES] \
+        + [("peaks", r, km) for km in K_MAXES for r in PEAKS]
+    return [r for r in rules if r[0] == "entropy" or r[-1] <= K]
+
+
+def scored(rows: list[dict], rules: list[tuple]) -> tuple[list[dict], list[dict]]:
+    """(fixed-k = 1..K, the rules), each with its gain over fixed-k at the same mean KV (`fixed_same_kv`,
+    `gain`) and over fixed-k = 3, the evaluation's `fixed-k` (`vs_k3`)."""
     K = min(len(r["asks"]) for r in rows)
     fixed = [evaluate(rows, ("fixed", k)) for k in range(1, K + 1)]
-    rules = [("entropy",)] + [("coverage", c, pw, km) for km in K_MAXES for pw in POWERS for c in COVERAGES] \
-        + [("peaks", r, km) for km in K_MAXES for r in (0.3, 0.5, 0.7, 0.8, 0.9)]
-    res = [evaluate(rows, r) for r in rules if r[0] == "entropy" or r[-1] <= K]  # k_max within what was asked
-    short = {f: f.replace("niah_", "")[:10] for f in fams}
-    head = f"{'rule':<32} {'avg':>5} {'KV%':>5} {'fixk@KV':>7} {'gain':>5} | " + \
-        " ".join(f"{short[f]:>10}" for f in fams) + " | k mean (min-max) per family"
-    print(head)
+    res = [evaluate(rows, r) for r in rules]
     for e in fixed + res:
         e["fixed_same_kv"] = fixed_at(fixed, e["kv"])
         e["gain"] = e["score"] - e["fixed_same_kv"]
+        e["vs_k3"] = e["score"] - fixed[2]["score"] if K >= 3 else None
+    return fixed, res
+
+
+def report(rows: list[dict], max_kv: float) -> dict:
+    fams = sorted({r["family"] for r in rows})
+    K = min(len(r["asks"]) for r in rows)
+    fixed, res = scored(rows, candidate_rules(K))
+    short = {f: f.replace("niah_", "")[:10] for f in fams}
+    head = f"{'rule':<32} {'avg':>5} {'KV%':>5} {'fixk@KV':>7} {'gain':>5} {'vs k=3':>6} | " + \
+        " ".join(f"{short[f]:>10}" for f in fams) + " | k mean (min-max) per family"
+    print(head)
+    for e in fixed + res:
         fam_s = " ".join(f"{e['families'][f]['score']:>10.1f}" for f in fams)
         ks = " ".join(f"{e['families'][f]['k_mean']:.1f}({e['families'][f]['k_min']}-{e['families'][f]['k_max']})"
                       for f in fams)
+        k3 = f"{e['vs_k3']:>+6.1f}" if e["vs_k3"] is not None else f"{'—':>6}"
         print(f"{e['rule']:<32} {e['score']:>5.1f} {100 * e['kv']:>5.1f} {e['fixed_same_kv']:>7.1f} "
-              f"{e['gain']:>+5.1f} | {fam_s} | {ks}")
+              f"{e['gain']:>+5.1f} {k3} | {fam_s} | {ks}")
     cands = [e for e in res if e["rule"].startswith("coverage") and e["kv"] <= max_kv]
     best = max(cands, key=lambda e: (round(e["gain"], 6), -e["kv"])) if cands else None
     return {"families": fams, "n_tasks": len(rows), "best_coverage": best,
             "entropy": next(e for e in res if e["rule"] == "acre-entropy"), "fixed": fixed}
+
+
+def cross_validate(rows: list[dict], max_kv: float) -> list[dict]:
+    """Leave one split out (a split: the rows of one probe directory, e.g. one seed or one length): the rule
+    with the largest gain over fixed-k at the same KV on the other splits (any rule but fixed-k, mean KV
+    under `max_kv`), and how it and `acre`'s default do on the split left out. A rule whose margin holds
+    only on the tasks it was picked on shows here."""
+    splits = sorted({r["split"] for r in rows})
+    K = min(len(r["asks"]) for r in rows)
+    rules = candidate_rules(K)
+    if DEFAULT_RULE not in rules:
+        rules.append(DEFAULT_RULE)
+    out = []
+    for held in splits:
+        train = [r for r in rows if r["split"] != held]
+        test = [r for r in rows if r["split"] == held]
+        if not train or not test:
+            continue
+        _, res = scored(train, rules)
+        best_i = max((i for i, e in enumerate(res) if e["kv"] <= max_kv), key=lambda i: (round(res[i]["gain"], 6), -res[i]["kv"]))
+        _, on_test = scored(test, [rules[best_i], DEFAULT_RULE])
+        out.append({"held_out": held, "n": len(test), "chosen": res[best_i]["rule"],
+                    "gain_train": res[best_i]["gain"], "gain_test": on_test[0]["gain"], "vs_k3_test": on_test[0]["vs_k3"],
+                    "default_gain_test": on_test[1]["gain"], "default_vs_k3_test": on_test[1]["vs_k3"]})
+    return out
+
+
+def load_probe_rows(dirs: list[Path]) -> list[dict]:
+    """Rows of each directory's probe.jsonl, tagged with the directory's name as their split."""
+    rows = []
+    for d in dirs:
+        path = d / "probe.jsonl"
+        if not path.exists():
+            raise SystemExit(f"no probe rows in {path}")
+        rows += [dict(json.loads(line), split=d.name) for line in path.open()]
+    return rows
 
 
 def main(argv=None) -> int:
@@ -175,6 +235,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-kv", type=float, default=0.3, help="choose among rules with mean KV ratio below this")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--merge", action="append", default=[], metavar="DIR",
+                    help="report over this probe directory's rows too (repeatable; each directory is one split "
+                         "of the cross-validation)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,8 +246,17 @@ def main(argv=None) -> int:
     if not args.report_only:
         torch.set_num_threads(args.threads)
         collect(args, out)
-    rows = [json.loads(line) for line in (out / "probe.jsonl").open()]
+    rows = load_probe_rows([out] + [Path(d) for d in args.merge])
     res = report(rows, args.max_kv)
+    if len({r["split"] for r in rows}) > 1:
+        cv = cross_validate(rows, args.max_kv)
+        print("\nleave one split out: the rule chosen on the other splits, on the split left out "
+              "(gain: over fixed-k at the same mean KV; vs k=3: over fixed-k = 3)")
+        for c in cv:
+            print(f"  {c['held_out']:<14} n={c['n']:<3} chosen {c['chosen']:<30} gain {c['gain_train']:+5.1f} there, "
+                  f"{c['gain_test']:+5.1f} here (vs k=3 {c['vs_k3_test']:+5.1f}); acre's default here "
+                  f"{c['default_gain_test']:+5.1f} (vs k=3 {c['default_vs_k3_test']:+5.1f})")
+        res["cross_validation"] = cv
     print(json.dumps(res))
     return 0
 
