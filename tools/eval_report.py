@@ -11,8 +11,10 @@ policy selects no chunks), ingest_s.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import random
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -109,8 +111,6 @@ def paired(rows: list[dict], a: str, b: str, n_boot: int = 5000, seed: int = 0) 
     difference, the difference averaged over the families (each family weighs the same, as in the family
     tables), answers up/down, and a 95% paired bootstrap interval of that average (tasks resampled with
     replacement within each family, `n_boot` times, seeded). None when no task has both."""
-    import random
-
     score = defaultdict(dict)
     for r in rows:
         if not r.get("sweep") and r["method"] in (a, b):
@@ -467,8 +467,6 @@ def write_report(rows: list[dict], out: str | Path, command: str | list[str] = "
 
 
 def main(argv=None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dir", help="a run's directory (its results.jsonl)")
     ap.add_argument("--paired", metavar="A,B", action="append", default=[],
@@ -482,6 +480,8 @@ def main(argv=None) -> int:
     if not rows:
         raise SystemExit(f"no result rows in {d / 'results.jsonl'}")
     if not args.paired:
+        if args.families or args.lengths:
+            raise SystemExit("--families and --lengths filter a --paired comparison; the report holds every row")
         print(json.dumps(write_report(rows, d)))
         return 0
     if args.families:

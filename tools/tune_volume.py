@@ -143,7 +143,15 @@ def fixed_at(curve: list[dict], kv: float) -> float:
 
 
 PEAKS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-DEFAULT_RULE = ("coverage", 0.9, 4.0, 6)  # `acre`'s defaults (acre_model/policies/chunk_policy.py)
+
+def _default_rule() -> tuple:
+    """`acre`'s coverage rule with its defaults, read from the policy so the two cannot drift apart."""
+    from acre_model.policies.chunk_policy import CoverageVolumePolicy as P
+
+    return ("coverage", P.coverage, P.p_power, P.k_max)
+
+
+DEFAULT_RULE = _default_rule()
 
 
 def candidate_rules(K: int) -> list[tuple]:
@@ -178,13 +186,22 @@ def report(rows: list[dict], max_kv: float) -> dict:
         fam_s = " ".join(f"{e['families'][f]['score']:>10.1f}" for f in fams)
         ks = " ".join(f"{e['families'][f]['k_mean']:.1f}({e['families'][f]['k_min']}-{e['families'][f]['k_max']})"
                       for f in fams)
-        k3 = f"{e['vs_k3']:>+6.1f}" if e["vs_k3"] is not None else f"{'—':>6}"
         print(f"{e['rule']:<32} {e['score']:>5.1f} {100 * e['kv']:>5.1f} {e['fixed_same_kv']:>7.1f} "
-              f"{e['gain']:>+5.1f} {k3} | {fam_s} | {ks}")
-    cands = [e for e in res if e["rule"].startswith("coverage") and e["kv"] <= max_kv]
-    best = max(cands, key=lambda e: (round(e["gain"], 6), -e["kv"])) if cands else None
+              f"{e['gain']:>+5.1f} {_signed(e['vs_k3']):>6} | {fam_s} | {ks}")
+    best = pick([e for e in res if e["rule"].startswith("coverage")], max_kv)
     return {"families": fams, "n_tasks": len(rows), "best_coverage": best,
             "entropy": next(e for e in res if e["rule"] == "acre-entropy"), "fixed": fixed}
+
+
+def pick(results: list[dict], max_kv: float) -> dict | None:
+    """The result with the largest gain over fixed-k at the same KV among those under `max_kv` mean KV (ties:
+    the one with less KV); None if there is none."""
+    cands = [e for e in results if e["kv"] <= max_kv]
+    return max(cands, key=lambda e: (round(e["gain"], 6), -e["kv"])) if cands else None
+
+
+def _signed(x: float | None) -> str:
+    return f"{x:+5.1f}" if x is not None else f"{'—':>5}"
 
 
 def cross_validate(rows: list[dict], max_kv: float) -> list[dict]:
@@ -201,13 +218,15 @@ def cross_validate(rows: list[dict], max_kv: float) -> list[dict]:
     for held in splits:
         train = [r for r in rows if r["split"] != held]
         test = [r for r in rows if r["split"] == held]
-        if not train or not test:
+        if not train:
             continue
         _, res = scored(train, rules)
-        best_i = max((i for i, e in enumerate(res) if e["kv"] <= max_kv), key=lambda i: (round(res[i]["gain"], 6), -res[i]["kv"]))
-        _, on_test = scored(test, [rules[best_i], DEFAULT_RULE])
-        out.append({"held_out": held, "n": len(test), "chosen": res[best_i]["rule"],
-                    "gain_train": res[best_i]["gain"], "gain_test": on_test[0]["gain"], "vs_k3_test": on_test[0]["vs_k3"],
+        best = pick(res, max_kv)
+        if best is None:
+            continue
+        _, on_test = scored(test, [rules[res.index(best)], DEFAULT_RULE])
+        out.append({"held_out": held, "n": len(test), "chosen": best["rule"],
+                    "gain_train": best["gain"], "gain_test": on_test[0]["gain"], "vs_k3_test": on_test[0]["vs_k3"],
                     "default_gain_test": on_test[1]["gain"], "default_vs_k3_test": on_test[1]["vs_k3"]})
     return out
 
@@ -220,6 +239,9 @@ def load_probe_rows(dirs: list[Path]) -> list[dict]:
         if not path.exists():
             raise SystemExit(f"no probe rows in {path}")
         rows += [dict(json.loads(line), split=d.name) for line in path.open()]
+    names = [d.name for d in dirs]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"probe directories must have distinct names (each names a split): {', '.join(names)}")
     return rows
 
 
@@ -254,8 +276,8 @@ def main(argv=None) -> int:
               "(gain: over fixed-k at the same mean KV; vs k=3: over fixed-k = 3)")
         for c in cv:
             print(f"  {c['held_out']:<14} n={c['n']:<3} chosen {c['chosen']:<30} gain {c['gain_train']:+5.1f} there, "
-                  f"{c['gain_test']:+5.1f} here (vs k=3 {c['vs_k3_test']:+5.1f}); acre's default here "
-                  f"{c['default_gain_test']:+5.1f} (vs k=3 {c['default_vs_k3_test']:+5.1f})")
+                  f"{c['gain_test']:+5.1f} here (vs k=3 {_signed(c['vs_k3_test'])}); acre's default here "
+                  f"{c['default_gain_test']:+5.1f} (vs k=3 {_signed(c['default_vs_k3_test'])})")
         res["cross_validation"] = cv
     print(json.dumps(res))
     return 0

@@ -143,6 +143,8 @@ def test_report_shows_paired_differences_and_the_cli_compares_two_methods(tmp_pa
         eval_report.main([str(tmp_path), "--paired", "acre,fixed-k", "--lengths", "4096"])
     with pytest.raises(SystemExit, match="no rows of cwe"):
         eval_report.main([str(tmp_path), "--paired", "acre,fixed-k", "--families", "cwe"])
+    with pytest.raises(SystemExit, match="filter a --paired comparison"):
+        eval_report.main([str(tmp_path), "--families", "vt"])
 
 
 def test_score_by_length_counts_main_rows_only(rows):

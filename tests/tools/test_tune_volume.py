@@ -54,5 +54,9 @@ def test_report_only_merges_probe_directories(tmp_path, rows, capsys):
     assert "leave one split out" in out and "seedB" in out
     res = json.loads(out.strip().splitlines()[-1])
     assert len(res["cross_validation"]) == 2 and res["n_tasks"] == 4
+    (tmp_path / "other" / "seedB").mkdir(parents=True)
+    (tmp_path / "other" / "seedB" / "probe.jsonl").write_text((tmp_path / "seedB" / "probe.jsonl").read_text())
+    with pytest.raises(SystemExit, match="distinct names"):
+        tune_volume.main(["--out", str(tmp_path / "seedB"), "--report-only", "--merge", str(tmp_path / "other" / "seedB")])
     with pytest.raises(SystemExit, match="no probe rows"):
         tune_volume.main(["--out", str(tmp_path / "seedA"), "--report-only", "--merge", str(tmp_path / "nope")])
