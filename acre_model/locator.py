@@ -6,7 +6,10 @@ A locator turns what pass 1 (`pass1.py`) saw into a distribution `p` over the do
   *every* document token at those heads (the locator index; one document is scored at its best
   `locator_heads`, a policy knob). Each chunk scores the largest attention
   probability that any (head, question token) puts on one of its tokens (the max rule: a needle is one
-  sharp peak; summing dilutes it among many weak matches). Over several documents
+  sharp peak; summing dilutes it among many weak matches). The opt-in `support` rule (`score="support"`)
+  adds up, over the question's tokens, each token's best share in the chunk (over heads) where it is at
+  least `support_min`: a chunk several question words point at sharply outranks one a single word (often
+  a common one) points at. Over several documents
   (`library_chunk_scores`) each row is one softmax over every document's index keys and a chunk sums
   its rows' evidence (see there).
 - `l1` (the seed's locator, kept as an ablation): attention mass of the question on the attend set,
@@ -41,7 +44,8 @@ def head_queries(probe: AttnProbe, layer: int, g: int, n_rep: int, head_dim: int
 def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: int,
                        n_heads: int | None = None, exclude: torch.Tensor | None = None,
                        distance: int | None = None, ropes: list[Rope] | None = None,
-                       keys: list[torch.Tensor] | None = None) -> torch.Tensor:
+                       keys: list[torch.Tensor] | None = None, score: str = "max",
+                       support_min: float = 0.2) -> torch.Tensor:
     """Max-rule chunk scores [n_chunks] from the locator index, at its first `n_heads` heads (the index is in
     calibration order, best first; None: every head). Pass 1 must have recorded those heads' layers.
 
@@ -54,23 +58,40 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
     positions before the question (`scoring_keys`) instead of at its own position, so a fact far back
     in the document competes with a near one on its content alone (focus mode refills it next to the
     question anyway). None: each key at its own position. `keys`: those heads' keys from `scoring_keys`
-    (a caller scoring one question several times turns them once); None: built here."""
+    (a caller scoring one question several times turns them once); None: built here.
+
+    `score="support"`: per question token, its largest share on each chunk over the heads (and the query
+    heads of a group); a chunk scores the sum over question tokens of those shares that reach `support_min`
+    (`support_scores`). "max": the largest share of any row."""
+    if score not in ("max", "support"):
+        raise ValueError(f"score must be 'max' or 'support', got {score!r}")
     if keys is None:
         keys = scoring_keys(doc, n_heads, distance, ropes)
     always = doc.l1_pos[doc.l1_always]
     if exclude is not None:
         exclude = exclude.clone()
         exclude[always] = True
-    best = torch.zeros(doc.n_tokens, device=doc.index_keys.device)
+    best = None
     for (layer, g), k in zip(doc.index_heads[:n_heads], keys):
         q = head_queries(probe, layer, g, n_rep, head_dim)
         logits = q @ k.T / math.sqrt(head_dim)
         probs = logits.softmax(-1) if exclude is None else softmax_mass(logits, exclude)
-        best = torch.maximum(best, probs.amax(0))
+        # rows are (query head of the group, question token): "max" keeps the best row, "support" the best
+        # row of each question token
+        probs = probs.amax(0) if score == "max" else probs.view(n_rep, -1, doc.n_tokens).amax(0)
+        best = probs if best is None else torch.maximum(best, probs)
     # Sinks and the recent window are always attended: a chunk earns refill only by its other tokens
     # (attention sinks would otherwise win every ranking).
-    best[always] = 0.0
-    return max_per_chunk(best, doc.n_tokens, doc.chunk_size)
+    best[..., always] = 0.0
+    chunks = max_per_chunk(best, doc.n_tokens, doc.chunk_size)
+    return chunks if score == "max" else support_scores(chunks, support_min)
+
+
+def support_scores(shares: torch.Tensor, support_min: float) -> torch.Tensor:
+    """shares [n_question_tokens, n_chunks] (each token's best share on each chunk) -> [n_chunks]: the sum of
+    the shares that reach `support_min`. A token whose attention is spread (no share reaches it) adds
+    nothing; several tokens pointing at one chunk add up."""
+    return (shares * (shares >= support_min)).sum(0)
 
 
 def scoring_keys(doc: DocState, n_heads: int | None = None, distance: int | None = None,

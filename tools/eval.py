@@ -72,6 +72,10 @@ def main_methods() -> list[Method]:
     # a sharper volume: 60% coverage of p ∝ score^4 (the best rule over fixed-k on the pooled SmolLM2 probes of every
     # family; on the evaluation +0.8 over fixed-k, not better than acre: docs/results.md, "Every family on the probes")
     ms += [Method("acre+cov0.6", "acre", {"coverage": 0.6}, opt_in=True)]
+    # the locator index's support scores (each question token's sharp shares on a chunk, summed; docs/results.md,
+    # "Support: the question's words that point at a chunk"), with acre's volume rule and with fixed-k's
+    ms += [Method("acre+support", "acre", {"locator_score": "support"}, opt_in=True),
+           Method("fixed-k+support", "fixed-k", {"locator_score": "support"}, opt_in=True)]
     return ms
 
 

@@ -53,6 +53,7 @@ def collect(args, out: Path) -> None:
                         families=args.families.split(","), n_per_length=len(depths))
     path = out / "probe.jsonl"
     done = {json.loads(line)["task_id"] for line in path.open()} if path.exists() else set()
+    params = json.loads(args.params)  # the locator's knobs (e.g. {"locator_score": "support"}); one ranking
     eng = Engine.from_pretrained()
     store = EmbeddedStore(str(out / "store"))
     t0 = time.perf_counter()
@@ -66,12 +67,12 @@ def collect(args, out: Path) -> None:
         need = sorted(needle_chunks(eng.tokenizer, task, doc)) if task.needle_spans else []
         q_ids = torch.tensor(eng.tokenizer.question_ids(task.question, task.answer_prefix))
         # raw locator scores: p_power 1 gives p ∝ score, any power is recomputed from it offline
-        scores = make_policy("fixed-k", p_power=1.0).locate(PlanContext(eng.model, doc, q_ids))
+        scores = make_policy("fixed-k", p_power=1.0, **params).locate(PlanContext(eng.model, doc, q_ids))
         asks = []
         order = scores.topk(scores.numel()).indices.tolist()
         for k in range(1, min(args.k_max, doc.n_chunks) + 1):
             a = eng.ask(info.doc_id, task.question, policy="fixed-k", answer_prefix=task.answer_prefix,
-                        store=store, max_new_tokens=task.max_new_tokens, fixed_k=k, p_power=1.0)
+                        store=store, max_new_tokens=task.max_new_tokens, fixed_k=k, p_power=1.0, **params)
             assert a.refilled_chunks == volume.with_neighbors(order[:k], 1, doc.n_chunks)
             asks.append({"k": k, "answer": a.answer, "score": task.score(a.answer), "kv_ratio": a.kv_ratio})
         row = {"task_id": task.task_id, "family": task.family, "n_tokens": info.n_tokens,
@@ -256,6 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k-max", type=int, default=8, help="ask each task at k = 1..K")
     ap.add_argument("--max-kv", type=float, default=0.3, help="choose among rules with mean KV ratio below this")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--params", default="{}",
+                    help="policy knobs of the locator every ask uses, as JSON (e.g. '{\"locator_score\": \"support\"}')")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--merge", action="append", default=[], metavar="DIR",
                     help="report over this probe directory's rows too (repeatable; each directory is one split "

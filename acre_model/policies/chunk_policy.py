@@ -52,6 +52,14 @@ class ChunkPolicy(Policy):
     # alone, as it does once focus mode refills it next to the question. Off by default; measured as
     # `acre+near` (docs/results.md, "One distance for every key").
     locator_distance: int | None = None
+    # How the locator index scores a chunk (`locator.index_chunk_scores`): "max", the largest share any
+    # (head, question token) puts on one of its tokens; "support", the sum over question tokens of each
+    # token's best share on the chunk where that share is at least `support_min` (several question words
+    # pointing at one place add up). "max" by default; `support` measured as `acre+support`
+    # (docs/results.md, "Support: the question's words that point at a chunk"). Re-selection and
+    # libraries keep their own rules.
+    locator_score: str = "max"
+    support_min: float = 0.2
 
     def __post_init__(self) -> None:
         self.check(isinstance(self.neighbors, int) and self.neighbors >= 0, "neighbors must be an integer >= 0")
@@ -70,6 +78,12 @@ class ChunkPolicy(Policy):
                    f"locator_distance must be an integer >= 0 or null, got {self.locator_distance!r}")
         self.check(self.locator_distance is None or type(self).locate is ChunkPolicy.locate,
                    f"locator_distance sets the locator index's scoring; {self.name} ranks chunks another way")
+        self.check(self.locator_score in ("max", "support"),
+                   f"locator_score must be 'max' or 'support', got {self.locator_score!r}")
+        self.check(isinstance(self.support_min, (int, float)) and not isinstance(self.support_min, bool)
+                   and 0 < self.support_min <= 1, f"support_min must lie in (0, 1], got {self.support_min!r}")
+        self.check(self.locator_score == "max" or type(self).locate is ChunkPolicy.locate,
+                   f"locator_score sets the locator index's scoring; {self.name} ranks chunks another way")
 
     def plan(self, ctx: PlanContext) -> Plan:
         p = self.locate(ctx)  # pass 1 + the locator: a distribution over chunks
@@ -96,7 +110,8 @@ class ChunkPolicy(Policy):
         `locator_heads` heads scored against the question's queries there (`index_probe`)."""
         probe, n_heads = self.index_probe(ctx)
         scores = locator.index_chunk_scores(ctx.doc, probe, ctx.cfg.n_rep, ctx.cfg.head_dim, n_heads,
-                                            distance=self.locator_distance, ropes=ctx.model.ropes)
+                                            distance=self.locator_distance, ropes=ctx.model.ropes,
+                                            score=self.locator_score, support_min=self.support_min)
         return locator.to_distribution(scores, self.p_power)
 
     def locate_more(self, ctx: PlanContext, have: set[int], cap: int) -> list[int]:

@@ -247,3 +247,47 @@ def test_keys_at_one_distance_score_by_content_alone():
     assert make_policy("acre").locator_distance is None
     with pytest.raises(InputError, match="ranks chunks another way"):  # its own locator would ignore it
         make_policy("quest", locator_distance=64)
+
+
+def test_support_adds_up_the_question_tokens_that_point_at_a_chunk():
+    """`locator_score="support"`: a chunk scores the sum over question tokens of each token's best share
+    there (over heads and a group's query heads) where it reaches `support_min`; shares below it add
+    nothing. Checked against a reference built from the rows' softmax, on a synthetic index."""
+    from types import SimpleNamespace
+
+    from acre_model.errors import InputError
+    from acre_model.policies import make_policy
+
+    shares = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.0, 0.6], [0.19, 0.19, 0.19]])  # [tokens, chunks]
+    torch.testing.assert_close(loc.support_scores(shares, 0.2), torch.tensor([1.4, 0.0, 0.6]))
+    # a chunk three tokens point at outranks one a single token points at more sharply: max would not
+    three = torch.tensor([[0.3, 0.8], [0.3, 0.0], [0.3, 0.0]])
+    assert loc.support_scores(three, 0.2).argmax() == 0 and three.amax(0).argmax() == 1
+
+    torch.manual_seed(5)
+    D, n_rep, T, cs, n = 8, 2, 4, 4, 24
+    heads = [(0, 0), (1, 1)]
+    always = torch.zeros(n, dtype=torch.bool)
+    always[[0, n - 1]] = True
+    doc = SimpleNamespace(doc_id="d", n_tokens=n, n_chunks=n // cs, chunk_size=cs, index_heads=heads,
+                          index_keys=torch.randn(2, n, D) * 2, l1_pos=torch.arange(n), l1_always=always)
+    probe = SimpleNamespace(queries={0: torch.randn(2 * n_rep, T, D) * 2, 1: torch.randn(2 * n_rep, T, D) * 2})
+    per_token = torch.zeros(T, n)
+    for h, (layer, g) in enumerate(heads):
+        q = probe.queries[layer][g * n_rep:(g + 1) * n_rep]  # [n_rep, T, D]
+        per_token = torch.maximum(per_token, (q @ doc.index_keys[h].T / math.sqrt(D)).softmax(-1).amax(0))
+    per_token[:, always] = 0.0
+    chunk_shares = per_token.view(T, n // cs, cs).amax(-1)
+    for th in (0.05, 0.2, 0.5):
+        want = (chunk_shares * (chunk_shares >= th)).sum(0)
+        torch.testing.assert_close(loc.index_chunk_scores(doc, probe, n_rep, D, score="support", support_min=th), want)
+    # "max" is still the largest share of any row (the default)
+    torch.testing.assert_close(loc.index_chunk_scores(doc, probe, n_rep, D), chunk_shares.amax(0))
+    with pytest.raises(ValueError, match="score"):
+        loc.index_chunk_scores(doc, probe, n_rep, D, score="mean")
+    for bad in ({"locator_score": "sum"}, {"support_min": 0}, {"support_min": 1.5}, {"support_min": True}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            make_policy("acre", **bad)
+    assert make_policy("acre").locator_score == "max"
+    with pytest.raises(InputError, match="ranks chunks another way"):
+        make_policy("infllm", locator_score="support")
