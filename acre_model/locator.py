@@ -87,11 +87,17 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
     return chunks if score == "max" else support_scores(chunks, support_min)
 
 
+# the max rule's share, scaled by this, breaks support's ties: it is below any support (>= support_min, 0.2 by
+# default) by far, so it only orders the chunks no question token points at sharply (all at 0 otherwise)
+SUPPORT_TIE = 1e-3
+
+
 def support_scores(shares: torch.Tensor, support_min: float) -> torch.Tensor:
     """shares [n_question_tokens, n_chunks] (each token's best share on each chunk) -> [n_chunks]: the sum of
     the shares that reach `support_min`. A token whose attention is spread (no share reaches it) adds
-    nothing; several tokens pointing at one chunk add up."""
-    return (shares * (shares >= support_min)).sum(0)
+    nothing; several tokens pointing at one chunk add up. Chunks with equal sums (typically 0: no token points
+    at them sharply) keep the max rule's order (`SUPPORT_TIE`)."""
+    return (shares * (shares >= support_min)).sum(0) + SUPPORT_TIE * shares.amax(0)
 
 
 def scoring_keys(doc: DocState, n_heads: int | None = None, distance: int | None = None,

@@ -259,7 +259,11 @@ def test_support_adds_up_the_question_tokens_that_point_at_a_chunk():
     from acre_model.policies import make_policy
 
     shares = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.0, 0.6], [0.19, 0.19, 0.19]])  # [tokens, chunks]
-    torch.testing.assert_close(loc.support_scores(shares, 0.2), torch.tensor([1.4, 0.0, 0.6]))
+    tie = loc.SUPPORT_TIE * shares.amax(0)
+    torch.testing.assert_close(loc.support_scores(shares, 0.2), torch.tensor([1.4, 0.0, 0.6]) + tie)
+    # no token points at chunks 1 and 2 sharply: they keep the max rule's order, below any pointed-at chunk
+    spread = torch.tensor([[0.9, 0.15, 0.05], [0.3, 0.1, 0.19]])
+    assert loc.support_scores(spread, 0.2).argsort(descending=True).tolist() == [0, 2, 1]
     # a chunk three tokens point at outranks one a single token points at more sharply: max would not
     three = torch.tensor([[0.3, 0.8], [0.3, 0.0], [0.3, 0.0]])
     assert loc.support_scores(three, 0.2).argmax() == 0 and three.amax(0).argmax() == 1
@@ -279,7 +283,7 @@ def test_support_adds_up_the_question_tokens_that_point_at_a_chunk():
     per_token[:, always] = 0.0
     chunk_shares = per_token.view(T, n // cs, cs).amax(-1)
     for th in (0.05, 0.2, 0.5):
-        want = (chunk_shares * (chunk_shares >= th)).sum(0)
+        want = (chunk_shares * (chunk_shares >= th)).sum(0) + loc.SUPPORT_TIE * chunk_shares.amax(0)
         torch.testing.assert_close(loc.index_chunk_scores(doc, probe, n_rep, D, score="support", support_min=th), want)
     # "max" is still the largest share of any row (the default)
     torch.testing.assert_close(loc.index_chunk_scores(doc, probe, n_rep, D), chunk_shares.amax(0))
