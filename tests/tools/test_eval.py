@@ -182,10 +182,11 @@ def test_methods_and_grid():
     assert {"full", "acre", "acre-exact", "acre-focus", "acre-entropy", "acre-l1", "streaming", "h2o", "snapkv",
             "l1-only", "random", "fixed-k", "quest", "infllm", "acre+complete", "acre+distinct", "fixed-k+distinct",
             "acre+places", "acre+near", "acre+near+places", "acre+cov0.6", "acre+support",
-            "fixed-k+support"} == set(names)
+            "fixed-k+support", "acre+support+complete"} == set(names)
     opt_in = {m.name: m for m in main_methods() if m.opt_in}
     assert set(opt_in) == {"acre+complete", "acre+distinct", "fixed-k+distinct", "acre+places", "acre+near",
-                          "acre+near+places", "acre+cov0.6", "acre+support", "fixed-k+support"}
+                          "acre+near+places", "acre+cov0.6", "acre+support", "fixed-k+support",
+                          "acre+support+complete"}
     plain = {m.name: resolved(m) for m in main_methods() if not m.opt_in}
     for m in opt_in.values():  # an opt-in method is not a default method under another name
         assert resolved(m) not in plain.values(), m.name
@@ -207,7 +208,8 @@ def test_reselect_adds_acre_and_each_opt_in_acre_method_with_re_selection():
     ms = {m.name: m for m in reselect_methods(main_methods(), 8)}
     assert set(ms) == {"acre+reselect8", "acre+complete+reselect8", "acre+distinct+reselect8",
                        "acre+places+reselect8", "acre+near+reselect8", "acre+near+places+reselect8",
-                       "acre+cov0.6+reselect8", "acre+support+reselect8"}
+                       "acre+cov0.6+reselect8", "acre+support+reselect8",
+                       "acre+support+complete+reselect8"}
     assert not ms["acre+reselect8"].opt_in and ms["acre+reselect8"].params == {}
     opt_in = {m.name: m for m in main_methods() if m.opt_in}
     for name, m in ms.items():
