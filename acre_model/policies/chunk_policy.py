@@ -55,9 +55,9 @@ class ChunkPolicy(Policy):
     # How the locator index scores a chunk (`locator.index_chunk_scores`): "max", the largest share any
     # (head, question token) puts on one of its tokens; "support", the sum over question tokens of each
     # token's best share on the chunk where that share is at least `support_min` (several question words
-    # pointing at one place add up). "max" by default; `support` measured as `acre+support`
-    # (docs/results.md, "Support: the question's words that point at a chunk"). Re-selection and
-    # libraries keep their own rules.
+    # pointing at one place add up). "max" by default: measured as `acre+support` (docs/results.md, "Support:
+    # the question's words that point at a chunk"), support wins multi-key and loses more elsewhere.
+    # Re-selection and libraries keep their own rules.
     locator_score: str = "max"
     support_min: float = 0.2
 
