@@ -46,8 +46,9 @@ def index_chunk_scores(doc: DocState, probe: AttnProbe, n_rep: int, head_dim: in
                        distance: int | None = None, ropes: list[Rope] | None = None,
                        keys: list[torch.Tensor] | None = None, score: str = "max",
                        support_min: float = 0.2) -> torch.Tensor:
-    """Max-rule chunk scores [n_chunks] from the locator index, at its first `n_heads` heads (the index is in
-    calibration order, best first; None: every head). Pass 1 must have recorded those heads' layers.
+    """Chunk scores [n_chunks] from the locator index (the max rule, or `score="support"`), at its first
+    `n_heads` heads (the index is in calibration order, best first; None: every head). Pass 1 must have
+    recorded those heads' layers.
 
     `exclude` [n_tokens] bool (the residual locator, re-selection's): those tokens, and the sinks and
     recent window, are left out of each row's softmax, so a row's probability goes to the tokens the

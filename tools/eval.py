@@ -73,8 +73,9 @@ def main_methods() -> list[Method]:
     # family; on the evaluation +0.8 over fixed-k, not better than acre: docs/results.md, "Every family on the probes")
     ms += [Method("acre+cov0.6", "acre", {"coverage": 0.6}, opt_in=True)]
     # the locator index's support scores (each question token's sharp shares on a chunk, summed; docs/results.md,
-    # "Support": -3.2 against acre at 2k-4k), with acre's volume rule, with fixed-k's, and with residual completion (what the residual locator
-    # still finds sharply, e.g. the other values of a multi-value key, joins before the first token)
+    # "Support": -3.2 against acre at 2k-4k), with acre's volume rule, with fixed-k's, and with residual completion
+    # (what the residual locator still finds sharply, e.g. the other values of a multi-value key, joins before the
+    # first token)
     ms += [Method("acre+support", "acre", {"locator_score": "support"}, opt_in=True),
            Method("fixed-k+support", "fixed-k", {"locator_score": "support"}, opt_in=True),
            Method("acre+support+complete", "acre", {"locator_score": "support", "complete": True}, opt_in=True)]

@@ -37,8 +37,9 @@ POWERS = (1.0, 2.0, 3.0, 4.0)
 K_MAXES = (4, 6, 8)
 
 
-def collect(args, out: Path) -> None:
-    """Ingest each probe task and ask it at k = 1..K; one JSON line per task in out/probe.jsonl."""
+def collect(args, out: Path, params: dict) -> None:
+    """Ingest each probe task and ask it at k = 1..K with the locator's knobs `params` (`locator_params`); one
+    JSON line per task in out/probe.jsonl."""
     from acre_model import volume
     from acre_model.convert import resolve
     from acre_model.engine import Engine
@@ -53,7 +54,6 @@ def collect(args, out: Path) -> None:
                         families=args.families.split(","), n_per_length=len(depths))
     path = out / "probe.jsonl"
     done = {json.loads(line)["task_id"] for line in path.open()} if path.exists() else set()
-    params = json.loads(args.params)  # the locator's knobs (e.g. {"locator_score": "support"}); one ranking
     eng = Engine.from_pretrained()
     store = EmbeddedStore(str(out / "store"))
     t0 = time.perf_counter()
@@ -75,13 +75,34 @@ def collect(args, out: Path) -> None:
                         store=store, max_new_tokens=task.max_new_tokens, fixed_k=k, p_power=1.0, **params)
             assert a.refilled_chunks == volume.with_neighbors(order[:k], 1, doc.n_chunks)
             asks.append({"k": k, "answer": a.answer, "score": task.score(a.answer), "kv_ratio": a.kv_ratio})
-        row = {"task_id": task.task_id, "family": task.family, "n_tokens": info.n_tokens,
+        row = {"task_id": task.task_id, "family": task.family, "params": params, "n_tokens": info.n_tokens,
                "n_chunks": doc.n_chunks, "p": scores.tolist(), "needle_chunks": need, "asks": asks}
         with path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         store.delete(info.doc_id)
         print(f"{task.task_id}: scores by k {[round(x['score'], 2) for x in asks]} "
               f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+
+
+def locator_params(text: str) -> dict:
+    """`--params`: a JSON object of the locator's policy knobs. Every ask sets `fixed_k` and `p_power` itself, so
+    those are refused, as is anything `fixed-k` does not take (before any document is ingested)."""
+    from acre_model.errors import InputError
+    from acre_model.policies import make_policy
+
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--params must be a JSON object: {e}") from None
+    if not isinstance(params, dict):
+        raise SystemExit(f"--params must be a JSON object, got {text!r}")
+    if {"fixed_k", "p_power"} & set(params):
+        raise SystemExit("--params: fixed_k and p_power are set by every probe ask; give the locator's knobs only")
+    try:
+        make_policy("fixed-k", **params)  # an unknown knob or a bad value
+    except InputError as e:
+        raise SystemExit(f"--params: {e}") from None
+    return params
 
 
 def rule_k(rule: tuple, p: torch.Tensor) -> int:
@@ -258,7 +279,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-kv", type=float, default=0.3, help="choose among rules with mean KV ratio below this")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--params", default="{}",
-                    help="policy knobs of the locator every ask uses, as JSON (e.g. '{\"locator_score\": \"support\"}')")
+                    help="the locator's policy knobs for every ask, as a JSON object "
+                         "(e.g. '{\"locator_score\": \"support\"}'); recorded in each probe row")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--merge", action="append", default=[], metavar="DIR",
                     help="report over this probe directory's rows too (repeatable; each directory is one split "
@@ -269,8 +291,9 @@ def main(argv=None) -> int:
     if args.seed == 0:
         raise SystemExit("seed 0 is the evaluation's: choose the rule on other seeds")
     if not args.report_only:
+        params = locator_params(args.params)  # refused before any document is ingested
         torch.set_num_threads(args.threads)
-        collect(args, out)
+        collect(args, out, params)
     rows = load_probe_rows([out] + [Path(d) for d in args.merge])
     res = report(rows, args.max_kv)
     if len({r["split"] for r in rows}) > 1:

@@ -60,3 +60,14 @@ def test_report_only_merges_probe_directories(tmp_path, rows, capsys):
         tune_volume.main(["--out", str(tmp_path / "seedB"), "--report-only", "--merge", str(tmp_path / "other" / "seedB")])
     with pytest.raises(SystemExit, match="no probe rows"):
         tune_volume.main(["--out", str(tmp_path / "seedA"), "--report-only", "--merge", str(tmp_path / "nope")])
+
+
+def test_params_name_the_locator_knobs_and_bad_ones_are_refused_before_any_ingest(tmp_path):
+    assert tune_volume.locator_params('{"locator_score": "support", "support_min": 0.3}') == \
+        {"locator_score": "support", "support_min": 0.3}
+    assert tune_volume.locator_params("{}") == {}
+    for bad, why in (("support", "JSON object"), ("[1]", "JSON object"), ('{"fixed_k": 2}', "set by every probe"),
+                     ('{"locator_score": "mean"}', "locator_score"), ('{"no_such_knob": 1}', "no_such_knob")):
+        with pytest.raises(SystemExit, match=why):
+            tune_volume.main(["--out", str(tmp_path / "p"), "--params", bad])
+    assert not (tmp_path / "p" / "probe.jsonl").exists()
