@@ -83,8 +83,10 @@ def main_methods() -> list[Method]:
 
 
 def reselect_methods(mains: list[Method], every: int) -> list[Method]:
-    """`--reselect N`: `acre+reselectN`, and each opt-in `acre` method with re-selection (`NAME+reselectN`, opt-in)."""
-    ms = [Method(f"acre+reselect{every}", "acre", reselect=every)]
+    """`--reselect N`: `acre+reselectN`, and each opt-in `acre` method with re-selection (`NAME+reselectN`, opt-in);
+    `fixed-k+reselectN` (opt-in) is the same re-selection on `fixed-k`'s plan, its baseline."""
+    ms = [Method(f"acre+reselect{every}", "acre", reselect=every),
+          Method(f"fixed-k+reselect{every}", "fixed-k", reselect=every, opt_in=True)]
     ms += [Method(f"{m.name}+reselect{every}", m.policy, m.params, reselect=every, opt_in=True)
            for m in mains if m.opt_in and m.policy == "acre"]
     return ms

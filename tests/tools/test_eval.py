@@ -209,14 +209,16 @@ def test_reselect_adds_acre_and_each_opt_in_acre_method_with_re_selection():
     assert set(ms) == {"acre+reselect8", "acre+complete+reselect8", "acre+distinct+reselect8",
                        "acre+places+reselect8", "acre+near+reselect8", "acre+near+places+reselect8",
                        "acre+cov0.6+reselect8", "acre+support+reselect8",
-                       "acre+support+complete+reselect8"}
+                       "acre+support+complete+reselect8", "fixed-k+reselect8"}
     assert not ms["acre+reselect8"].opt_in and ms["acre+reselect8"].params == {}
     opt_in = {m.name: m for m in main_methods() if m.opt_in}
+    fk = ms.pop("fixed-k+reselect8")  # fixed-k's plan with the same re-selection: acre+reselect8's baseline
+    assert fk.policy == "fixed-k" and fk.reselect == 8 and fk.params == {} and fk.opt_in
     for name, m in ms.items():
         assert m.reselect == 8 and m.policy == "acre"
         if name != "acre+reselect8":  # the same settings as the method it extends, asked only when named
             assert m.opt_in and m.params == opt_in[name.removesuffix("+reselect8")].params
-    assert len({resolved(m) for m in ms.values()}) == len(ms)
+    assert len({resolved(m) for m in [*ms.values(), fk]}) == len(ms) + 1
 
 
 def test_one_model_per_output_directory():
