@@ -135,10 +135,10 @@ def _cli_knobs(args) -> dict:
 
 def read_questions(path: str) -> list[dict]:
     """Questions of a JSONL file (or "-" for standard input): one object a line with "question" and,
-    optionally, "answer_prefix", "policy", "max_new_tokens", "stop" and "knobs"."""
+    optionally, "answer_prefix", "policy", "max_new_tokens", "stop", "knobs" and "reselect"."""
     from .errors import InputError
 
-    allowed = {"question", "answer_prefix", "policy", "max_new_tokens", "stop", "knobs", "id"}
+    allowed = {"question", "answer_prefix", "policy", "max_new_tokens", "stop", "knobs", "reselect", "id"}
     out = []
     for n, line in enumerate(read_document(path).splitlines(), 1):
         if not line.strip():
@@ -170,14 +170,12 @@ def cmd_ask(args) -> int:
     server = _server(args)
     if server is not None and is_library_ref(args.doc):
         raise InputError("a question over several documents is not supported through --server yet")
-    if args.reselect and (server is not None or args.questions is not None):
-        raise InputError("--reselect works on one question answered here; a server and --questions decode "
-                         "through the batching scheduler, which does not re-select")
     if server is not None:
         if args.questions is not None:
             return _ask_many_on_server(args, server)
         a = server.ask({"doc_id": args.doc, "question": args.question, "answer_prefix": args.answer_prefix,
-                        "policy": args.policy, "max_new_tokens": args.max_new_tokens, "knobs": _cli_knobs(args)})
+                        "policy": args.policy, "max_new_tokens": args.max_new_tokens, "knobs": _cli_knobs(args),
+                        "reselect": args.reselect})
     else:
         eng = _engine(args)
         store = eng.open_store(args.store)
@@ -201,7 +199,8 @@ def _question_fields(args, q: dict) -> dict:
     """One line of a --questions file with the command line's values as its defaults."""
     return {"question": q["question"], "answer_prefix": q.get("answer_prefix", args.answer_prefix),
             "policy": q.get("policy", args.policy), "max_new_tokens": q.get("max_new_tokens", args.max_new_tokens),
-            "knobs": {**_cli_knobs(args), **q.get("knobs", {})}, "stop": q.get("stop", [])}
+            "knobs": {**_cli_knobs(args), **q.get("knobs", {})}, "stop": q.get("stop", []),
+            "reselect": q.get("reselect", args.reselect)}
 
 
 def _write_rows(args, rows) -> None:

@@ -64,6 +64,27 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+
+def check_reselect(reselect, doc_id) -> None:
+    """`reselect` of an ask: an integer >= 0 (0: off), on one document only."""
+    if not isinstance(reselect, int) or isinstance(reselect, bool) or reselect < 0:
+        raise InputError(f"reselect must be an integer >= 0 (0: off), got {reselect!r}")
+    if reselect and not isinstance(doc_id, str):
+        raise InputError("reselect works on one document; a question over several documents does not re-select")
+
+
+def check_reselect_policy(reselect: int, policy) -> None:
+    """Re-selection refills chunks: only a chunk policy can do it."""
+    if reselect and not isinstance(policy, ChunkPolicy):
+        raise InputError(f"reselect needs a chunk policy (acre, acre-entropy, acre-l1, fixed-k, random); "
+                         f"{policy.name!r} does not refill chunks")
+
+
+def reselect_due(reselect: int, seq: Sequence) -> bool:
+    """Whether re-selection runs before the next decoding step: every `reselect` tokens of the answer."""
+    return bool(reselect) and len(seq.tokens) % reselect == 0
+
+
 class Engine:
     def __init__(self, model, tokenizer: Tokenizer, path: Path, device_cache_bytes: int | None = None,
                  store_layers: str = "global"):
@@ -371,8 +392,8 @@ class Engine:
     @staticmethod
     def _policy(policy: str | Policy, knobs: dict) -> Policy:
         if knobs.get("reselect"):
-            raise InputError("reselect is a decoding option of Engine.ask (`acre ask --reselect N`), not a policy "
-                             "knob; the scheduler (serving, `acre ask --questions`) does not re-select")
+            raise InputError("reselect is a decoding option of an ask (`Engine.ask(reselect=N)`, `AskRequest.reselect`, "
+                             "the HTTP field `reselect`, `acre ask --reselect N`), not a policy knob")
         knobs = {k: v for k, v in knobs.items() if v is not None and not (k == "reselect" and v == 0)}
         if isinstance(policy, Policy):
             if knobs:
@@ -474,35 +495,30 @@ class Engine:
 
         `reselect=N` (chunk policies, one document): every N generated tokens the locator runs again with
         the answer so far as part of the query, and chunks it newly needs join the active cache
-        (`_reselect`). 0: off.
+        (`reselect_step`). 0: off. The scheduler (`acre serve`, `--questions`) does the same per question.
 
         The stored document is never changed: every question starts from the same cached state.
         """
         t0 = time.perf_counter()
-        if not isinstance(reselect, int) or isinstance(reselect, bool) or reselect < 0:
-            raise InputError(f"reselect must be an integer >= 0 (0: off), got {reselect!r}")
-        if reselect and not isinstance(doc_id, str):
-            raise InputError("reselect works on one document; a question over several documents does not re-select")
+        check_reselect(reselect, doc_id)
         sampling = SamplingParams(max_new_tokens, temperature, top_p, sampling_seed)
         # 1-6. L1, question ids, plan, layout, fetch + pass 2 (see `prepare`)
         p = self.prepare(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
-        if reselect and not isinstance(p.policy, ChunkPolicy):
-            raise InputError(f"reselect needs a chunk policy (acre, acre-entropy, acre-l1, fixed-k, random); "
-                             f"{p.policy.name!r} does not refill chunks")
+        check_reselect_policy(reselect, p.policy)
         seq = Sequence(p, self.tokenizer, sampling, stop, start=t0)
         # 7. decode: the first token from pass 2's logits, then one step per token, through the same
         # batched step the scheduler uses (a batch of one), so an answer is the same alone or batched
         seq.push(p.logits)
         while not seq.finished:
             t = time.perf_counter()
-            if reselect and len(seq.tokens) % reselect == 0:
-                self._reselect(seq, self.open_store(store), max_new_tokens - len(seq.tokens))
+            if reselect_due(reselect, seq):
+                self.reselect_step(seq, self.open_store(store), max_new_tokens - len(seq.tokens))
             logits = self.model.decode_batch([seq.last_token], [seq.cache])[0]
             seq.push(logits, time.perf_counter() - t)
         # 8. the answer and what it cost
         return seq.answer()
 
-    def _reselect(self, seq: Sequence, st: StoreAPI, room: int) -> None:
+    def reselect_step(self, seq: Sequence, st: StoreAPI, room: int) -> None:
         """Re-selection during decoding: pass 1 again with the question and the answer so far as the query;
         the policy's residual locator (`ChunkPolicy.locate_more`) names the chunks it still needs that
         the active cache lacks, and they join the plan (nothing already attended is dropped; a

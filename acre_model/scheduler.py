@@ -9,7 +9,9 @@ in every turn of its loop it runs
   2. pass 2 of every question planned since the last turn, as one forward (`Engine.run_pass2`, each
      question over its own active cache); those questions join the running batch,
   3. one decoding step of every question in flight, as one forward (`LlamaModel.decode_batch`: one row
-     per question, each over its own cache).
+     per question, each over its own cache); before it, a question asked with `reselect=N` whose answer
+     has reached a multiple of N tokens re-selects (`Engine.reselect_step`: its locator and, when chunks
+     join, its pass 2 over the grown cache, in this thread; the other questions wait that long).
 A finished or cancelled question leaves the batch at once: the batch is re-formed every step, as serving
 engines do. One thread for every forward also keeps the CPU's cores to one batched forward at a time (on
 a small CPU, forwards of several threads at once slow each other down more than they overlap).
@@ -28,6 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .engine import check_reselect, check_reselect_policy, reselect_due
 from .errors import AcreError, InputError
 from .generation import SamplingParams
 from .pass1 import Pass1Job, run_jobs
@@ -50,6 +53,7 @@ class AskRequest:
     seed: int | None = None  # sampling seed (a policy's own `seed` knob goes in `knobs`)
     stop: list[str] = field(default_factory=list)
     store: object = None  # a store object or address; None: the engine's default store
+    reselect: int = 0  # re-selection every N answer tokens (chunk policies, one document; `Engine.ask`); 0: off
 
 
 @dataclass
@@ -181,6 +185,7 @@ class Scheduler:
         sampling = SamplingParams(request.max_new_tokens, request.temperature, request.top_p, request.seed)
         if any(not isinstance(s, str) or not s for s in request.stop):
             raise InputError("stop: stop strings must be non-empty strings")
+        check_reselect(request.reselect, request.doc_id)
         stream = AskStream(request, sampling)
         self._pending.put(stream)
         return stream
@@ -211,6 +216,11 @@ class Scheduler:
                 r = stream.request
                 planned = self.engine.plan_question(r.doc_id, r.question, r.policy, r.answer_prefix, r.store,
                                                     r.max_new_tokens, pass1=self._run_pass1, **r.knobs)
+                try:
+                    check_reselect_policy(r.reselect, planned.policy)
+                except BaseException:
+                    planned.abandon()
+                    raise
             except BaseException as e:  # the question's own error: reported through its stream
                 self._slots.release()
                 self._report_error(stream, e)
@@ -279,6 +289,9 @@ class Scheduler:
                 self._wake.clear()
                 continue
             busy = True
+            self._reselect_due()
+            if not self._active:
+                continue
             if self.listener is not None:
                 self.listener.on_step(len(self._active), self.queue_depth)
             batch = list(self._active)
@@ -295,6 +308,24 @@ class Scheduler:
             step_s = time.perf_counter() - t
             self._active = [(stream, seq) for i, (stream, seq) in enumerate(batch)
                             if self._step_one(stream, seq, logits[i], step_s)]
+
+    def _reselect_due(self) -> None:
+        """Re-selection of every question due for it before this step, as `Engine.ask` does before its
+        step; a question whose re-selection fails (its store, say) fails alone."""
+        keep = []
+        for stream, seq in self._active:
+            r = stream.request
+            if reselect_due(r.reselect, seq) and not stream.cancelled:
+                try:
+                    self.engine.reselect_step(seq, self.engine.open_store(r.store),
+                                              r.max_new_tokens - len(seq.tokens))
+                except BaseException as e:
+                    log.exception("re-selection failed")
+                    self._slots.release()
+                    self._report_error(stream, e)
+                    continue
+            keep.append((stream, seq))
+        self._active = keep
 
     def _admit(self, admitted: list) -> None:
         try:

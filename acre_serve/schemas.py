@@ -46,6 +46,7 @@ class AskParams(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP)
+    reselect: int = Field(0, ge=0, le=MAX_NEW_TOKENS, strict=True)  # re-selection every N answer tokens (chunk policies); 0: off
 
     @field_validator("stop")
     @classmethod
@@ -75,6 +76,22 @@ class AskParams(Strict):
             except InputError as e:
                 raise ValueError(str(e)) from None
         return v
+
+    @field_validator("reselect")
+    @classmethod
+    def _reselect(cls, v: int, info: ValidationInfo) -> int:
+        return check_reselect(v, info.data.get("policy"))
+
+
+def check_reselect(v: int, policy: str | None) -> int:
+    """Re-selection refills chunks: a policy that refills none cannot re-select (a 400 naming `reselect`)."""
+    from acre_model.policies import policy_class
+    from acre_model.policies.chunk_policy import ChunkPolicy
+
+    if v and policy is not None and not issubclass(policy_class(policy), ChunkPolicy):
+        raise ValueError(f"needs a chunk policy (acre, acre-entropy, acre-l1, fixed-k, random); {policy!r} does not "
+                         f"refill chunks")
+    return v
 
 
 class AskIn(AskParams):
@@ -126,6 +143,7 @@ class AcreExt(Strict):
     policy: str = "acre"
     answer_prefix: str = ""
     knobs: dict[str, Any] = Field(default_factory=dict)
+    reselect: int = Field(0, ge=0, le=MAX_NEW_TOKENS, strict=True)
 
 
 class TextPart(BaseModel):
@@ -174,6 +192,7 @@ class ChatIn(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         fields = {"doc_id": self.acre.doc_id, "question": self.question(), "policy": self.acre.policy,
                   "answer_prefix": self.acre.answer_prefix, "knobs": self.acre.knobs, "stop": stop,
+                  "reselect": self.acre.reselect,
                   "max_new_tokens": self.max_completion_tokens or self.max_tokens, "temperature": self.temperature,
                   "top_p": self.top_p, "seed": self.seed}
         try:

@@ -102,7 +102,7 @@ class Worker:
                                           f"of {self.engine.max_context}")
         return AskRequest(doc_id=doc_id, question=p.question, policy=p.policy, answer_prefix=p.answer_prefix,
                           max_new_tokens=p.max_new_tokens, knobs=dict(p.knobs), temperature=p.temperature,
-                          top_p=p.top_p, seed=p.seed, stop=list(p.stop), store=self.store)
+                          top_p=p.top_p, seed=p.seed, stop=list(p.stop), store=self.store, reselect=p.reselect)
 
     def question_tokens(self, question: str, answer_prefix: str) -> int:
         return len(self.engine.tokenizer.question_ids(question, answer_prefix))

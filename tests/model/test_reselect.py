@@ -1,6 +1,7 @@
 """Re-selection during decoding (`Engine.ask(..., reselect=N)`), on a tiny random model with the real
 tokenizer and a real store: off changes nothing, a locator that finds nothing new changes nothing, the
-residual locator's chunks join (only after N tokens, best unattended chunk first), a budget caps them."""
+residual locator's chunks join (only after N tokens, best unattended chunk first), a budget caps them,
+and the batching scheduler re-selects as `Engine.ask` does."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -132,10 +133,47 @@ def test_acre_ask_reselect_on_the_command_line(tiny, tmp_path):
     assert p.returncode == 0, p.stderr
     a = json.loads(p.stdout)
     assert a["n_new_tokens"] >= 3 and a["reselected_chunks"] and a["kv_ratio"] <= 0.5 + 1e-9
+    # --questions (the batching scheduler) re-selects too: the same answer as the single ask
     qs = tmp_path / "q.jsonl"
-    qs.write_text(json.dumps({"question": Q}) + "\n")
-    assert_clean_error(run_acre("ask", doc_id, "--questions", str(qs), "--reselect", "2", env_extra=env),
-                       "scheduler")
+    qs.write_text(json.dumps({"question": Q}) + "\n" + json.dumps({"question": Q, "reselect": 0}) + "\n")
+    p = run_acre("ask", doc_id, "--questions", str(qs), "--model", str(eng.path), "--max-new-tokens", "6",
+                 "--reselect", "2", "--kv-budget", "0.5", "--k-max", "1", "--neighbors", "0", "--reselect-min", "1e-9",
+                 env_extra=env)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(x) for x in p.stdout.splitlines()]
+    assert rows[0]["answer"] == a["answer"] and rows[0]["reselected_chunks"] == a["reselected_chunks"]
+    assert rows[1]["reselected_chunks"] == []  # a line's own "reselect" wins over the command line's
+    assert_clean_error(run_acre("ask", doc_id, Q, "--model", str(eng.path), "--policy", "streaming",
+                                "--reselect", "2", env_extra=env), "chunk policy")
+
+
+def test_the_scheduler_re_selects_as_engine_ask_does(tiny):
+    """Questions decoded together by the scheduler, with and without re-selection, each equal to its
+    `Engine.ask` (answer, refilled and re-selected chunks); a question that cannot re-select fails alone."""
+    from acre_model.scheduler import AskRequest, Scheduler
+
+    eng, store, info = tiny
+    knobs = {"k_max": 2, "neighbors": 0, "reselect_min": 1e-9}
+    asks = [(Q, knobs, 3), (Q, knobs, 0), ("Which sentence mentions the sea?", knobs, 2)]
+    sched = Scheduler(eng, max_batch=4)
+    try:
+        streams = [sched.submit(AskRequest(info.doc_id, q, knobs=k, max_new_tokens=N_NEW, store=store, reselect=n))
+                   for q, k, n in asks]
+        bad = sched.submit(AskRequest(info.doc_id, Q, policy="streaming", store=store, reselect=2))
+        with pytest.raises(InputError, match="reselect"):
+            sched.submit(AskRequest([info.doc_id, info.doc_id], Q, store=store, reselect=2))
+        with pytest.raises(InputError, match="reselect"):
+            sched.submit(AskRequest(info.doc_id, Q, store=store, reselect=-1))
+        got = [s.result(timeout=120) for s in streams]
+        with pytest.raises(InputError, match="chunk policy"):
+            bad.result(timeout=120)
+    finally:
+        sched.close()
+    for (q, k, n), a in zip(asks, got):
+        want = eng.ask(info.doc_id, q, store=store, max_new_tokens=N_NEW, reselect=n, **k)
+        assert (a.answer, a.refilled_chunks, a.reselected_chunks, a.kv_ratio) == \
+            (want.answer, want.refilled_chunks, want.reselected_chunks, want.kv_ratio)
+        assert bool(a.reselected_chunks) == bool(n)
 
 
 def test_residual_completion_of_the_first_plan(tiny):

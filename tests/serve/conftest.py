@@ -47,5 +47,6 @@ def local_answer(local, doc_id: str, body: dict) -> dict:
     a = eng.ask(doc_id, body["question"], policy=body.get("policy", "acre"), store=store,
                 answer_prefix=body.get("answer_prefix", ""), max_new_tokens=body.get("max_new_tokens", 64),
                 temperature=body.get("temperature", 0.0), top_p=body.get("top_p", 1.0),
-                sampling_seed=body.get("seed"), stop=body.get("stop", ()), **body.get("knobs", {}))
+                sampling_seed=body.get("seed"), stop=body.get("stop", ()), reselect=body.get("reselect", 0),
+                **body.get("knobs", {}))
     return a.to_dict()

@@ -16,7 +16,11 @@ from tests.serve.support import Server, sse_events
 
 KEY = "test-key-123"
 Q = ["What colour is the sky?", "Which sentence mentions the sea?", "What colour is the grass?"]
-SAME = ("answer", "policy", "refilled_chunks", "kv_ratio", "k", "mode", "n_active", "n_new_tokens", "doc_id")
+SAME = ("answer", "policy", "refilled_chunks", "kv_ratio", "k", "mode", "n_active", "n_new_tokens", "doc_id",
+        "reselected_chunks")
+# re-selection every 2 tokens, with a share every unattended chunk reaches: chunks join while it decodes
+RESELECT = {"question": Q[1], "knobs": {"k_max": 1, "neighbors": 0, "reselect_min": 1e-9}, "reselect": 2,
+            "max_new_tokens": 6}
 CASES = [
     {"question": Q[0], "max_new_tokens": 6},
     {"question": Q[1], "policy": "full", "max_new_tokens": 6},
@@ -25,6 +29,7 @@ CASES = [
     {"question": Q[0], "policy": "streaming", "knobs": {"budget": 0.3}, "answer_prefix": "The sky is",
      "max_new_tokens": 4},
     {"question": Q[2], "stop": ["pending"], "max_new_tokens": 6},
+    RESELECT,
 ]
 
 
@@ -108,6 +113,7 @@ def test_ask_equals_engine_ask(http, doc, local, case):
     r = http.post("/v1/ask", json={"doc_id": doc["doc_id"], **case})
     assert r.status_code == 200, r.text
     _same(r.json(), local_answer(local, doc["doc_id"], case))
+    assert bool(r.json()["reselected_chunks"]) == bool(case.get("reselect"))
 
 
 def test_ask_by_name_and_prefix(http, doc):
@@ -131,7 +137,7 @@ def test_streaming_deltas_make_the_answer(http, doc, case):
 
 def test_batch_equals_one_by_one(http, doc):
     questions = [Q[0], {"question": Q[1], "policy": "full"}, {"question": Q[2], "max_new_tokens": 3},
-                 {"question": Q[1], "temperature": 1.0, "seed": 5}, Q[2]]
+                 {"question": Q[1], "temperature": 1.0, "seed": 5}, Q[2], {**RESELECT, "max_new_tokens": 5}]
     r = http.post("/v1/ask/batch", json={"doc_id": "colours", "questions": questions, "max_new_tokens": 5})
     assert r.status_code == 200, r.text
     got = r.json()["answers"]
@@ -166,6 +172,14 @@ def test_openai_client(server, doc, local):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     assert chunks[-1].usage.completion_tokens == want["n_new_tokens"]
 
+    # the acre extension's reselect: the same answer and re-selected chunks as Engine.ask
+    want = local_answer(local, doc["doc_id"], RESELECT)
+    extra = {"acre": {"doc_id": "colours", "knobs": RESELECT["knobs"], "reselect": RESELECT["reselect"]}}
+    r = client.chat.completions.create(model="tiny-test", messages=[{"role": "user", "content": RESELECT["question"]}],
+                                       max_tokens=RESELECT["max_new_tokens"], extra_body=extra)
+    assert r.choices[0].message.content == want["answer"]
+    assert r.to_dict()["acre"]["reselected_chunks"] == want["reselected_chunks"] != []
+
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="x", messages=messages, extra_body={"acre": {"doc_id": "ab" * 20}})
     with pytest.raises(openai.BadRequestError, match="acre"):
@@ -190,6 +204,9 @@ BAD = [
     ("/v1/ask", {"question": "q?", "max_new_tokens": 0}, 400, "max_new_tokens"),
     ("/v1/ask", {"question": "q?", "seed": "abc"}, 400, "seed"),
     ("/v1/ask", {"question": "q?", "stop": [""]}, 400, "stop"),
+    ("/v1/ask", {"question": "q?", "reselect": -1}, 400, "reselect"),
+    ("/v1/ask", {"question": "q?", "reselect": True}, 400, "reselect"),
+    ("/v1/ask", {"question": "q?", "policy": "full", "reselect": 4}, 400, "needs a chunk policy"),
     ("/v1/ask", {"question": "q?", "doc_id": "ab" * 20}, 404, "unknown document"),
     ("/v1/ask", {"question": "q?", "doc_id": "nosuchname"}, 404, "unknown document"),
     ("/v1/ask/batch", {"questions": []}, 400, "questions"),
@@ -209,6 +226,9 @@ BAD = [
                               "max_tokens": 0}, 400, "max_tokens"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q?"}], "acre": {"doc_id": "colours"},
                               "n": 2}, 400, "n:"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q?"}], "acre": {"doc_id": "colours",
+                                                                                       "reselect": -2}},
+     400, "acre.reselect"),
 ]
 
 
@@ -297,12 +317,17 @@ def test_the_command_line_as_a_client(server, doc, local, tmp_path):
     assert p.returncode == 0 and "[full, exact positions: KV ratio 1.000" in p.stderr, p.stderr
     assert p.stdout.strip() == local_answer(local, doc["doc_id"], {"question": Q[1], "policy": "full",
                                                                     "max_new_tokens": 6})["answer"]
+    p = run_acre("ask", "colours", RESELECT["question"], "--json", "--max-new-tokens", "6", "--k-max", "1",
+                 "--neighbors", "0", "--reselect-min", "1e-9", "--reselect", "2", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    _same(json.loads(p.stdout), local_answer(local, doc["doc_id"], RESELECT))
     qfile = tmp_path / "q.jsonl"
-    qfile.write_text("\n".join(json.dumps(c) for c in CASES[:3]))
+    qfile.write_text("\n".join(json.dumps(c) for c in [*CASES[:3], RESELECT]))
     p = run_acre("ask", "colours", "--questions", str(qfile), env_extra=env)
     assert p.returncode == 0, p.stderr
     rows = [json.loads(x) for x in p.stdout.splitlines()]
-    for case, row in zip(CASES[:3], rows):
+    assert len(rows) == 4
+    for case, row in zip([*CASES[:3], RESELECT], rows):
         _same(row, local_answer(local, doc["doc_id"], case))
     ls = run_acre("store", "ls", env_extra=env)
     assert ls.returncode == 0 and doc["doc_id"][:20] in ls.stdout and "colours" in ls.stdout, ls.stderr
