@@ -46,6 +46,8 @@ class Metrics:
         self.total = Histogram("acre_ask_total_seconds", "Time to the whole answer (from submit)",
                                ["policy"], buckets=LATENCY_BUCKETS, registry=reg)
         self.decode_tokens = Counter("acre_decode_tokens", "Answer tokens generated", registry=reg)
+        self.reselected = Counter("acre_reselected_chunks", "Chunks re-selection joined while answers were decoded",
+                                  ["policy"], registry=reg)
         self.kv_ratio = Histogram("acre_kv_ratio", "Active document entries / document tokens, per question",
                                   ["policy"], buckets=RATIO_BUCKETS, registry=reg)
         self.fetched_bytes = Counter("acre_refill_fetched_bytes", "Chunk bytes fetched from the store for refill",
@@ -78,6 +80,7 @@ class Metrics:
         self.total.labels(answer.policy).observe(answer.total_s)
         self.kv_ratio.labels(answer.policy).observe(answer.kv_ratio)
         self.decode_tokens.inc(answer.n_new_tokens)
+        self.reselected.labels(answer.policy).inc(len(answer.reselected_chunks))
         self.fetched_bytes.inc(answer.fetched_bytes)
         self.fetch_wait.observe(answer.fetch_wait_s)
 

@@ -114,6 +114,10 @@ def test_ask_equals_engine_ask(http, doc, local, case):
     assert r.status_code == 200, r.text
     _same(r.json(), local_answer(local, doc["doc_id"], case))
     assert bool(r.json()["reselected_chunks"]) == bool(case.get("reselect"))
+    if case.get("reselect"):  # counted in the worker's metrics
+        line = [x for x in http.get("/metrics").text.splitlines()
+                if x.startswith('acre_reselected_chunks_total{policy="acre"}')]
+        assert line and float(line[0].split()[-1]) >= len(r.json()["reselected_chunks"]), line
 
 
 def test_ask_by_name_and_prefix(http, doc):
