@@ -81,8 +81,10 @@ def check_reselect_policy(reselect: int, policy) -> None:
 
 
 def reselect_due(reselect: int, seq: Sequence) -> bool:
-    """Whether re-selection runs before the next decoding step: every `reselect` tokens of the answer."""
-    return bool(reselect) and len(seq.tokens) % reselect == 0
+    """Whether re-selection runs before the next decoding step: every `reselect` tokens of the answer,
+    once at each such length."""
+    n = len(seq.tokens)
+    return bool(reselect) and n % reselect == 0 and seq.reselect_done_at != n
 
 
 class Engine:
@@ -525,23 +527,40 @@ class Engine:
         `kv_budget` caps the union). When some do, the active cache is rebuilt over the union: its chunks
         fetched in the background while the question and the answer so far run over it again (pass 2), so
         the cache is exactly what a question planned with the union from the start would hold after the
-        same tokens. Nothing new: nothing changes."""
+        same tokens. Nothing new: nothing changes. (The scheduler runs the two halves, `reselect_plan` and
+        `reselect_join`, with other questions' pass 1 and pass 2.)"""
+        got = self.reselect_plan(seq, st, room)
+        if got is None:
+            return
+        r = self.run_pass2([got[0]])[0]
+        if isinstance(r, BaseException):
+            raise r
+        self.reselect_join(seq, r, got[1])
+
+    def reselect_plan(self, seq: Sequence, st: StoreAPI, room: int,
+                      pass1: Pass1Runner | None = None) -> tuple[Planned, list[int]] | None:
+        """Re-selection's first half: the residual locator's pass 1 (through `pass1` when given) and, when
+        chunks join, the grown plan with its refill started. Returns (planned, the chunks that join) or None."""
+        seq.reselect_done_at = len(seq.tokens)
         p = seq.p
         pol: ChunkPolicy = p.policy
         ids = torch.cat([p.q_ids, torch.tensor(seq.tokens, dtype=p.q_ids.dtype)])
         have = set(p.plan.chunks)
         cap = volume.budget_k(getattr(pol, "kv_budget", None), p.doc.n_chunks, 0)  # chunks the budget allows
-        new = [c for c in pol.locate_more(PlanContext(self.model, p.doc, ids), have, cap) if c not in have]
+        new = [c for c in pol.locate_more(PlanContext(self.model, p.doc, ids, pass1=pass1), have, cap)
+               if c not in have]
         if not new:
-            return
-        have.update(new)
-        plan = replace(p.plan, chunks=sorted(have))
+            return None
+        plan = replace(p.plan, chunks=sorted(have | set(new)))
         # the answer's last token is not in the cache yet: the next decoding step feeds it
-        r = self.run_pass2([self._plan_active(st, pol, p.doc, plan, ids[:-1], room)])[0]
-        if isinstance(r, BaseException):
-            raise r
-        seq.p = replace(p, plan=plan, layout=r.layout, cache=r.cache, sources=r.sources,
+        return self._plan_active(st, pol, p.doc, plan, ids[:-1], room), sorted(new)
+
+    @staticmethod
+    def reselect_join(seq: Sequence, r: Prepared, new: list[int]) -> None:
+        """Re-selection's second half: the sequence goes on over the cache its pass 2 (`r`) rebuilt."""
+        p = seq.p
+        seq.p = replace(p, plan=r.plan, layout=r.layout, cache=r.cache, sources=r.sources,
                         fetch=FetchStats(p.fetch.fetch_s + r.fetch.fetch_s, p.fetch.wait_s + r.fetch.wait_s,
                                          p.fetch.fetched_bytes + r.fetch.fetched_bytes,
                                          p.fetch.device_hits + r.fetch.device_hits))
-        seq.reselected += sorted(new)
+        seq.reselected += new

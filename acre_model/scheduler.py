@@ -9,9 +9,11 @@ in every turn of its loop it runs
   2. pass 2 of every question planned since the last turn, as one forward (`Engine.run_pass2`, each
      question over its own active cache); those questions join the running batch,
   3. one decoding step of every question in flight, as one forward (`LlamaModel.decode_batch`: one row
-     per question, each over its own cache); before it, a question asked with `reselect=N` whose answer
-     has reached a multiple of N tokens re-selects (`Engine.reselect_step`: its locator and, when chunks
-     join, its pass 2 over the grown cache, in this thread; the other questions wait that long).
+     per question, each over its own cache).
+A question asked with `reselect=N` whose answer has reached a multiple of N tokens leaves the batch
+before step 3 to re-select (`Engine.reselect_plan` in a re-selection thread: its pass 1 joins the
+planners' in 1, its grown cache's refill starts) and comes back with its rebuilt cache (its pass 2 in a
+batch of its own in the next turn, then `Engine.reselect_join`); the other questions go on decoding.
 A finished or cancelled question leaves the batch at once: the batch is re-formed every step, as serving
 engines do. One thread for every forward also keeps the CPU's cores to one batched forward at a time (on
 a small CPU, forwards of several threads at once slow each other down more than they overlap).
@@ -26,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -157,6 +159,10 @@ class Scheduler:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._active: list[tuple[AskStream, Sequence]] = []
+        # re-selection: questions out of the batch while they re-select, and what their threads found
+        self._parked = 0  # touched by the decoding thread only
+        self._rejoin: queue.Queue = queue.Queue()  # (stream, seq, (planned, new chunks) | None | error)
+        self._reselector = ThreadPoolExecutor(max_workers=planners, thread_name_prefix="acre-reselect")
         # More than one planner: a question stuck on a slow store (retries while a daemon restarts) does
         # not hold up the planning of the others.
         self._planners = [threading.Thread(target=self._plan_loop, name=f"acre-plan-{i}", daemon=True)
@@ -199,6 +205,7 @@ class Scheduler:
             t.join(timeout)
         self._wake.set()
         self._decoder.join(timeout)
+        self._reselector.shutdown(wait=False)
 
     # ---- planning thread -----------------------------------------------------------------------
 
@@ -279,19 +286,18 @@ class Scheduler:
                 admitted.append(item)
             if admitted:
                 self._admit(admitted)
+            self._rejoin_reselected()
+            self._park_due()
             if not self._active:
                 if busy and self.listener is not None:
                     self.listener.on_step(0, self.queue_depth)  # the batch just emptied
                 busy = False
-                if planners_done == len(self._planners):
+                if planners_done == len(self._planners) and not self._parked:
                     return
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
             busy = True
-            self._reselect_due()
-            if not self._active:
-                continue
             if self.listener is not None:
                 self.listener.on_step(len(self._active), self.queue_depth)
             batch = list(self._active)
@@ -309,23 +315,63 @@ class Scheduler:
             self._active = [(stream, seq) for i, (stream, seq) in enumerate(batch)
                             if self._step_one(stream, seq, logits[i], step_s)]
 
-    def _reselect_due(self) -> None:
-        """Re-selection of every question due for it before this step, as `Engine.ask` does before its
-        step; a question whose re-selection fails (its store, say) fails alone."""
+    def _park_due(self) -> None:
+        """Questions due to re-select (`reselect_due`, as `Engine.ask` checks before a step) leave the batch;
+        a re-selection thread runs their first half."""
         keep = []
         for stream, seq in self._active:
-            r = stream.request
-            if reselect_due(r.reselect, seq) and not stream.cancelled:
-                try:
-                    self.engine.reselect_step(seq, self.engine.open_store(r.store),
-                                              r.max_new_tokens - len(seq.tokens))
-                except BaseException as e:
-                    log.exception("re-selection failed")
-                    self._slots.release()
-                    self._report_error(stream, e)
-                    continue
-            keep.append((stream, seq))
+            if reselect_due(stream.request.reselect, seq) and not stream.cancelled:
+                self._parked += 1
+                self._reselector.submit(self._reselect_one, stream, seq)
+            else:
+                keep.append((stream, seq))
         self._active = keep
+
+    def _reselect_one(self, stream: AskStream, seq: Sequence) -> None:
+        """(a re-selection thread) The residual locator, its pass 1 run by the decoding thread with the
+        others'; the grown plan's refill started. The result goes back to the decoding thread."""
+        r = stream.request
+        try:
+            got = self.engine.reselect_plan(seq, self.engine.open_store(r.store), r.max_new_tokens - len(seq.tokens),
+                                            pass1=self._run_pass1)
+        except BaseException as e:  # the question's own error, reported when it comes back
+            got = e
+        self._rejoin.put((stream, seq, got))
+        self._wake.set()
+
+    def _rejoin_reselected(self) -> None:
+        """Questions back from re-selection rejoin the batch: those whose plan grew after one pass 2 over
+        their rebuilt caches (together); a failed or cancelled one leaves."""
+        grown = []
+        for stream, seq, got in self._drain(self._rejoin):
+            self._parked -= 1
+            if isinstance(got, BaseException) or stream.cancelled:
+                if got is not None and not isinstance(got, BaseException):
+                    got[0].abandon()
+                self._slots.release()
+                if isinstance(got, BaseException):
+                    log.error("re-selection failed: %s", got)
+                    self._report_error(stream, got)
+                else:
+                    stream._end()
+            elif got is None:  # nothing new: it goes on as it was
+                self._active.append((stream, seq))
+            else:
+                grown.append((stream, seq, got))
+        if not grown:
+            return
+        try:
+            prepared = self.engine.run_pass2([planned for _, _, (planned, _) in grown])
+        except BaseException as e:  # the forward itself failed: every question in it fails
+            log.exception("pass 2 of re-selection failed")
+            prepared = [e] * len(grown)
+        for (stream, seq, (_, new)), r in zip(grown, prepared):
+            if isinstance(r, BaseException):
+                self._slots.release()
+                self._report_error(stream, r)
+                continue
+            self.engine.reselect_join(seq, r, new)
+            self._active.append((stream, seq))
 
     def _admit(self, admitted: list) -> None:
         try:

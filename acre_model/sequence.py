@@ -41,7 +41,8 @@ class Sequence:
         self.finished = False
         self.stopped = False  # ended on a stop token or stop string (else: max_new_tokens)
         self.times = SequenceTimes(start if start is not None else time.perf_counter())
-        self.reselected: list[int] = []  # chunks re-selection added while decoding (Engine.ask)
+        self.reselected: list[int] = []  # chunks re-selection added while decoding
+        self.reselect_done_at = -1  # answer length at the last re-selection (it runs once per length)
         self._gen = None
         if sampling.temperature > 0:
             self._gen = torch.Generator(device="cpu")

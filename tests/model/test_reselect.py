@@ -202,3 +202,26 @@ def test_residual_completion_of_the_first_plan(tiny):
     ctx = PlanContext(eng.model, eng.load_document(info.doc_id, store), torch.tensor(eng.tokenizer.question_ids(Q)))
     plan = AcrePolicy(k_max=2, neighbors=0, complete=True, reselect_min=1e-9).plan(ctx)
     assert len(ctx.probes) == 1 and len(plan.chunks) == len(base.refilled_chunks) + 2
+
+
+def test_a_question_cancelled_while_it_re_selects_leaves_and_the_scheduler_goes_on(tiny):
+    """With `reselect=1` a question is out of the batch re-selecting before nearly every step: cancelled
+    after its first text, it ends without an answer, gives its slot back, and the next question is answered."""
+    from acre_model.scheduler import AskRequest, Cancelled, Scheduler
+
+    eng, store, info = tiny
+    knobs = {"k_max": 1, "neighbors": 0, "reselect_min": 1e-9}
+    sched = Scheduler(eng, max_batch=1)
+    try:
+        s = sched.submit(AskRequest(info.doc_id, Q, knobs=knobs, max_new_tokens=N_NEW, store=store, reselect=1))
+        for _ in s:
+            s.cancel()
+            break
+        with pytest.raises(Cancelled):
+            s.result(timeout=120)
+        a = sched.submit(AskRequest(info.doc_id, Q, knobs=knobs, max_new_tokens=N_NEW, store=store,
+                                    reselect=2)).result(timeout=120)  # max_batch 1: the slot came back
+    finally:
+        sched.close()
+    want = eng.ask(info.doc_id, Q, store=store, max_new_tokens=N_NEW, reselect=2, **knobs)
+    assert (a.answer, a.reselected_chunks) == (want.answer, want.reselected_chunks) and a.reselected_chunks
