@@ -9,7 +9,8 @@ the last answer. Reports per setting: wall time, answer tokens/s, mean answer to
 joined, and the on/off ratios (wall time and tokens/s) per round; the answers' scores (the task's metric)
 show what the time buys.
 
-    python tools/bench_reselect.py [--docs 2] [--copies 4] [--length 4096] [--reselect 8] [--rounds 2]
+    python tools/bench_reselect.py [--docs 2] [--copies 4] [--length 4096] [--reselect 8] [--rounds 2] [--out DIR]
+    python tools/bench_reselect.py --quick     # one 2k document asked 4 times, 32 tokens: about a minute
 
 Ends with one JSON line holding the per-round ratios.
 """
@@ -45,7 +46,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="off/on pairs, for a range")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--model", default=None, help="a prepared model (default: the default model)")
+    ap.add_argument("--quick", action="store_true", help="one 2k document, 4 copies, 32 new tokens")
+    ap.add_argument("--out", default=None, help="a folder for results.json")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.docs, args.copies, args.length, args.max_new_tokens = 1, 4, 2048, 32
     for name in ("docs", "copies", "reselect", "rounds", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
@@ -102,9 +107,13 @@ def main(argv=None) -> int:
         finally:
             sched.close()
             store.close()
-    print(json.dumps({"batch": len(docs) * args.copies, "length": args.length, "reselect": args.reselect,
-                      "wall_ratio": [r["wall_ratio"] for r in rounds],
-                      "tokens_per_s_ratio": [r["tokens_per_s_ratio"] for r in rounds], "rounds": rounds}))
+    out = {"batch": len(docs) * args.copies, "length": args.length, "reselect": args.reselect,
+           "max_new_tokens": args.max_new_tokens, "wall_ratio": [r["wall_ratio"] for r in rounds],
+           "tokens_per_s_ratio": [r["tokens_per_s_ratio"] for r in rounds], "rounds": rounds}
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "results.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out))
     return 0
 
 

@@ -9,10 +9,11 @@ import pytest
 from tools.bench_reselect import main as bench_main
 
 
-def test_off_and_on_in_one_round(capsys):
+def test_off_and_on_in_one_round(capsys, tmp_path):
     assert bench_main(["--docs", "1", "--copies", "2", "--length", "1024", "--max-new-tokens", "8",
-                       "--rounds", "1", "--reselect", "4"]) == 0
+                       "--rounds", "1", "--reselect", "4", "--out", str(tmp_path / "o")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "o" / "results.json").read_text()) == out
     assert out["batch"] == 2 and out["reselect"] == 4 and len(out["rounds"]) == 1
     (r,) = out["rounds"]
     off, on = r["off"], r["on"]
