@@ -186,8 +186,9 @@ def cmd_ask(args) -> int:
                     max_new_tokens=args.max_new_tokens, reselect=args.reselect, **_cli_knobs(args)).to_dict()
     _print(args, a, a["answer"])
     if not args.json:
+        joined = f" ({len(a['reselected_chunks'])} joined while decoding)" if a.get("reselected_chunks") else ""
         print(f"[{a['policy']}, {a['mode']} positions: KV ratio {a['kv_ratio']:.3f} ({a['n_active']}/{a['n_tokens']} "
-              f"entries), {len(a['refilled_chunks'])} chunks refilled, TTFT {a['ttft_s']:.2f}s, "
+              f"entries), {len(a['refilled_chunks'])} chunks refilled{joined}, TTFT {a['ttft_s']:.2f}s, "
               f"total {a['total_s']:.2f}s]", file=sys.stderr)
         if is_library_ref(args.doc):
             used = "; ".join(f"{s['name'] or s['doc_id'][:12]} chunks {s['chunks']}" for s in a.get("sources", []))

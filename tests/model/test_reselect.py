@@ -133,6 +133,10 @@ def test_acre_ask_reselect_on_the_command_line(tiny, tmp_path):
     assert p.returncode == 0, p.stderr
     a = json.loads(p.stdout)
     assert a["n_new_tokens"] >= 3 and a["reselected_chunks"] and a["kv_ratio"] <= 0.5 + 1e-9
+    p = run_acre("ask", doc_id, Q, "--model", str(eng.path), "--max-new-tokens", "6", "--reselect", "2",
+                 "--kv-budget", "0.5", "--k-max", "1", "--neighbors", "0", "--reselect-min", "1e-9", env_extra=env)
+    assert p.returncode == 0 and p.stdout.strip() == a["answer"], p.stderr
+    assert f"{len(a['reselected_chunks'])} joined while decoding" in p.stderr, p.stderr  # the summary line says so
     # --questions (the batching scheduler) re-selects too: the same answer as the single ask
     qs = tmp_path / "q.jsonl"
     qs.write_text(json.dumps({"question": Q}) + "\n" + json.dumps({"question": Q, "reselect": 0}) + "\n")
