@@ -229,8 +229,7 @@ class Scheduler:
                     planned.abandon()
                     raise
             except BaseException as e:  # the question's own error: reported through its stream
-                self._slots.release()
-                self._report_error(stream, e)
+                self._leave(stream, e)
                 continue
             self._ready.put((stream, planned))
             self._wake.set()
@@ -280,8 +279,7 @@ class Scheduler:
                 stream, planned = item
                 if stream.cancelled:
                     planned.abandon()
-                    self._slots.release()
-                    stream._end()
+                    self._leave(stream)
                     continue
                 admitted.append(item)
             if admitted:
@@ -307,8 +305,7 @@ class Scheduler:
             except BaseException as e:  # a failed step fails every question in it, not the scheduler
                 log.exception("decoding step failed")
                 for stream, _ in batch:
-                    self._slots.release()
-                    self._report_error(stream, e)
+                    self._leave(stream, e)
                 self._active = []
                 continue
             step_s = time.perf_counter() - t
@@ -345,15 +342,13 @@ class Scheduler:
         grown = []
         for stream, seq, got in self._drain(self._rejoin):
             self._parked -= 1
-            if isinstance(got, BaseException) or stream.cancelled:
-                if got is not None and not isinstance(got, BaseException):
+            if isinstance(got, BaseException):
+                log.error("re-selection failed: %s", got)
+                self._leave(stream, got)
+            elif stream.cancelled:
+                if got is not None:
                     got[0].abandon()
-                self._slots.release()
-                if isinstance(got, BaseException):
-                    log.error("re-selection failed: %s", got)
-                    self._report_error(stream, got)
-                else:
-                    stream._end()
+                self._leave(stream)
             elif got is None:  # nothing new: it goes on as it was
                 self._active.append((stream, seq))
             else:
@@ -367,8 +362,7 @@ class Scheduler:
             prepared = [e] * len(grown)
         for (stream, seq, (_, new)), r in zip(grown, prepared):
             if isinstance(r, BaseException):
-                self._slots.release()
-                self._report_error(stream, r)
+                self._leave(stream, r)
                 continue
             self.engine.reselect_join(seq, r, new)
             self._active.append((stream, seq))
@@ -381,15 +375,13 @@ class Scheduler:
             prepared = [e] * len(admitted)
         for (stream, _), p in zip(admitted, prepared):
             if isinstance(p, BaseException):
-                self._slots.release()
-                self._report_error(stream, p)
+                self._leave(stream, p)
                 continue
             r = stream.request
             try:
                 seq = Sequence(p, self.engine.tokenizer, stream.sampling, r.stop, start=stream.submitted)
             except BaseException as e:
-                self._slots.release()
-                self._report_error(stream, e)
+                self._leave(stream, e)
                 continue
             if self._step_one(stream, seq, p.logits, 0.0):
                 self._active.append((stream, seq))
@@ -398,14 +390,12 @@ class Scheduler:
         """Push one token into a sequence and emit its text. Returns whether it goes on decoding; a
         finished, cancelled or failed question gives its slot back."""
         if stream.cancelled:
-            self._slots.release()
-            stream._end()
+            self._leave(stream)
             return False
         try:
             delta = seq.push(logits, step_s)
         except BaseException as e:
-            self._slots.release()
-            self._report_error(stream, e)
+            self._leave(stream, e)
             return False
         if delta:
             stream._emit(Delta(delta))
@@ -418,6 +408,14 @@ class Scheduler:
         if self.listener is not None:
             self.listener.on_done(answer)
         return False
+
+    def _leave(self, stream: AskStream, error: BaseException | None = None) -> None:
+        """A question leaves without an answer (cancelled, or failed with `error`): its slot comes back."""
+        self._slots.release()
+        if error is None:
+            stream._end()
+        else:
+            self._report_error(stream, error)
 
     def _report_error(self, stream: AskStream, e: BaseException) -> None:
         stream._fail(e)

@@ -80,18 +80,16 @@ class AskParams(Strict):
     @field_validator("reselect")
     @classmethod
     def _reselect(cls, v: int, info: ValidationInfo) -> int:
-        return check_reselect(v, info.data.get("policy"))
+        from acre_model.engine import check_reselect_policy
+        from acre_model.errors import InputError
+        from acre_model.policies import policy_class
 
-
-def check_reselect(v: int, policy: str | None) -> int:
-    """Re-selection refills chunks: a policy that refills none cannot re-select (a 400 naming `reselect`)."""
-    from acre_model.policies import policy_class
-    from acre_model.policies.chunk_policy import ChunkPolicy
-
-    if v and policy is not None and not issubclass(policy_class(policy), ChunkPolicy):
-        raise ValueError(f"needs a chunk policy (acre, acre-entropy, acre-l1, fixed-k, random); {policy!r} does not "
-                         f"refill chunks")
-    return v
+        if "policy" in info.data:  # else the policy itself was refused
+            try:
+                check_reselect_policy(v, policy_class(info.data["policy"]).from_knobs())
+            except InputError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class AskIn(AskParams):

@@ -77,11 +77,13 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             docs.append((t, info.doc_id))
 
+        asked = [d for d in docs for _ in range(args.copies)]  # every document's question, `copies` times
+
         def requests(n: int) -> list:
             return [AskRequest(doc_id, t.question, answer_prefix=t.answer_prefix, max_new_tokens=args.max_new_tokens,
-                               store=store, reselect=n) for t, doc_id in docs for _ in range(args.copies)]
+                               store=store, reselect=n) for t, doc_id in asked]
 
-        sched = Scheduler(eng, max_batch=len(docs) * args.copies)
+        sched = Scheduler(eng, max_batch=len(asked))
         rounds = []
         try:
             run_batch(sched, requests(0)[:1])  # warm-up: device chunk cache, first forwards
@@ -90,8 +92,7 @@ def main(argv=None) -> int:
                 for n in (0, args.reselect):
                     wall, answers = run_batch(sched, requests(n))
                     toks = sum(a.n_new_tokens for a in answers)
-                    score = statistics.mean(t.score(a.answer) for (t, _), a in
-                                            zip([d for d in docs for _ in range(args.copies)], answers))
+                    score = statistics.mean(t.score(a.answer) for (t, _), a in zip(asked, answers))
                     row["on" if n else "off"] = {
                         "wall_s": round(wall, 2), "tokens_per_s": round(toks / wall, 1),
                         "mean_new_tokens": round(toks / len(answers), 1),
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
         finally:
             sched.close()
             store.close()
-    out = {"batch": len(docs) * args.copies, "length": args.length, "reselect": args.reselect,
+    out = {"batch": len(asked), "length": args.length, "reselect": args.reselect,
            "max_new_tokens": args.max_new_tokens, "wall_ratio": [r["wall_ratio"] for r in rounds],
            "tokens_per_s_ratio": [r["tokens_per_s_ratio"] for r in rounds], "rounds": rounds}
     if args.out:
