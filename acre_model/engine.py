@@ -37,7 +37,7 @@ from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
 from .kv_cache import KVCache
 from .library import Library, LibraryLayout
-from .pass1 import Pass1Runner
+from .pass1 import Pass1Runner, extend_pass1
 from .plan import Plan
 from .policies import PlanContext, Policy, make_policy
 from .policies.chunk_policy import ChunkPolicy
@@ -521,7 +521,8 @@ class Engine:
         return seq.answer()
 
     def reselect_step(self, seq: Sequence, st: StoreAPI, room: int) -> None:
-        """Re-selection during decoding: pass 1 again with the question and the answer so far as the query;
+        """Re-selection during decoding: pass 1 again with the question and the answer so far as the query
+        (incremental: only the answer tokens since the last re-selection run, `pass1.extend_pass1`);
         the policy's residual locator (`ChunkPolicy.locate_more`) names the chunks it still needs that
         the active cache lacks, and they join the plan (nothing already attended is dropped; a
         `kv_budget` caps the union). When some do, the active cache is rebuilt over the union: its chunks
@@ -547,8 +548,13 @@ class Engine:
         ids = torch.cat([p.q_ids, torch.tensor(seq.tokens, dtype=p.q_ids.dtype)])
         have = set(p.plan.chunks)
         cap = volume.budget_k(getattr(pol, "kv_budget", None), p.doc.n_chunks, 0)  # chunks the budget allows
-        new = [c for c in pol.locate_more(PlanContext(self.model, p.doc, ids, pass1=pass1), have, cap)
-               if c not in have]
+        # pass 1 of the question and the answer so far: only the tokens since the last re-selection run,
+        # over the cache that one kept (`extend_pass1`)
+        layers = pol.index_layers(p.doc)
+        state, seq.pass1_state = seq.pass1_state, None  # not reusable if this pass 1 fails part-way
+        seq.pass1_state = extend_pass1(self.model, p.doc, ids, layers, state, pass1)
+        ctx = PlanContext(self.model, p.doc, ids, pass1=pass1, probes={layers: seq.pass1_state.probe()})
+        new = [c for c in pol.locate_more(ctx, have, cap) if c not in have]
         if not new:
             return None
         plan = replace(p.plan, chunks=sorted(have | set(new)))

@@ -8,10 +8,16 @@ The forward itself is a `Pass1Job`: one item of `LlamaModel.forward_batch` up to
 Alone it runs as a batch of one; a `Pass1Runner` (the scheduler's) may run the jobs of several questions
 as one batched forward instead. A question's numbers are the same either way (forward_batch pads each
 item's rows, see there).
+
+Re-selection during decoding runs pass 1 again every N answer tokens with the answer so far as part of
+the query. A `Pass1State` keeps what the last such pass 1 computed (its cache: the attend set plus the
+tokens run so far, to the last probed layer; the queries recorded), so the next one runs only the answer's
+new tokens over it (`extend_pass1`): causal attention makes the earlier rows' queries what a full re-run
+would compute, up to floating-point summation order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -67,10 +73,50 @@ def run_pass1(model, doc: DocState, q_ids: torch.Tensor, probe_layers: list[int]
     the probe filled at `probe_layers`: `queries[l]` [n_heads, T, head_dim] (rotated) and/or `probs[l]`
     [n_heads, T, n_l1 + T]."""
     job = pass1_job(model, doc, q_ids, probe_layers, want_queries, want_probs)
+    _run(model, job, runner)
+    return job.item.probe
+
+
+@dataclass
+class Pass1State:
+    """A query's pass 1 so far, kept to extend (`extend_pass1`): the cache (the attend set, then the `n`
+    tokens run so far, layers 0..max(layers)) and the queries recorded per probed layer [Hq, n, D]."""
+
+    layers: tuple[int, ...]
+    cache: KVCache
+    n: int
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def probe(self) -> AttnProbe:
+        """An `AttnProbe` holding every query row recorded so far (what `run_pass1` returns)."""
+        return AttnProbe(layers=list(self.layers), want_probs=False, want_queries=True, queries=dict(self.queries))
+
+
+def extend_pass1(model, doc: DocState, ids: torch.Tensor, layers: tuple[int, ...], state: Pass1State | None,
+                 runner: Pass1Runner | None = None) -> Pass1State:
+    """Pass 1 of `ids` [T] (the queries at `layers`) over the attend set, reusing `state` when it holds a
+    prefix of them at the same layers: only ids[state.n:] run, at their positions, over its cache. Returns
+    the state after all T tokens (its `probe()` is what `run_pass1(..., want_queries=True)` returns). On an
+    error `state` must not be used again (its cache may hold some layers' new entries)."""
+    layers = tuple(layers)
+    if state is None or state.layers != layers or state.n > len(ids):
+        job = pass1_job(model, doc, ids, list(layers), want_queries=True, want_probs=False)
+        _run(model, job, runner)
+        return Pass1State(layers, job.item.cache, len(ids), dict(job.item.probe.queries))
+    if state.n == len(ids):
+        return state
+    new = ids[state.n:]
+    probe = AttnProbe(layers=list(layers), want_probs=False, want_queries=True)
+    pos = torch.arange(doc.n_tokens + state.n, doc.n_tokens + len(ids))
+    _run(model, Pass1Job(BatchItem(new, state.cache, pos, probe=probe), max(layers)), runner)
+    queries = {l: torch.cat([state.queries[l], probe.queries[l]], dim=1) for l in layers}
+    return Pass1State(layers, state.cache, len(ids), queries)
+
+
+def _run(model, job: Pass1Job, runner: Pass1Runner | None) -> None:
     if runner is not None:
         runner(job)
-    else:
-        err = run_jobs(model, [job])[0]
-        if err is not None:
-            raise err
-    return job.item.probe
+        return
+    err = run_jobs(model, [job])[0]
+    if err is not None:
+        raise err

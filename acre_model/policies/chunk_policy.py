@@ -95,11 +95,17 @@ class ChunkPolicy(Policy):
             chunks = sorted(set(chunks) | set(self.locate_more(ctx, set(chunks), cap)))
         return Plan(chunks, use_l1=True, mode=self.mode, entropy=volume.normalized_entropy(p), k=k, p=p)
 
+    def index_layers(self, doc) -> tuple[int, ...]:
+        """The layers of the index's best `locator_heads` heads: where pass 1 records the queries the
+        locator index is scored with (the key of `PlanContext.probes`)."""
+        return tuple(sorted({layer for layer, _ in doc.index_heads[:self.locator_heads or None]}))
+
     def index_probe(self, ctx: PlanContext) -> tuple[AttnProbe, int | None]:
         """Pass 1's record of the question's queries at the layers of the index's best `locator_heads`
-        heads, and that head count (None: every head). Run once per question (kept in `ctx.probes`)."""
+        heads, and that head count (None: every head). Run once per question (kept in `ctx.probes`; a
+        caller may put one there, as re-selection does with its incremental pass 1)."""
         n_heads = self.locator_heads or None
-        layers = tuple(sorted({layer for layer, _ in ctx.doc.index_heads[:n_heads]}))
+        layers = self.index_layers(ctx.doc)
         if layers not in ctx.probes:
             ctx.probes[layers] = run_pass1(ctx.model, ctx.doc, ctx.q_ids, list(layers), want_queries=True,
                                            want_probs=False, runner=ctx.pass1)

@@ -310,3 +310,12 @@ def test_real_gemma_answers_library_questions_across_ten_documents(tmp_path):
     right, found, most = library_floor(_gemma(), tmp_path / "store")
     assert found >= 4 and right >= 3, (found, right)
     assert most <= 2048  # global layers: a few chunks and headers; local layers: one 512-token window
+
+
+def test_incremental_pass_1_on_a_hybrid_document(hybrid):
+    """Re-selection's incremental pass 1 on local (sliding-window) layers too: the same queries as a whole
+    pass 1 over the question and the answer so far."""
+    from tests.model.test_reselect import check_incremental_pass1
+
+    eng, store, info = hybrid
+    check_incremental_pass1(eng, eng.load_document(info.doc_id, store), "Which sentence says the sun is yellow?")

@@ -105,6 +105,36 @@ def test_residual_locator_takes_the_best_unattended_chunk_first(tiny):
         PlanContext(eng.model, doc, ids), have, doc.n_chunks) == [int(s.argmax())]
 
 
+def check_incremental_pass1(eng, doc, q: str) -> None:
+    """`extend_pass1` run in three steps (the question and 3 answer tokens, then 4 more, then 4 more) records
+    the queries a whole pass 1 over all of them records, reusing one cache; other layers start anew."""
+    import torch
+    from acre_model.pass1 import extend_pass1, run_pass1
+
+    q_ids = torch.tensor(eng.tokenizer.question_ids(q))
+    ids = torch.cat([q_ids, torch.randint(100, 1000, (11,), generator=torch.Generator().manual_seed(3))])
+    layers = AcrePolicy().index_layers(doc)
+    n = len(q_ids)
+    s0 = extend_pass1(eng.model, doc, ids[:n + 3], layers, None)
+    n0 = s0.cache.length(max(layers))
+    s1 = extend_pass1(eng.model, doc, ids[:n + 7], layers, s0)
+    s2 = extend_pass1(eng.model, doc, ids, layers, s1)
+    assert s2.cache is s0.cache and s2.n == len(ids) and extend_pass1(eng.model, doc, ids, layers, s2) is s2
+    assert s2.cache.length(max(layers)) == n0 + 8  # the 8 new tokens only
+    whole = run_pass1(eng.model, doc, ids, list(layers), want_queries=True, want_probs=False)
+    got = s2.probe()
+    for layer in layers:
+        assert got.queries[layer].shape == whole.queries[layer].shape
+        torch.testing.assert_close(got.queries[layer], whole.queries[layer], rtol=1e-4, atol=1e-5)
+    other = extend_pass1(eng.model, doc, ids, (0,) if layers != (0,) else (1,), s2)  # a pass 1 of its own
+    assert other.cache is not s2.cache and other.n == len(ids)
+
+
+def test_re_selections_pass_1_runs_only_the_new_answer_tokens(tiny):
+    eng, store, info = tiny
+    check_incremental_pass1(eng, eng.load_document(info.doc_id, store), Q)
+
+
 def test_reselect_is_refused_where_it_cannot_work(tiny):
     eng, store, info = tiny
     with pytest.raises(InputError, match="reselect"):
