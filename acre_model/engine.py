@@ -36,7 +36,7 @@ from .fingerprint import model_fingerprint
 from .generation import SamplingParams, decode
 from .ingest import build_l1_parts, document_id, iter_chunks, prefill_document
 from .kv_cache import KVCache
-from .library import Library, LibraryLayout
+from .library import Library, LibraryLayout, LibraryPlan
 from .pass1 import Pass1Runner, extend_pass1
 from .plan import Plan
 from .policies import PlanContext, Policy, make_policy
@@ -65,12 +65,10 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 
-def check_reselect(reselect, doc_id) -> None:
-    """`reselect` of an ask: an integer >= 0 (0: off), on one document only."""
+def check_reselect(reselect) -> None:
+    """`reselect` of an ask: an integer >= 0 (0: off)."""
     if not isinstance(reselect, int) or isinstance(reselect, bool) or reselect < 0:
         raise InputError(f"reselect must be an integer >= 0 (0: off), got {reselect!r}")
-    if reselect and not isinstance(doc_id, str):
-        raise InputError("reselect works on one document; a question over several documents does not re-select")
 
 
 def check_reselect_policy(reselect: int, policy) -> None:
@@ -417,14 +415,25 @@ class Engine:
         plan = pol.plan_library(self.model, library, q_ids)
         # 4. the layout: sinks once, then per document with chosen chunks a header and its entries
         layout = LibraryLayout.build(plan, library, self.cfg.num_hidden_layers, self._header_ids)
+        if not self._library_fits(library, layout, len(q_ids), max_new_tokens):
+            raise InputError(f"the active cache over {len(doc_ids)} documents is {max(layout.n_active)} entries; "
+                             f"with the question and {max_new_tokens} new tokens that exceeds the model's context "
+                             f"of {self.max_context}: lower k_max or neighbors")
+        return self._plan_library_active(st, pol, library, plan, layout, q_ids, max_new_tokens)
+
+    def _library_fits(self, library: Library, layout: LibraryLayout, n_ids: int, room: int) -> bool:
+        """Whether a library's active cache, `n_ids` tokens run over it and `room` more fit the model's
+        context (one document: always, as a single-document ask)."""
+        return len(library.docs) == 1 or max(layout.n_active, default=0) + n_ids + room <= self.max_context
+
+    def _plan_library_active(self, st: StoreAPI, pol: Policy, library: Library, plan: LibraryPlan,
+                             layout: LibraryLayout, ids: torch.Tensor, room: int) -> Planned:
+        """Step 5 over a library: the headers' KV, a cache with room for `ids` and `room` more tokens, and
+        one fetch of every document's chunks started; pass 2 will run `ids` over it."""
         n_active = max(layout.n_active, default=0)
-        if len(doc_ids) > 1 and n_active + len(q_ids) + max_new_tokens > self.max_context:
-            raise InputError(f"the active cache over {len(doc_ids)} documents is {n_active} entries; with the "
-                             f"question and {max_new_tokens} new tokens that exceeds the model's context of "
-                             f"{self.max_context}: lower k_max or neighbors")
         headers = [self._header_kv(layout.prefix_doc, layout.prefix, s.header_ids, s.header_start)
                    for s in layout.segments]
-        cache = self.model.new_cache(capacity=n_active + len(q_ids) + max_new_tokens)
+        cache = self.model.new_cache(capacity=n_active + len(ids) + room)
         needed = layout.chunks_needed
         first = layout.segments[0].doc.doc_id
         # 5. one fetch for every document's chunks, layer groups in the background
@@ -445,7 +454,7 @@ class Engine:
                     kv.append(layer, ropes[layer].rotate(k, pos), v, pos)
 
         fetcher.__enter__()
-        return Planned(pol, library, plan, layout, cache, q_ids, fetcher, layout.question_positions(len(q_ids)),
+        return Planned(pol, library, plan, layout, cache, ids, fetcher, layout.question_positions(len(ids)),
                        install, layout.sources(library))
 
     def _header_ids(self, i: int, doc: DocState) -> list[int]:
@@ -495,14 +504,14 @@ class Engine:
         `doc_id` may be a list of ids: one question over a library of documents (`library.py`); the
         answer's `sources` name the documents and chunks it used.
 
-        `reselect=N` (chunk policies, one document): every N generated tokens the locator runs again with
-        the answer so far as part of the query, and chunks it newly needs join the active cache
-        (`reselect_step`). 0: off. The scheduler (`acre serve`, `--questions`) does the same per question.
+        `reselect=N` (chunk policies): every N generated tokens the locator runs again with the answer so
+        far as part of the query, and chunks it newly needs join the active cache (`reselect_step`; over a
+        library, chunks of any of its documents). 0: off. The scheduler (`acre serve`, `--questions`) does the same per question.
 
         The stored document is never changed: every question starts from the same cached state.
         """
         t0 = time.perf_counter()
-        check_reselect(reselect, doc_id)
+        check_reselect(reselect)
         sampling = SamplingParams(max_new_tokens, temperature, top_p, sampling_seed)
         # 1-6. L1, question ids, plan, layout, fetch + pass 2 (see `prepare`)
         p = self.prepare(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
@@ -546,20 +555,45 @@ class Engine:
         p = seq.p
         pol: ChunkPolicy = p.policy
         ids = torch.cat([p.q_ids, torch.tensor(seq.tokens, dtype=p.q_ids.dtype)])
-        have = set(p.plan.chunks)
-        cap = volume.budget_k(getattr(pol, "kv_budget", None), p.doc.n_chunks, 0)  # chunks the budget allows
+        library = p.doc if isinstance(p.doc, Library) else None
+        first = library.docs[0] if library is not None else p.doc  # pass 1 runs over its attend set
         # pass 1 of the question and the answer so far: only the tokens since the last re-selection run,
         # over the cache that one kept (`extend_pass1`)
-        layers = pol.index_layers(p.doc)
+        layers = pol.library_layers(library) if library is not None else pol.index_layers(p.doc)
         state, seq.pass1_state = seq.pass1_state, None  # not reusable if this pass 1 fails part-way
-        seq.pass1_state = extend_pass1(self.model, p.doc, ids, layers, state, pass1)
-        ctx = PlanContext(self.model, p.doc, ids, pass1=pass1, probes={layers: seq.pass1_state.probe()})
+        seq.pass1_state = extend_pass1(self.model, first, ids, layers, state, pass1)
+        ctx = PlanContext(self.model, first, ids, pass1=pass1, probes={layers: seq.pass1_state.probe()})
+        if library is not None:
+            return self._reselect_library(ctx, pol, library, p.plan, st, room)
+        have = set(p.plan.chunks)
+        cap = volume.budget_k(getattr(pol, "kv_budget", None), p.doc.n_chunks, 0)  # chunks the budget allows
         new = [c for c in pol.locate_more(ctx, have, cap) if c not in have]
         if not new:
             return None
         plan = replace(p.plan, chunks=sorted(have | set(new)))
         # the answer's last token is not in the cache yet: the next decoding step feeds it
         return self._plan_active(st, pol, p.doc, plan, ids[:-1], room), sorted(new)
+
+    def _reselect_library(self, ctx: PlanContext, pol: ChunkPolicy, library: Library, lp: LibraryPlan,
+                          st: StoreAPI, room: int) -> tuple[Planned, list[tuple[str, int]]] | None:
+        """`reselect_plan` over a library: the residual locator ranks the chunks of every document
+        (`ChunkPolicy.locate_more_library`); a document without chosen chunks enters the cache with its
+        header when one of its chunks joins. The last found are given up while the grown cache, with the
+        question, the answer and its room, would not fit the model's context. Returns the chunks that join
+        as (doc_id, chunk) pairs."""
+        have = [set(x.chunks) for x in lp.plans]
+        cap = volume.budget_k(getattr(pol, "kv_budget", None), sum(d.n_chunks for d in library.docs), 0)
+        new = pol.locate_more_library(self.model, library, ctx, have, cap)  # best first
+        ids = ctx.q_ids[:-1]  # the answer's last token is not in the cache yet
+        while new:
+            plan = replace(lp, plans=[replace(x, chunks=sorted(h | {c for j, c in new if j == i}))
+                                      for i, (x, h) in enumerate(zip(lp.plans, have))])
+            layout = LibraryLayout.build(plan, library, self.cfg.num_hidden_layers, self._header_ids)
+            if self._library_fits(library, layout, len(ids), room):
+                return (self._plan_library_active(st, pol, library, plan, layout, ids, room),
+                        sorted((library.docs[i].doc_id, c) for i, c in new))
+            new = new[:-1]
+        return None
 
     @staticmethod
     def reselect_join(seq: Sequence, r: Prepared, new: list[int]) -> None:

@@ -132,6 +132,14 @@ def distance_turn(rope: Rope, n_tokens: int, distance: int, like: torch.Tensor
     return cos.to(like.device), (sin * sign).to(like.device)
 
 
+def attended_tokens(doc: DocState, chunks) -> torch.Tensor:
+    """[n_tokens] bool: what an active cache that refills `chunks` of `doc` attends at full detail: their
+    tokens, the sinks and the recent window (the residual locator's `exclude`)."""
+    mask = chunk_tokens(doc, chunks)
+    mask[doc.l1_pos[doc.l1_always].to(mask.device)] = True
+    return mask
+
+
 def chunk_tokens(doc: DocState, chunks) -> torch.Tensor:
     """[n_tokens] bool: the tokens of the given chunks."""
     mask = torch.zeros(doc.n_chunks * doc.chunk_size, dtype=torch.bool, device=doc.index_keys.device)
@@ -151,7 +159,8 @@ def shift_queries(q: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.
 
 
 def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, head_dim: int,
-                         inv_freq: torch.Tensor | None = None) -> list[torch.Tensor]:
+                         inv_freq: torch.Tensor | None = None, exclude: list[torch.Tensor | None] | None = None,
+                         rule: str = "sum") -> list[torch.Tensor]:
     """Chunk scores of several documents on one scale: [n_chunks_d] per document.
 
     The queries of one pass 1 (over the first document, at positions after it) score every document's
@@ -166,14 +175,20 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
     rows of the row's largest probability in the chunk; then the best head. A fact whose key shares one
     word with another document's key ("jolly-otter", "jolly-kettle") wins on the rows of its other words,
     where one row's maximum (the single-document max rule) would tie them (measured on probe libraries:
-    docs/results.md, "Library"). With one document this is `index_chunk_scores`: the max rule."""
+    docs/results.md, "Library"). With one document this is `index_chunk_scores`: the max rule.
+
+    The residual locator of re-selection over a library: `exclude`, per document None or [n_tokens] bool,
+    leaves those tokens (what the active cache attends already) out of every row's softmax, and
+    `rule="max"` scores a chunk by its best row's share (the max rule, on which `reselect_min` is set)."""
+    if rule not in ("sum", "max"):
+        raise ValueError(f"rule must be 'sum' or 'max', got {rule!r}")
     for doc in docs:
         if doc.index_keys is None or not doc.index_heads:
             raise ValueError(f"document {doc.doc_id[:12]} has no locator index (ingested without calibration)")
     heads = docs[0].index_heads
 
     if len(docs) == 1:
-        return [index_chunk_scores(docs[0], probe, n_rep, head_dim)]
+        return [index_chunk_scores(docs[0], probe, n_rep, head_dim, exclude=exclude[0] if exclude else None)]
     # The documents share a chunk size (a `Library` checks it). One buffer of logits [rows, tokens] per head,
     # each document padded to whole chunks: padding and sinks hold -inf (probability 0 in the joint
     # softmax), so the chunks' maxima are one view away.
@@ -187,15 +202,18 @@ def library_chunk_scores(docs: list[DocState], probe: AttnProbe, n_rep: int, hea
         q = head_queries(probe, layer, g, n_rep, head_dim) / math.sqrt(head_dim)
         if logits is None:
             logits = torch.empty((q.shape[0], offsets[-1]), device=device, dtype=q.dtype)
-        for d, lo, hi in zip(docs, offsets, offsets[1:]):
+        for i, (d, lo, hi) in enumerate(zip(docs, offsets, offsets[1:])):
             qd = q if inv_freq is None else shift_queries(q, d.n_tokens - n0, inv_freq)
             torch.matmul(qd, d.index_keys[h].T, out=logits[:, lo:lo + d.n_tokens])
             logits[:, lo + d.n_tokens:hi] = float("-inf")  # the short last chunk's padding
             logits[:, lo:lo + d.layout.n_sink] = float("-inf")  # every document's sinks would take a share of every row
+            if exclude is not None and exclude[i] is not None:
+                logits[:, lo:lo + d.n_tokens].masked_fill_(exclude[i], float("-inf"))
         # the softmax per row (question token) over every document's tokens, in place
         logits.sub_(logits.amax(-1, keepdim=True)).exp_()
-        probs_max = logits.view(q.shape[0], -1, cs).amax(-1) / logits.sum(-1, keepdim=True)
-        total = torch.maximum(total, probs_max.sum(0).to(total.dtype))
+        probs_max = (logits.view(q.shape[0], -1, cs).amax(-1) / logits.sum(-1, keepdim=True)).nan_to_num_(0.0)
+        per_chunk = probs_max.sum(0) if rule == "sum" else probs_max.amax(0)
+        total = torch.maximum(total, per_chunk.to(total.dtype))
     return list(total.split(n_chunks))
 
 

@@ -55,7 +55,7 @@ class AskRequest:
     seed: int | None = None  # sampling seed (a policy's own `seed` knob goes in `knobs`)
     stop: list[str] = field(default_factory=list)
     store: object = None  # a store object or address; None: the engine's default store
-    reselect: int = 0  # re-selection every N answer tokens (chunk policies, one document; `Engine.ask`); 0: off
+    reselect: int = 0  # re-selection every N answer tokens (chunk policies; `Engine.ask`); 0: off
 
 
 @dataclass
@@ -191,7 +191,7 @@ class Scheduler:
         sampling = SamplingParams(request.max_new_tokens, request.temperature, request.top_p, request.seed)
         if any(not isinstance(s, str) or not s for s in request.stop):
             raise InputError("stop: stop strings must be non-empty strings")
-        check_reselect(request.reselect, request.doc_id)
+        check_reselect(request.reselect)
         stream = AskStream(request, sampling)
         self._pending.put(stream)
         return stream

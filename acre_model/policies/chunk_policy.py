@@ -5,6 +5,8 @@ locator, `fixed-k` and the entropy policies their volume, `random` its choice of
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -156,8 +158,8 @@ class ChunkPolicy(Policy):
         self.check(not self.distinct, "distinct places are for a question over one document")
         self.check(self.locator_distance is None, "locator_distance is for a question over one document")
         docs, cfg = library.docs, model.cfg
-        layers = sorted({layer for layer, _ in docs[0].index_heads})
-        probe = run_pass1(model, docs[0], q_ids, layers, want_queries=True, want_probs=False)
+        probe = run_pass1(model, docs[0], q_ids, list(self.library_layers(library)), want_queries=True,
+                          want_probs=False)
         scores = locator.library_chunk_scores(docs, probe, cfg.n_rep, cfg.head_dim, model.rope.inv_freq)
         p = locator.to_distribution(torch.cat(scores), self.library_p_power)
         k = self.volume(p)
@@ -171,6 +173,42 @@ class ChunkPolicy(Policy):
             plans.append(Plan(chunks, use_l1=True, mode=self.mode, p=p[lo:int(starts[i])]))
             best.append(float(p[lo:int(starts[i])].max()))
         return LibraryPlan([d.doc_id for d in docs], plans, self.mode, volume.normalized_entropy(p), k, p, best)
+
+    def library_layers(self, library: Library) -> tuple[int, ...]:
+        """Where pass 1 of a question over a library records its queries: one document, the layers of its
+        index's best `locator_heads` heads (`index_layers`); several, the layers of every index head."""
+        if len(library.docs) == 1:
+            return self.index_layers(library.docs[0])
+        return tuple(sorted({layer for layer, _ in library.docs[0].index_heads}))
+
+    def locate_more_library(self, model, library: Library, ctx: PlanContext, have: list[set[int]],
+                            cap: int) -> list[tuple[int, int]]:
+        """`locate_more` over a library: (document index, chunk) pairs the query still needs beyond `have`
+        (per document, the chunks refilled so far), best first, at most `cap` chunks held in all. `ctx` is the query
+        on the first document, its pass 1 at `library_layers` in `ctx.probes`. Over one document it is
+        that document's `locate_more`; over several the residual locator scores every document's index on
+        one scale (`locator.library_chunk_scores(exclude=, rule="max")`: a shown document's attended
+        tokens left out, the best row's share), and its best chunk joins while it scores `reselect_min`;
+        a document without chosen chunks enters the cache with it."""
+        if len(library.docs) == 1:
+            return [(0, c) for c in self.locate_more(ctx, have[0], cap)]
+        docs, cfg = library.docs, model.cfg
+        probe = ctx.probes[self.library_layers(library)]
+        have, new = [set(h) for h in have], []
+        starts = [0, *itertools.accumulate(d.n_chunks for d in docs)]
+        for _ in range(getattr(self, "k_max", 6)):
+            exclude = [locator.attended_tokens(d, h) if h else None for d, h in zip(docs, have)]
+            flat = torch.cat(locator.library_chunk_scores(docs, probe, cfg.n_rep, cfg.head_dim, model.rope.inv_freq,
+                                                          exclude=exclude, rule="max"))
+            j = int(flat.argmax())
+            i = bisect.bisect_right(starts, j) - 1
+            c = j - starts[i]
+            add = [x for x in volume.with_neighbors([c], self.neighbors, docs[i].n_chunks) if x not in have[i]]
+            if float(flat[j]) < self.reselect_min or not add or sum(map(len, have)) + len(add) > cap:
+                break
+            have[i].update(add)
+            new += [(i, x) for x in add]
+        return new
 
     def volume(self, p: torch.Tensor) -> int:
         raise NotImplementedError

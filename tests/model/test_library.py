@@ -101,6 +101,110 @@ def test_library_chunks_come_from_one_fetch_and_match_the_store(tiny, store):
     assert torch.equal(p.logits, q.logits)
 
 
+RESELECT = {"k_max": 1, "neighbors": 0, "reselect_min": 1e-9}  # every re-selection finds a chunk on a random model
+
+
+def test_library_reselect_over_one_document_equals_the_single_document_ask(tiny, store):
+    [doc] = _ingest(tiny, store, DOCS[:1])
+    a = tiny.ask(doc, Q, store=store, max_new_tokens=7, reselect=3, **RESELECT)
+    b = tiny.ask([doc], Q, store=store, max_new_tokens=7, reselect=3, **RESELECT)
+    assert a.reselected_chunks and b.reselected_chunks == [(doc, c) for c in a.reselected_chunks]
+    assert a.answer == b.answer and b.refilled_chunks == [(doc, c) for c in a.refilled_chunks]
+    assert a.sources == b.sources and a.kv_ratio == b.kv_ratio
+
+
+def test_library_reselect_joins_chunks_of_any_document(tiny, store):
+    """Over three documents the residual locator ranks every document's chunks: what joins was not
+    refilled, may come from a document not shown before (which then gets its header), and the answer's
+    sources name every chunk held; before the first re-selection the answer is the plain one."""
+    ids = _ingest(tiny, store, DOCS)
+    n = 3
+    base = tiny.ask(ids, Q, store=store, max_new_tokens=9, **RESELECT)
+    a = tiny.ask(ids, Q, store=store, max_new_tokens=9, reselect=n, **RESELECT)
+    assert len(a.reselected_chunks) == (9 - 1) // n  # one chunk (k_max) per re-selection
+    assert all(d in ids for d, _ in a.reselected_chunks)
+    assert not set(a.reselected_chunks) & set(base.refilled_chunks)
+    assert sorted(a.refilled_chunks) == sorted(set(base.refilled_chunks) | set(a.reselected_chunks))
+    held = {(x["doc_id"], c) for x in a.sources for c in x["chunks"]}
+    assert held == set(a.refilled_chunks) and a.kv_ratio > base.kv_ratio
+    first = tiny.ask(ids, Q, store=store, max_new_tokens=n, **RESELECT).answer
+    assert first and a.answer.startswith(first) and base.answer.startswith(first)
+    # the grown cache: sinks once, a header per shown document, positions 0..n-1 then the question
+    from acre_model.engine import reselect_due
+    from acre_model.generation import SamplingParams
+    from acre_model.sequence import Sequence
+
+    p = tiny.prepare(ids, Q, store=store, max_new_tokens=9, **RESELECT)
+    seq = Sequence(p, tiny.tokenizer, SamplingParams(9))
+    seq.push(p.logits)
+    while not seq.finished:
+        if reselect_due(n, seq):
+            tiny.reselect_step(seq, tiny.open_store(store), 9 - len(seq.tokens))
+        seq.push(tiny.model.decode_batch([seq.last_token], [seq.cache])[0])
+    assert seq.answer().answer == a.answer and seq.reselected == a.reselected_chunks
+    lay = seq.p.layout
+    shown = {s.doc.doc_id for s in lay.segments}
+    assert {d for d, _ in a.refilled_chunks} <= shown and len(lay.segments) >= 2
+    m = lay.n_active[0]
+    _, _, pos = seq.cache.view(0)
+    assert torch.equal(pos.cpu(), torch.arange(m + len(p.q_ids) + len(seq.tokens) - 1))
+
+
+def test_library_reselect_stays_within_the_budget_and_the_models_context(tiny, store, monkeypatch):
+    ids = _ingest(tiny, store, DOCS)
+    base = tiny.ask(ids, Q, store=store, max_new_tokens=7, **RESELECT)
+    total = sum(tiny.load_document(d, store).n_chunks for d in ids)
+    b = tiny.ask(ids, Q, store=store, max_new_tokens=7, reselect=2, kv_budget=len(base.refilled_chunks) / total,
+                 **RESELECT)
+    assert b.reselected_chunks == [] and b.answer == base.answer
+    # a context the first plan fills exactly (with the question and the answer): nothing can join
+    p = tiny.prepare(ids, Q, store=store, max_new_tokens=7, **RESELECT)
+    monkeypatch.setattr(Engine, "max_context", property(lambda self: max(p.layout.n_active) + len(p.q_ids) + 7))
+    c = tiny.ask(ids, Q, store=store, max_new_tokens=7, reselect=2, **RESELECT)
+    assert c.reselected_chunks == [] and c.answer == base.answer
+
+
+def test_the_scheduler_re_selects_over_a_library_as_engine_ask_does(tiny, store):
+    from acre_model.scheduler import AskRequest, Scheduler
+
+    ids = _ingest(tiny, store, DOCS)
+    sched = Scheduler(tiny, max_batch=4)
+    try:
+        streams = [sched.submit(AskRequest(d, Q, knobs=RESELECT, max_new_tokens=7, store=store, reselect=n))
+                   for d, n in [(ids, 2), (ids, 0), (ids[0], 3)]]
+        got = [s.result(timeout=120) for s in streams]
+    finally:
+        sched.close()
+    for (d, n), a in zip([(ids, 2), (ids, 0), (ids[0], 3)], got):
+        want = tiny.ask(d, Q, store=store, max_new_tokens=7, reselect=n, **RESELECT)
+        assert (a.answer, a.refilled_chunks, a.reselected_chunks, a.sources) == \
+            (want.answer, want.refilled_chunks, want.reselected_chunks, want.sources)
+        assert bool(a.reselected_chunks) == bool(n)
+
+
+def test_residual_library_scores_leave_attended_tokens_out(tiny, store):
+    from acre_model import locator
+    from acre_model.pass1 import run_pass1
+
+    ids = _ingest(tiny, store, DOCS)
+    docs = [tiny.load_document(d, store) for d in ids]
+    q = torch.tensor(tiny.tokenizer.question_ids(Q))
+    layers = sorted({layer for layer, _ in docs[0].index_heads})
+    probe = run_pass1(tiny.model, docs[0], q, layers, want_queries=True, want_probs=False)
+    args = (docs, probe, tiny.cfg.n_rep, tiny.cfg.head_dim, tiny.model.rope.inv_freq)
+    plain = locator.library_chunk_scores(*args)
+    assert all(torch.equal(x, y) for x, y in zip(plain, locator.library_chunk_scores(*args, exclude=[None] * 3)))
+    best = locator.library_chunk_scores(*args, rule="max")
+    assert all(bool((b <= s + 1e-6).all()) for b, s in zip(best, plain))  # one row's share <= the sum of rows'
+    excl = [locator.attended_tokens(docs[0], [0, 1]), None, None]
+    res = locator.library_chunk_scores(*args, exclude=excl, rule="max")
+    assert float(res[0][0]) == float(res[0][1]) == 0.0
+    # the share the left-out tokens had goes to the others
+    assert float(sum(r.sum() for r in res[1:])) > float(sum(b.sum() for b in best[1:]))
+    with pytest.raises(ValueError, match="rule"):
+        locator.library_chunk_scores(*args, rule="mean")
+
+
 def test_library_of_another_layout_is_refused_naming_the_documents(tiny, store):
     a = tiny.ingest(DOCS[0], store=store).doc_id
     b = tiny.ingest(DOCS[1], store=store, layout=LayoutConfig(chunk_size=16)).doc_id
@@ -164,10 +268,11 @@ def test_cli_collection_and_comma_separated_ids(tiny_folder, tiny, acre_home, tm
 def test_real_model_answers_library_questions_across_ten_documents(engine, tmp_path):
     """Quality floor (the full runs: tools/eval_library.py): 10 short documents, one fact of the same
     form in each, questions about 5 of them asked over the whole library (measured: 4 of 5 right, the
-    fact's document among the sources in 5 of 5)."""
-    right, found, most = library_floor(engine, tmp_path / "store")
-    assert found >= 4 and right >= 3, (found, right)
-    assert most + 64 < engine.max_context
+    fact's document among the sources in 5 of 5); with re-selection every 4 answer tokens too."""
+    for reselect in (0, 4):
+        right, found, most = library_floor(engine, tmp_path / "store", reselect=reselect)
+        assert found >= 4 and right >= 3, (reselect, found, right)
+        assert most + 64 < engine.max_context
 
 
 def test_shifted_queries_equal_queries_rotated_at_the_shifted_positions(tiny):

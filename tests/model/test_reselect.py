@@ -195,8 +195,6 @@ def test_the_scheduler_re_selects_as_engine_ask_does(tiny):
                    for q, k, n in asks]
         bad = sched.submit(AskRequest(info.doc_id, Q, policy="streaming", store=store, reselect=2))
         with pytest.raises(InputError, match="reselect"):
-            sched.submit(AskRequest([info.doc_id, info.doc_id], Q, store=store, reselect=2))
-        with pytest.raises(InputError, match="reselect"):
             sched.submit(AskRequest(info.doc_id, Q, store=store, reselect=-1))
         got = [s.result(timeout=120) for s in streams]
         with pytest.raises(InputError, match="chunk policy"):
