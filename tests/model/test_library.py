@@ -262,6 +262,12 @@ def test_cli_collection_and_comma_separated_ids(tiny_folder, tiny, acre_home, tm
     assert all(s["name"] in ("d0", "d1") and s["chunks"] for s in a["sources"])
     p = run_acre("ask", f"{ids[1][:10]},d0", Q, "--max-new-tokens", "3", *m)
     assert p.returncode == 0 and "[sources: d" in p.stderr, p.stderr
+    # re-selection over the collection: the chunks that joined are (doc_id, chunk) pairs of its documents
+    p = run_acre("ask", "@shelf", Q, "--json", "--max-new-tokens", "5", "--reselect", "2", "--k-max", "1",
+                 "--neighbors", "0", "--reselect-min", "1e-9", *m)
+    assert p.returncode == 0, p.stderr
+    a = json.loads(p.stdout)
+    assert len(a["reselected_chunks"]) == 2 and all(d in ids for d, _ in a["reselected_chunks"])
     assert_clean_error(run_acre("ingest", str(f), "--collection", "other", *m), "already stored in collection shelf")
 
 
