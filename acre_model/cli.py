@@ -110,11 +110,7 @@ def cmd_ingest(args) -> int:
     text = read_document(args.file)
     server = _server(args)
     if server is not None:
-        if args.collection:
-            from .errors import InputError
-
-            raise InputError("--collection is not supported through --server; ingest into the store directly")
-        d = server.ingest(text, args.name or "")
+        d = server.ingest(text, args.name or "", args.collection)
     else:
         d = _engine(args).ingest(text, store=args.store, name=args.name or None,
                                  progress=not args.no_progress and sys.stderr.isatty(),
@@ -168,8 +164,6 @@ def cmd_ask(args) -> int:
     from .library import is_library_ref, resolve_library
 
     server = _server(args)
-    if server is not None and is_library_ref(args.doc):
-        raise InputError("a question over several documents is not supported through --server yet")
     if server is not None:
         if args.questions is not None:
             return _ask_many_on_server(args, server)

@@ -53,8 +53,11 @@ class ServerClient:
             reason = getattr(e, "reason", e)
             raise ServerError(f"cannot reach acre serve at {self.url}: {reason}") from None
 
-    def ingest(self, text: str, name: str = "") -> dict:
-        return self.call("POST", "/v1/documents", {"text": text, "name": name})
+    def ingest(self, text: str, name: str = "", collection: str | None = None) -> dict:
+        body = {"text": text, "name": name}
+        if collection is not None:
+            body["collection"] = collection
+        return self.call("POST", "/v1/documents", body)
 
     def ask(self, body: dict) -> dict:
         return self.call("POST", "/v1/ask", body)

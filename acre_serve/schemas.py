@@ -16,6 +16,11 @@ from .errors import bad_request, invalid_fields
 MAX_NEW_TOKENS = 4096
 MAX_STOP = 16
 MAX_BATCH_QUESTIONS = 256
+MAX_LIBRARY_DOCS = 4096  # documents one question may name in a list
+
+# The document(s) a question is about: one reference (an id, a unique prefix of 4+ characters, or a name),
+# "REF1,REF2,..." or "@COLLECTION" for a library, or a list of references (a library).
+DocRef = str | list[str]
 
 
 def _not_blank(v: str) -> str:
@@ -31,6 +36,7 @@ class Strict(BaseModel):
 class DocumentIn(Strict):
     text: str
     name: str = Field("", max_length=256)
+    collection: str | None = Field(None, min_length=1, max_length=256)  # a library it belongs to (`@NAME`)
 
     _text = field_validator("text")(_not_blank)
 
@@ -92,12 +98,25 @@ class AskParams(Strict):
         return v
 
 
+def _doc_ref(v: DocRef) -> DocRef:
+    if isinstance(v, str):
+        if not v.strip():
+            raise ValueError("must name a document")
+        return v
+    if not v or len(v) > MAX_LIBRARY_DOCS:
+        raise ValueError(f"a list of documents needs 1 to {MAX_LIBRARY_DOCS} references")
+    if any(not isinstance(x, str) or not x.strip() for x in v):
+        raise ValueError("every document reference must be a non-empty string")
+    return v
+
+
 class AskIn(AskParams):
-    doc_id: str = Field(min_length=1)
+    doc_id: DocRef
     question: str
     stream: bool = False
 
     _question = field_validator("question")(_not_blank)
+    _doc = field_validator("doc_id")(_doc_ref)
 
 
 class AskBatchIn(BaseModel):
@@ -105,7 +124,7 @@ class AskBatchIn(BaseModel):
     AskParams fields beside them as every question's defaults."""
 
     model_config = ConfigDict(extra="allow")
-    doc_id: str = Field(min_length=1)
+    doc_id: DocRef
     questions: list[str | dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_QUESTIONS)
 
     def asks(self) -> list[AskIn]:
@@ -137,11 +156,13 @@ class AskBatchIn(BaseModel):
 class AcreExt(Strict):
     """The `acre` extension field of a chat completion: which document, and how to answer."""
 
-    doc_id: str = Field(min_length=1)
+    doc_id: DocRef
     policy: str = "acre"
     answer_prefix: str = ""
     knobs: dict[str, Any] = Field(default_factory=dict)
     reselect: int = Field(0, ge=0, le=MAX_NEW_TOKENS, strict=True)
+
+    _doc = field_validator("doc_id")(_doc_ref)
 
 
 class TextPart(BaseModel):

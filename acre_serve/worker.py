@@ -53,15 +53,16 @@ class Worker:
 
     # ---- documents -------------------------------------------------------------------------------
 
-    def ingest(self, text: str, name: str) -> dict:
-        """Prefill a new document (a no-op for one already stored); progress shows in `ingests`."""
+    def ingest(self, text: str, name: str, collection: str | None = None) -> dict:
+        """Prefill a new document (a no-op for one already stored); progress shows in `ingests`.
+        `collection`: the library it belongs to (asked as `@NAME`)."""
         progress = self.ingests.start(name)
         self.metrics.ingests_running.inc()
         try:
-            info = self.engine.ingest(text, store=self.store, name=name or None,
+            info = self.engine.ingest(text, store=self.store, name=name or None, collection=collection,
                                       on_progress=lambda done, total: self.ingests.update(progress, done, total))
-        except InputError as e:  # empty, or longer than the model takes
-            raise bad_request("text", str(e)) from None
+        except InputError as e:  # empty, longer than the model takes, or a bad or changed collection
+            raise bad_request("collection" if "collection" in str(e) else "text", str(e)) from None
         finally:
             self.ingests.finish(progress)
             self.metrics.ingests_running.dec()
@@ -71,6 +72,18 @@ class Worker:
     def resolve(self, ref: str) -> str:
         """A document id from an id (one store call), a unique prefix of 4+ characters, or a name."""
         return resolve_doc_id(self.store, ref)
+
+    def resolve_ask(self, ref: str | list[str]) -> str | list[str]:
+        """What a question is about: one document id, or the ids of a library (a list of references,
+        "REF1,REF2,..." or "@COLLECTION"; `acre_model.library.resolve_library`)."""
+        from acre_model.library import is_library_ref, resolve_library
+
+        try:
+            if isinstance(ref, list):
+                return [self.resolve(r.strip()) for r in ref]
+            return resolve_library(self.store, ref) if is_library_ref(ref) else self.resolve(ref)
+        except InputError as e:  # an empty reference in a list
+            raise bad_request("doc_id", str(e)) from None
 
     def documents(self) -> list[dict]:
         return [doc_summary(m) for m in self.store.list()]
@@ -93,13 +106,17 @@ class Worker:
 
         if len(p.question) > MAX_QUESTION_CHARS:
             raise bad_request(question_field, f"is {len(p.question)} characters; at most {MAX_QUESTION_CHARS}")
-        doc_id = self.resolve(p.doc_id)
-        n_doc = self.engine.load_document(doc_id, self.store).n_tokens  # loaded once, then cached: no store call
+        doc_id = self.resolve_ask(p.doc_id)
         n_q = self.question_tokens(p.question, p.answer_prefix)
+        if isinstance(doc_id, list):  # a library: its active cache is bounded by the plan (checked when planned)
+            n_doc, what = 0, ""
+        else:
+            n_doc = self.engine.load_document(doc_id, self.store).n_tokens  # loaded once, then cached
+            what = f" with the document's {n_doc}"
         if n_doc + n_q + p.max_new_tokens > self.engine.max_context:
-            raise bad_request(question_field, f"is {n_q} tokens (with the answer prefix); with the document's {n_doc} "
-                                          f"and max_new_tokens {p.max_new_tokens} that exceeds the model's context "
-                                          f"of {self.engine.max_context}")
+            raise bad_request(question_field, f"is {n_q} tokens (with the answer prefix);{what} and max_new_tokens "
+                                              f"{p.max_new_tokens} that exceeds the model's context of "
+                                              f"{self.engine.max_context}")
         return AskRequest(doc_id=doc_id, question=p.question, policy=p.policy, answer_prefix=p.answer_prefix,
                           max_new_tokens=p.max_new_tokens, knobs=dict(p.knobs), temperature=p.temperature,
                           top_p=p.top_p, seed=p.seed, stop=list(p.stop), store=self.store, reselect=p.reselect)

@@ -15,7 +15,8 @@ router = APIRouter()
 
 
 async def _document_in(request: Request) -> DocumentIn:
-    """The body as a DocumentIn: JSON {text, name?}, or multipart with a `file` (or `text`) and `name`."""
+    """The body as a DocumentIn: JSON {text, name?, collection?}, or multipart with a `file` (or `text`),
+    `name` and `collection`."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form()
@@ -27,6 +28,8 @@ async def _document_in(request: Request) -> DocumentIn:
             except UnicodeDecodeError as e:
                 raise bad_request("file", f"not UTF-8 text (byte {e.start})") from None
             fields = {"text": text, "name": form.get("name") or upload.filename or ""}
+            if form.get("collection"):
+                fields["collection"] = form.get("collection")
         else:
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
     else:
@@ -45,7 +48,7 @@ async def ingest(request: Request) -> dict:
     """DocInfo of the document; re-ingesting the same text is a no-op (`existed: true`)."""
     doc = await _document_in(request)
     # in a thread: the prefill releases the GIL in torch, so this process keeps answering meanwhile
-    return await run_in_threadpool(worker_of(request).ingest, doc.text, doc.name)
+    return await run_in_threadpool(worker_of(request).ingest, doc.text, doc.name, doc.collection)
 
 
 @router.get("/v1/ingests")

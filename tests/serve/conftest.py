@@ -41,7 +41,7 @@ def local(tiny_folder, daemon):
     store.close()
 
 
-def local_answer(local, doc_id: str, body: dict) -> dict:
+def local_answer(local, doc_id: str | list[str], body: dict) -> dict:
     """Engine.ask with the fields of an /v1/ask body."""
     eng, store = local
     a = eng.ask(doc_id, body["question"], policy=body.get("policy", "acre"), store=store,

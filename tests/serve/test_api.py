@@ -190,6 +190,60 @@ def test_openai_client(server, doc, local):
         client.chat.completions.create(model="x", messages=messages)
 
 
+def test_a_question_over_a_library(server, http, doc, local, tmp_path):
+    """Documents ingested into a collection; one question over them named as "@NAME", "ID1,ID2" or a list:
+    the same answer (sources, refilled and re-selected chunks) as `Engine.ask` over the ids, through
+    /v1/ask, the batch, the chat extension and the command line."""
+    import openai
+
+    from tests.helpers import run_acre
+
+    other = DOC.replace("blue", "crimson").replace("green", "amber")
+    r = http.post("/v1/documents", json={"text": other, "name": "warm", "collection": "shelf"})
+    assert r.status_code == 200, r.text
+    warm = r.json()["doc_id"]
+    f = tmp_path / "third.txt"
+    f.write_text(DOC.replace("blue", "teal"))
+    env = {"ACRE_API_KEY": KEY, "ACRE_SERVER": server.url}
+    p = run_acre("ingest", str(f), "--json", "--name", "cool", "--collection", "shelf", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    cool = json.loads(p.stdout)["doc_id"]
+    ids = [warm, cool]  # the collection, oldest first
+    for case in (CASES[0], RESELECT):
+        want = json.loads(json.dumps(local_answer(local, ids, case)))  # pairs as JSON lists
+        assert want["doc_id"] == ",".join(ids) and want["sources"]
+        for ref in ("@shelf", f"{warm[:8]},cool", ["warm", cool]):
+            got = http.post("/v1/ask", json={"doc_id": ref, **case})
+            assert got.status_code == 200, got.text
+            _same(got.json(), want)
+            assert got.json()["sources"] == want["sources"]
+        assert bool(want["reselected_chunks"]) == bool(case.get("reselect"))
+        assert all(d in ids for d, _ in want["refilled_chunks"])
+    batch = http.post("/v1/ask/batch", json={"doc_id": "@shelf", "questions": [CASES[0], RESELECT]})
+    assert batch.status_code == 200, batch.text
+    for case, a in zip([CASES[0], RESELECT], batch.json()["answers"]):
+        _same(a, json.loads(json.dumps(local_answer(local, ids, case))))
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    c = client.chat.completions.create(model="x", messages=[{"role": "user", "content": Q[0]}], max_tokens=6,
+                                       extra_body={"acre": {"doc_id": "@shelf"}})
+    assert c.choices[0].message.content == local_answer(local, ids, CASES[0])["answer"]
+    p = run_acre("ask", "@shelf", Q[0], "--json", "--max-new-tokens", "6", env_extra=env)
+    assert p.returncode == 0, p.stderr
+    _same(json.loads(p.stdout), json.loads(json.dumps(local_answer(local, ids, CASES[0]))))
+    # bad references: a 4xx naming the field or the document, and the server answers the next question
+    for body, status, needle in [({"doc_id": []}, 400, "doc_id"), ({"doc_id": ["warm", " "]}, 400, "doc_id"),
+                                 ({"doc_id": "warm,"}, 400, "doc_id"), ({"doc_id": "@nowhere"}, 404, "nowhere"),
+                                 ({"doc_id": [warm, "warm"]}, 400, "more than once"),
+                                 ({"doc_id": ["warm", "ab" * 20]}, 404, "unknown document")]:
+        r = http.post("/v1/ask", json={**body, "question": Q[0], "max_new_tokens": 2})
+        assert r.status_code == status and needle in r.json()["error"]["message"], (body, r.text)
+    r = http.post("/v1/documents", json={"text": other, "collection": "cellar"})  # stored in shelf already
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("collection:"), r.text
+    r = http.post("/v1/documents", json={"text": "Some text.", "collection": ""})
+    assert r.status_code == 400 and "collection" in r.json()["error"]["message"], r.text
+    assert http.post("/v1/ask", json={"doc_id": ids, "question": Q[0], "max_new_tokens": 2}).status_code == 200
+
+
 LONG_QUESTION = "Why " + "and why " * 800  # more tokens than the tiny model's context leaves
 
 BAD = [
