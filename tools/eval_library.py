@@ -12,6 +12,7 @@ first question, which loads every document's L1, and the median of the others).
     python -m tools.eval_library --model gemma-3-270m --sizes 10,30 --questions 10 --out runs/library-gemma
     python -m tools.eval_library --sizes 10,30 --questions 10 --reselect 8 --out runs/library-reselect8
     python -m tools.eval_library --sizes 10,30 --questions 10 --spread 3 --reselect 8 --out runs/library-spread3
+    python -m tools.eval_library --sizes 12 --questions 4 --spread 3 --doc-tokens 250,450 --out runs/short
 
 Ends with one JSON line of the headline figures.
 """
@@ -29,16 +30,17 @@ import torch
 
 
 def run_size(eng, n_docs: int, n_questions: int, seed: int, policy: str, log, store_dir: str | None = None,
-             knobs: dict | None = None, reselect: int = 0, spread: int = 1) -> dict:
+             knobs: dict | None = None, reselect: int = 0, spread: int = 1, doc_tokens: tuple[int, int] = (1000, 3000)
+             ) -> dict:
     from acre_store import EmbeddedStore
 
     from tools.tasks.library import library_questions, make_library, make_spread_library, spread_questions
 
     if spread > 1:
-        docs = make_spread_library(eng.tokenizer.encode, n_docs, spread, seed=seed)
+        docs = make_spread_library(eng.tokenizer.encode, n_docs, spread, seed, *doc_tokens)
         questions = spread_questions(docs, n_questions, seed=seed)
     else:
-        docs = make_library(eng.tokenizer.encode, n_docs, seed=seed)
+        docs = make_library(eng.tokenizer.encode, n_docs, seed, *doc_tokens)
         questions = library_questions(docs, n_questions, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         st = EmbeddedStore(store_dir or tmp)
@@ -88,12 +90,18 @@ def main(argv=None) -> int:
     ap.add_argument("--spread", type=int, default=1, metavar="M",
                     help="documents per key (tools/tasks/library.py's spread library): each question asks for "
                          "the values of M documents (1: one fact per question)")
+    ap.add_argument("--doc-tokens", default="1000,3000", metavar="MIN,MAX", help="each document's length range")
     ap.add_argument("--reselect", type=int, default=0, metavar="N",
                     help="re-selection during decoding every N answer tokens (Engine.ask(reselect=N); 0: off)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [10] if args.quick else [int(x) for x in args.sizes.split(",") if x]
+    try:
+        doc_tokens = tuple(int(x) for x in args.doc_tokens.split(","))
+        assert len(doc_tokens) == 2 and 0 < doc_tokens[0] <= doc_tokens[1]
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--doc-tokens must be MIN,MAX with 0 < MIN <= MAX, got {args.doc_tokens!r}") from None
     n_q = 3 if args.quick else args.questions
 
     from acre_model.engine import Engine
@@ -106,7 +114,7 @@ def main(argv=None) -> int:
     results = []
     for n in sizes:
         r = run_size(eng, n, n_q, args.seed, args.policy, log, args.store_dir, json.loads(args.knobs), args.reselect,
-                     args.spread)
+                     args.spread, doc_tokens)
         results.append(r)
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
