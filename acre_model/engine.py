@@ -506,7 +506,8 @@ class Engine:
 
         `reselect=N` (chunk policies): every N generated tokens the locator runs again with the answer so
         far as part of the query, and chunks it newly needs join the active cache (`reselect_step`; over a
-        library, chunks of any of its documents). 0: off. The scheduler (`acre serve`, `--questions`) does the same per question.
+        library, chunks of any of its documents). 0: off. The scheduler (`acre serve`, `--questions`) does
+        the same per question.
 
         The stored document is never changed: every question starts from the same cached state.
         """
@@ -583,7 +584,7 @@ class Engine:
         as (doc_id, chunk) pairs."""
         have = [set(x.chunks) for x in lp.plans]
         cap = volume.budget_k(getattr(pol, "kv_budget", None), sum(d.n_chunks for d in library.docs), 0)
-        new = pol.locate_more_library(self.model, library, ctx, have, cap)  # best first
+        new = pol.locate_more_library(ctx, library, have, cap)  # best first
         ids = ctx.q_ids[:-1]  # the answer's last token is not in the cache yet
         while new:
             plan = replace(lp, plans=[replace(x, chunks=sorted(h | {c for j, c in new if j == i}))

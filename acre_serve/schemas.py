@@ -40,6 +40,13 @@ class DocumentIn(Strict):
 
     _text = field_validator("text")(_not_blank)
 
+    @field_validator("collection")
+    @classmethod
+    def _collection(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "," in v):
+            raise ValueError("give a non-empty name without commas")
+        return v
+
 
 class AskParams(Strict):
     """How one question is answered: everything but the document and the question."""

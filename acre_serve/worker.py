@@ -61,8 +61,9 @@ class Worker:
         try:
             info = self.engine.ingest(text, store=self.store, name=name or None, collection=collection,
                                       on_progress=lambda done, total: self.ingests.update(progress, done, total))
-        except InputError as e:  # empty, longer than the model takes, or a bad or changed collection
-            raise bad_request("collection" if "collection" in str(e) else "text", str(e)) from None
+        except InputError as e:  # empty, longer than the model takes, or stored in another collection
+            field = "collection" if collection is not None and "collection" in str(e) else "text"
+            raise bad_request(field, str(e)) from None
         finally:
             self.ingests.finish(progress)
             self.metrics.ingests_running.dec()

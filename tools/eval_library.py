@@ -70,7 +70,8 @@ def run_size(eng, n_docs: int, n_questions: int, seed: int, policy: str, log, st
             "max_active": max(r["n_active"] for r in rows), "max_context": eng.max_context,
             "mean_kv_ratio": sum(r["kv_ratio"] for r in rows) / len(rows),
             "ttft_first_s": rows[0]["ttft_s"], "ttft_median_s": statistics.median(warm), "ingest_s": ingest_s,
-            "spread": spread, "reselect": reselect, "mean_reselected": sum(len(r["reselected"]) for r in rows) / len(rows), "rows": rows}
+            "spread": spread, "reselect": reselect,
+            "mean_reselected": sum(len(r["reselected"]) for r in rows) / len(rows), "rows": rows}
 
 
 def main(argv=None) -> int:

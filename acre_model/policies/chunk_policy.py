@@ -181,18 +181,19 @@ class ChunkPolicy(Policy):
             return self.index_layers(library.docs[0])
         return tuple(sorted({layer for layer, _ in library.docs[0].index_heads}))
 
-    def locate_more_library(self, model, library: Library, ctx: PlanContext, have: list[set[int]],
+    def locate_more_library(self, ctx: PlanContext, library: Library, have: list[set[int]],
                             cap: int) -> list[tuple[int, int]]:
         """`locate_more` over a library: (document index, chunk) pairs the query still needs beyond `have`
-        (per document, the chunks refilled so far), best first, at most `cap` chunks held in all. `ctx` is the query
-        on the first document, its pass 1 at `library_layers` in `ctx.probes`. Over one document it is
-        that document's `locate_more`; over several the residual locator scores every document's index on
-        one scale (`locator.library_chunk_scores(exclude=, rule="max")`: a shown document's attended
-        tokens left out, the best row's share), and its best chunk joins while it scores `reselect_min`;
-        a document without chosen chunks enters the cache with it."""
+        (per document, the chunks refilled so far), best first, at most `cap` chunks held in all. `ctx` is
+        the query on the first document, its pass 1 at `library_layers` in `ctx.probes`. Over one document
+        it is that document's `locate_more`; over several the residual locator scores every document's
+        index on one scale (`locator.library_chunk_scores(exclude=, rule="max")`: a shown document's
+        attended tokens left out, the best row's share), and its best chunk joins while it scores
+        `reselect_min`; a document without chosen chunks enters the cache with it."""
         if len(library.docs) == 1:
             return [(0, c) for c in self.locate_more(ctx, have[0], cap)]
-        docs, cfg = library.docs, model.cfg
+        docs, model = library.docs, ctx.model
+        cfg = model.cfg
         probe = ctx.probes[self.library_layers(library)]
         have, new = [set(h) for h in have], []
         starts = [0, *itertools.accumulate(d.n_chunks for d in docs)]

@@ -239,8 +239,9 @@ def test_a_question_over_a_library(server, http, doc, local, tmp_path):
         assert r.status_code == status and needle in r.json()["error"]["message"], (body, r.text)
     r = http.post("/v1/documents", json={"text": other, "collection": "cellar"})  # stored in shelf already
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("collection:"), r.text
-    r = http.post("/v1/documents", json={"text": "Some text.", "collection": ""})
-    assert r.status_code == 400 and "collection" in r.json()["error"]["message"], r.text
+    for bad in ("", "a,b", "  "):
+        r = http.post("/v1/documents", json={"text": "Some text.", "collection": bad})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("collection"), r.text
     assert http.post("/v1/ask", json={"doc_id": ids, "question": Q[0], "max_new_tokens": 2}).status_code == 200
 
 
