@@ -33,6 +33,9 @@ def add_serve_parser(subparsers, handler) -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=parse_bytes, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest request body, e.g. 32M (default 32 MiB); larger gets 413")
     p.add_argument("--max-batch", type=int, default=16, help="questions decoded together per worker (default 16)")
+    p.add_argument("--max-open-docs", type=int, default=16,
+                   help="documents whose L1 a worker keeps loaded (default 16); a question over a larger library "
+                        "reloads the others from the store")
     p.add_argument("--drain", type=int, default=30, help="seconds in-flight requests may run on after SIGTERM")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
     p.set_defaults(func=handler)
@@ -48,5 +51,5 @@ def run(args) -> int:
     cfg = ServeConfig(host=args.host, port=args.port, model=args.model, device=args.device, store=args.store,
                       workers=args.workers, api_key=args.api_key, tls_cert=args.tls_cert, tls_key=args.tls_key,
                       max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, insecure=args.insecure,
-                      drain_s=args.drain)
+                      drain_s=args.drain, max_open_docs=args.max_open_docs)
     return serve(cfg)

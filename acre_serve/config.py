@@ -44,6 +44,7 @@ class ServeConfig:
     tls_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_batch: int = 16  # questions decoded together by one worker's scheduler
+    max_open_docs: int = 16  # documents whose L1 a worker keeps loaded (`Engine.max_open_docs`; libraries)
     insecure: bool = False  # allow a non-loopback host without an API key
     drain_s: int = 30  # SIGTERM: seconds in-flight requests may run on
     metrics_dir: str | None = None  # prometheus_client multiprocess folder (several workers only)
@@ -55,6 +56,8 @@ class ServeConfig:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.max_open_docs < 1:
+            raise ConfigError(f"--max-open-docs must be >= 1, got {self.max_open_docs}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}")
         if bool(self.tls_cert) != bool(self.tls_key):

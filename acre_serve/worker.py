@@ -40,6 +40,7 @@ class Worker:
         self.cfg = cfg
         self.metrics = metrics
         self.engine = Engine.from_pretrained(cfg.model, device=cfg.device)
+        self.engine.max_open_docs = cfg.max_open_docs
         self.model_name = self.engine.path.name
         self.scheduler = Scheduler(self.engine, max_batch=cfg.max_batch, listener=metrics)
         self.ingests = IngestTracker()

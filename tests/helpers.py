@@ -30,12 +30,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def library_floor(engine, store_dir, n_docs: int = 10, n_questions: int = 5, seed: int = 7,
-                  reselect: int = 0) -> tuple[int, int, int]:
+def library_floor(engine, store_dir, n_docs: int = 10, n_questions: int = 5, seed: int = 7) -> tuple[int, int, int]:
     """The real-model library floor: `n_docs` short documents (250-450 tokens, one fact of the same form in
-    each) ingested into an embedded store at `store_dir` (a second call finds them there); `n_questions`
-    questions about their facts, each asked over the whole library (re-selecting every `reselect` answer
-    tokens when > 0). Returns (right, found, largest active cache)."""
+    each) ingested into an embedded store at `store_dir`; `n_questions` questions about their facts, each
+    asked over the whole library. Returns (right, found, largest active cache)."""
     from acre_store import EmbeddedStore
     from tools.tasks.library import library_questions, make_library
 
@@ -44,8 +42,7 @@ def library_floor(engine, store_dir, n_docs: int = 10, n_questions: int = 5, see
         ids = [engine.ingest(d.text, store=st, name=d.name).doc_id for d in docs]
         right = found = most = 0
         for q in library_questions(docs, n_questions, seed=seed):
-            a = engine.ask(ids, q.question, answer_prefix=q.answer_prefix, store=st, max_new_tokens=10,
-                           reselect=reselect)
+            a = engine.ask(ids, q.question, answer_prefix=q.answer_prefix, store=st, max_new_tokens=10)
             right += q.score(a.answer) == 1.0
             found += ids[q.target] in [s["doc_id"] for s in a.sources]
             most = max(most, a.n_active)

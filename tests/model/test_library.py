@@ -274,11 +274,10 @@ def test_cli_collection_and_comma_separated_ids(tiny_folder, tiny, acre_home, tm
 def test_real_model_answers_library_questions_across_ten_documents(engine, tmp_path):
     """Quality floor (the full runs: tools/eval_library.py): 10 short documents, one fact of the same
     form in each, questions about 5 of them asked over the whole library (measured: 4 of 5 right, the
-    fact's document among the sources in 5 of 5); with re-selection every 4 answer tokens too."""
-    for reselect in (0, 4):
-        right, found, most = library_floor(engine, tmp_path / "store", reselect=reselect)
-        assert found >= 4 and right >= 3, (reselect, found, right)
-        assert most + 64 < engine.max_context
+    fact's document among the sources in 5 of 5)."""
+    right, found, most = library_floor(engine, tmp_path / "store")
+    assert found >= 4 and right >= 3, (found, right)
+    assert most + 64 < engine.max_context
 
 
 def test_real_model_re_selection_finds_more_of_a_spread_answers_documents(engine, tmp_path):

@@ -35,7 +35,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def server(tiny_folder, daemon, tmp_path_factory):
-    with Server(["--model", str(tiny_folder), "--store", daemon.addr, "--max-body-bytes", "64K", "--max-batch", "2"],
+    # --max-open-docs 2: three documents are asked in turn (`colours` and the library test's two): L1s are evicted
+    with Server(["--model", str(tiny_folder), "--store", daemon.addr, "--max-body-bytes", "64K", "--max-batch", "2",
+                 "--max-open-docs", "2"],
                 str(tmp_path_factory.mktemp("log") / "serve.log"), api_key=KEY) as s:
         yield s
 

@@ -24,6 +24,7 @@ def test_exposure_needs_a_key_or_insecure():
 
 @pytest.mark.parametrize("kw,needle", [({"port": 0}, "--port"), ({"workers": 0}, "--workers"),
                                        ({"max_batch": 0}, "--max-batch"), ({"tls_cert": "c"}, "--tls-key"),
+                                       ({"max_open_docs": 0}, "--max-open-docs"),
                                        ({"api_key": " "}, "--api-key"), ({"max_body_bytes": 10}, "--max-body")])
 def test_config_refuses(kw, needle):
     with pytest.raises(ConfigError, match=needle):
