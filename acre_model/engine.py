@@ -308,16 +308,13 @@ class Engine:
         return DocInfo(doc_id, len(ids), lay.n_chunks, n_l1, time.perf_counter() - t0, False, name or "")
 
     def prepare(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
-                store: StoreAPI | str | None = None, max_new_tokens: int = 1, *, keep_pass1: bool = False,
-                **knobs) -> Prepared:
+                store: StoreAPI | str | None = None, max_new_tokens: int = 1, **knobs) -> Prepared:
         """Run a question over its active cache, up to the first answer token's logits.
 
         `doc_id` is one document's id, or a list of ids: a question over a library (`_plan_library`).
-        `knobs` are the policy's own (e.g. k_max=4 for acre); None values mean "the default". `keep_pass1`:
-        keep the question's pass 1 on the result for re-selection (`plan_question`)."""
+        `knobs` are the policy's own (e.g. k_max=4 for acre); None values mean "the default"."""
         # 1-5. L1, question ids, plan, layout, refill started (see `plan_question`)
-        planned = self.plan_question(doc_id, question, policy, answer_prefix, store, max_new_tokens,
-                                     keep_pass1=keep_pass1, **knobs)
+        planned = self.plan_question(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
         # 6. pass 2: the question over its active cache, each layer's entries installed just before it runs
         result = self.run_pass2([planned])[0]
         if isinstance(result, BaseException):
@@ -326,13 +323,11 @@ class Engine:
 
     def plan_question(self, doc_id: str | Seq[str], question: str, policy: str | Policy = "acre", answer_prefix: str = "",
                       store: StoreAPI | str | None = None, max_new_tokens: int = 1, *,
-                      pass1: Pass1Runner | None = None, keep_pass1: bool = False, **knobs) -> Planned:
+                      pass1: Pass1Runner | None = None, **knobs) -> Planned:
         """Steps 1-5 of `prepare`: everything before pass 2, with the refill started in the background.
         The caller runs `run_pass2` on it (alone or with other questions) or `abandon`s it. `pass1`: what
         runs pass 1's forward (the scheduler batches the pass 1 of questions planned together); None: here.
-        (A question over several documents runs its pass 1 here.) `keep_pass1` (an ask that re-selects):
-        the locator index's pass 1 of the question stays on the result (`Planned.pass1_state`), so the
-        first re-selection extends it instead of running the question again (one document)."""
+        (A question over several documents runs its pass 1 here.)"""
         if not question or not question.strip():
             raise InputError("empty question")
         if not isinstance(doc_id, str):
@@ -345,11 +340,8 @@ class Engine:
         # 2. the question's ids: separator, question, end of the user turn, assistant header, prefix
         q_ids = torch.tensor(self.tokenizer.question_ids(question, answer_prefix))
         # 3. the plan: pass 1 over L1, the locator, the refill volume, the chosen chunks (policies/)
-        ctx = PlanContext(self.model, doc, q_ids, pass1, keep_pass1=keep_pass1)
-        plan = pol.plan(ctx)
-        planned = self._plan_active(st, pol, doc, plan, q_ids, max_new_tokens)
-        planned.pass1_state = ctx.pass1_state
-        return planned
+        plan = pol.plan(PlanContext(self.model, doc, q_ids, pass1))
+        return self._plan_active(st, pol, doc, plan, q_ids, max_new_tokens)
 
     def _plan_active(self, st: StoreAPI, pol: Policy, doc: DocState, plan: Plan, ids: torch.Tensor,
                      room: int) -> Planned:
@@ -394,8 +386,7 @@ class Engine:
             except BaseException as e:
                 out.append(e)
                 continue
-            out.append(Prepared(p.policy, p.doc, p.plan, p.layout, p.cache, lg, p.fetcher.stats, p.q_ids, p.sources,
-                                p.pass1_state))
+            out.append(Prepared(p.policy, p.doc, p.plan, p.layout, p.cache, lg, p.fetcher.stats, p.q_ids, p.sources))
         return out
 
     @staticmethod
@@ -524,8 +515,7 @@ class Engine:
         check_reselect(reselect)
         sampling = SamplingParams(max_new_tokens, temperature, top_p, sampling_seed)
         # 1-6. L1, question ids, plan, layout, fetch + pass 2 (see `prepare`)
-        p = self.prepare(doc_id, question, policy, answer_prefix, store, max_new_tokens, keep_pass1=bool(reselect),
-                         **knobs)
+        p = self.prepare(doc_id, question, policy, answer_prefix, store, max_new_tokens, **knobs)
         check_reselect_policy(reselect, p.policy)
         seq = Sequence(p, self.tokenizer, sampling, stop, start=t0)
         # 7. decode: the first token from pass 2's logits, then one step per token, through the same

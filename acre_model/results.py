@@ -56,7 +56,6 @@ class Planned:
     positions: torch.Tensor  # the question's positions
     install: LayerHook  # installs a layer's active entries (waiting for its refilled chunks) before it runs
     sources: list = field(default_factory=list)  # as `Prepared.sources`
-    pass1_state: object = None  # as `Prepared.pass1_state`
 
     def pass2_item(self) -> BatchItem:
         """The question's pass 2 as an item of `LlamaModel.forward_batch`."""
@@ -79,9 +78,6 @@ class Prepared:
     fetch: FetchStats
     q_ids: torch.Tensor  # [n_question] the question's ids, in the cache after the document (re-selection re-runs them)
     sources: list = field(default_factory=list)  # [{doc_id, name, chunks}] of the documents with refilled chunks
-    # the question's pass 1 (`pass1.Pass1State`), kept when it was planned with `keep_pass1` (an ask that
-    # re-selects: its first re-selection then runs only the answer's tokens); else None
-    pass1_state: object = None
 
     @property
     def n_question(self) -> int:

@@ -222,8 +222,7 @@ class Scheduler:
             try:
                 r = stream.request
                 planned = self.engine.plan_question(r.doc_id, r.question, r.policy, r.answer_prefix, r.store,
-                                                    r.max_new_tokens, pass1=self._run_pass1,
-                                                    keep_pass1=bool(r.reselect), **r.knobs)
+                                                    r.max_new_tokens, pass1=self._run_pass1, **r.knobs)
                 try:
                     check_reselect_policy(r.reselect, planned.policy)
                 except BaseException:

@@ -43,8 +43,7 @@ class Sequence:
         self.times = SequenceTimes(start if start is not None else time.perf_counter())
         self.reselected: list[int] = []  # chunks re-selection added while decoding
         self.reselect_done_at = -1  # answer length at the last re-selection (it runs once per length)
-        # re-selection's pass 1 so far (`pass1.Pass1State`; the question's own when it was kept), extended each time
-        self.pass1_state = prepared.pass1_state
+        self.pass1_state = None  # re-selection's pass 1 so far (`pass1.Pass1State`), extended each time
         self._gen = None
         if sampling.temperature > 0:
             self._gen = torch.Generator(device="cpu")

@@ -30,9 +30,6 @@ class PlanContext:
     # pass 1's probes of this question, by the layers they recorded (`ChunkPolicy.index_probe`): a plan that
     # reads the locator index twice (`complete`) runs pass 1 once
     probes: dict = field(default_factory=dict)
-    # keep the locator index's pass 1 (its cache and queries) in `pass1_state` for re-selection to extend
-    keep_pass1: bool = False
-    pass1_state: object = None
 
     @property
     def cfg(self):

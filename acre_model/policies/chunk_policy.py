@@ -14,7 +14,7 @@ import torch
 from .. import locator, volume
 from ..library import Library, LibraryPlan
 from ..model import AttnProbe
-from ..pass1 import extend_pass1, run_pass1
+from ..pass1 import run_pass1
 from ..plan import Plan
 from .base import PlanContext, Policy
 
@@ -108,10 +108,7 @@ class ChunkPolicy(Policy):
         caller may put one there, as re-selection does with its incremental pass 1)."""
         n_heads = self.locator_heads or None
         layers = self.index_layers(ctx.doc)
-        if layers not in ctx.probes and ctx.keep_pass1:  # kept for re-selection (`pass1.extend_pass1`)
-            ctx.pass1_state = extend_pass1(ctx.model, ctx.doc, ctx.q_ids, layers, None, ctx.pass1)
-            ctx.probes[layers] = ctx.pass1_state.probe()
-        elif layers not in ctx.probes:
+        if layers not in ctx.probes:
             ctx.probes[layers] = run_pass1(ctx.model, ctx.doc, ctx.q_ids, list(layers), want_queries=True,
                                            want_probs=False, runner=ctx.pass1)
         return ctx.probes[layers], n_heads

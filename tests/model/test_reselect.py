@@ -135,34 +135,6 @@ def test_re_selections_pass_1_runs_only_the_new_answer_tokens(tiny):
     check_incremental_pass1(eng, eng.load_document(info.doc_id, store), Q)
 
 
-def test_an_ask_that_re_selects_keeps_its_questions_pass_1(tiny):
-    """Planned for re-selection (`keep_pass1`), the question's pass 1 stays on the prepared question: its
-    queries are the plan's, and the first re-selection extends it by the answer's tokens only. Without
-    re-selection nothing is kept."""
-    import torch
-    from acre_model.pass1 import run_pass1
-
-    eng, store, info = tiny
-    assert eng.prepare(info.doc_id, Q, store=store).pass1_state is None
-    p = eng.prepare(info.doc_id, Q, store=store, max_new_tokens=N_NEW, keep_pass1=True)
-    st = p.pass1_state
-    layers = AcrePolicy().index_layers(p.doc)
-    assert st.n == len(p.q_ids) and st.layers == layers
-    whole = run_pass1(eng.model, p.doc, p.q_ids, list(layers), want_queries=True, want_probs=False)
-    assert all(torch.equal(st.queries[l], whole.queries[l]) for l in layers)
-    n0 = st.cache.length(max(layers))
-    from acre_model.generation import SamplingParams
-    from acre_model.sequence import Sequence
-
-    seq = Sequence(p, eng.tokenizer, SamplingParams(N_NEW))
-    seq.push(p.logits)
-    seq.push(eng.model.decode_batch([seq.last_token], [seq.cache])[0])
-    got = eng.reselect_plan(seq, eng.open_store(store), N_NEW - len(seq.tokens))
-    if got is not None:
-        got[0].abandon()  # its refill was started
-    assert seq.pass1_state.cache is st.cache and st.cache.length(max(layers)) == n0 + 2  # the two answer tokens
-
-
 def test_reselect_is_refused_where_it_cannot_work(tiny):
     eng, store, info = tiny
     with pytest.raises(InputError, match="reselect"):
