@@ -568,7 +568,7 @@ class Engine:
             return self._reselect_library(ctx, pol, library, p.plan, st, room)
         have = set(p.plan.chunks)
         cap = volume.budget_k(getattr(pol, "kv_budget", None), p.doc.n_chunks, 0)  # chunks the budget allows
-        new = [c for c in pol.locate_more(ctx, have, cap) if c not in have]
+        new = [c for c in pol.locate_more(ctx, have, cap) if c not in have]  # a subclass may name held ones
         if not new:
             return None
         plan = replace(p.plan, chunks=sorted(have | set(new)))

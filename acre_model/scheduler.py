@@ -355,11 +355,7 @@ class Scheduler:
                 grown.append((stream, seq, got))
         if not grown:
             return
-        try:
-            prepared = self.engine.run_pass2([planned for _, _, (planned, _) in grown])
-        except BaseException as e:  # the forward itself failed: every question in it fails
-            log.exception("pass 2 of re-selection failed")
-            prepared = [e] * len(grown)
+        prepared = self._pass2([planned for _, _, (planned, _) in grown], "pass 2 of re-selection")
         for (stream, seq, (_, new)), r in zip(grown, prepared):
             if isinstance(r, BaseException):
                 self._leave(stream, r)
@@ -367,12 +363,17 @@ class Scheduler:
             self.engine.reselect_join(seq, r, new)
             self._active.append((stream, seq))
 
-    def _admit(self, admitted: list) -> None:
+    def _pass2(self, planned: list, what: str) -> list:
+        """`Engine.run_pass2` of planned questions: per question its `Prepared` or its error; when the
+        forward itself fails, every question in it gets that error."""
         try:
-            prepared = self.engine.run_pass2([planned for _, planned in admitted])
-        except BaseException as e:  # the forward itself failed: every question in it fails
-            log.exception("pass 2 failed")
-            prepared = [e] * len(admitted)
+            return self.engine.run_pass2(planned)
+        except BaseException as e:
+            log.exception("%s failed", what)
+            return [e] * len(planned)
+
+    def _admit(self, admitted: list) -> None:
+        prepared = self._pass2([planned for _, planned in admitted], "pass 2")
         for (stream, _), p in zip(admitted, prepared):
             if isinstance(p, BaseException):
                 self._leave(stream, p)

@@ -112,7 +112,7 @@ def _doc_ref(v: DocRef) -> DocRef:
         return v
     if not v or len(v) > MAX_LIBRARY_DOCS:
         raise ValueError(f"a list of documents needs 1 to {MAX_LIBRARY_DOCS} references")
-    if any(not isinstance(x, str) or not x.strip() for x in v):
+    if any(not x.strip() for x in v):
         raise ValueError("every document reference must be a non-empty string")
     return v
 

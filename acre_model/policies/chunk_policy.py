@@ -191,7 +191,7 @@ class ChunkPolicy(Policy):
         attended tokens left out, the best row's share), and its best chunk joins while it scores
         `reselect_min`; a document without chosen chunks enters the cache with it."""
         if len(library.docs) == 1:
-            return [(0, c) for c in self.locate_more(ctx, have[0], cap)]
+            return [(0, c) for c in self.locate_more(ctx, have[0], cap) if c not in have[0]]
         docs, model = library.docs, ctx.model
         cfg = model.cfg
         probe = ctx.probes[self.library_layers(library)]
